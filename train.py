@@ -45,6 +45,8 @@ def setup(args: argparse.Namespace):
     opts = list(args.opts) + (["TRAIN.resume", args.resume] if args.resume is not None else [])
     cfg = load_config(args.cfg, opts)
     devices = resolve_devices(args.gpus or cfg.DEVICE)
+    if cfg.TRAIN.amp == "fp16" and devices[0].type != "cuda":
+        raise ValueError("TRAIN.amp fp16 needs a CUDA device; use TRAIN.amp bf16 on the CPU")
     ctx = tr.init_distributed(cfg.DIST.backend, devices[0].type == "cuda")
     if ctx.distributed:
         if len(devices) > 1:
