@@ -139,10 +139,12 @@ def main(argv: list[str] | None = None) -> None:
 
     workers = -(-t.workers // len(devices))  # TRAIN.workers shared by this process' devices
 
-    def make_loader(seed: int, local_index: int):
+    def make_loader(seed: int, local_index: int, start_step: int):
         dataset = TrainDataset(cfg.DATASET.root_dataset, cfg.DATASET.list_train, cfg.DATASET,
                                batch_per_gpu=t.batch_size_per_gpu)
-        return build_train_loader(dataset, num_devices=1, workers=workers, seed=seed)
+        return build_train_loader(dataset, num_devices=1, workers=workers, seed=seed,
+                                  start_iter=start_step, num_steps=t.epoch_iters,
+                                  pin_memory=devices[0].type == "cuda")
 
     def save_state(finished: int) -> None:
         rngs = tr.gather_objects(ckpt.capture_rng_state(), ctx)  # collective: all ranks call

@@ -8,7 +8,7 @@ every device -- a GPU of a DataParallel process, a CPU replica, or a torchrun ra
 *global device index* ``g`` and draws its per-device batches from its own loader, seeded from
 ``(seed, epoch, g)`` alone. A single process with K devices therefore sees exactly the batches
 that K torchrun processes see, and a resumed run rebuilds the epoch's loaders from the same
-seeds and skips the batches that were already consumed.
+seeds, starting at the first step not yet consumed.
 """
 
 from __future__ import annotations
@@ -208,8 +208,8 @@ class _PrivateRng:
                 self.state = self._capture()
 
 
-def device_batches(make_loader: Callable[[int, int], Iterable[Any]], seed: int,
-                   device_indices: Sequence[int], epoch: int, skip: int = 0
+def device_batches(make_loader: Callable[[int, int, int], Iterable[Any]], seed: int,
+                   device_indices: Sequence[int], epoch: int, start_step: int = 0
                    ) -> Iterator[list[dict[str, Any]]]:
     """Yield, per step, one per-device batch dict for each of ``device_indices``.
 
@@ -218,20 +218,20 @@ def device_batches(make_loader: Callable[[int, int], Iterable[Any]], seed: int,
     global random generators, which this function leaves untouched.
 
     Args:
-        make_loader: ``make_loader(seed, local_index)`` returns an iterable of per-device
-            batches for one device (a dict, or a one-element list holding the dict).
+        make_loader: ``make_loader(seed, local_index, start_step)`` returns an iterable of
+            one device's per-device batches (each a dict, or a one-element list holding the
+            dict), seeded with ``seed`` and starting at step ``start_step`` of that stream.
         seed: the run's base seed (``TRAIN.seed``).
         device_indices: the global device indices this process trains on.
         epoch: 0-based epoch; together with the device index it fixes the loader's seed.
-        skip: number of steps already consumed in this epoch (resuming); they are drawn and
-            dropped so that the stream continues exactly where it stopped.
+        start_step: steps of this epoch already consumed (resuming a run).
     """
     streams = []
     for local_index, global_index in enumerate(device_indices):
         stream_seed = data_seed(seed, epoch, global_index)
         rng = _PrivateRng(stream_seed)
         with rng.active():
-            streams.append((iter(make_loader(stream_seed, local_index)), rng))
+            streams.append((iter(make_loader(stream_seed, local_index, start_step)), rng))
 
     def draw() -> list[dict[str, Any]] | None:
         batch = []
@@ -243,9 +243,6 @@ def device_batches(make_loader: Callable[[int, int], Iterable[Any]], seed: int,
             batch.append(item[0] if isinstance(item, (list, tuple)) else item)
         return batch
 
-    for _ in range(skip):
-        if draw() is None:
-            raise RuntimeError(f"the data stream ended while skipping {skip} consumed steps")
     while (batch := draw()) is not None:
         yield batch
 

@@ -90,12 +90,15 @@ def test_data_seed_depends_on_every_input():
     assert tr.data_seed(304, 3, 1) == tr.data_seed(304, 3, 1)
 
 
-def _make_loader(seed, local_index):
+def _make_loader(seed, local_index, start_step):
     """Like a workers=0 DataLoader: draws from the *global* generators as it goes."""
     torch.rand(1)  # a DataLoader draws its base seed from torch's global generator
+
     def batches():
-        while True:
-            yield {"x": torch.tensor([float(np.random.rand()), random.random()])}
+        for step in itertools.count():
+            x = {"x": torch.tensor([float(np.random.rand()), random.random()])}
+            if step >= start_step:
+                yield x
     return batches()
 
 
@@ -111,7 +114,7 @@ def test_device_batches_symmetric_across_processes_and_resumable():
         assert torch.equal(both[step][0], rank0[step][0])
         assert torch.equal(both[step][1], rank1[step][0])
         assert not torch.equal(both[step][0], both[step][1])
-    resumed = _take(tr.device_batches(_make_loader, 7, [0, 1], 2, skip=3), 2)
+    resumed = _take(tr.device_batches(_make_loader, 7, [0, 1], 2, start_step=3), 2)
     assert all(torch.equal(a, b) for x, y in zip(resumed, both[3:]) for a, b in zip(x, y))
     other_epoch = _take(tr.device_batches(_make_loader, 7, [0, 1], 3), 1)
     assert not torch.equal(other_epoch[0][0], both[0][0])
@@ -126,7 +129,7 @@ def test_device_batches_independent_of_and_invisible_to_global_rng():
     torch.manual_seed(5)
     np.random.seed(5)
     random.seed(5)
-    seed_b = _take(tr.device_batches(_make_loader, 1, [0], 0, skip=1), 2)
+    seed_b = _take(tr.device_batches(_make_loader, 1, [0], 0, start_step=1), 2)
     assert (torch.equal(torch.rand(2), expected[0]) and np.random.rand() == expected[1]
             and random.random() == expected[2])
     assert all(torch.equal(a[0], b[0]) for a, b in zip(seed_a[1:], seed_b))
