@@ -29,7 +29,7 @@ def dataset(tmp_path_factory) -> Path:
     from mit_semseg.data.synthetic import generate
 
     root = tmp_path_factory.mktemp("synthetic")
-    generate(root, num_train=8, num_val=2, seed=0)
+    generate(root, num_train=8, num_val=2, seed=0, min_size=48, max_size=72)
     return root
 
 
