@@ -196,7 +196,16 @@ def _free_port() -> int:
 
 
 def test_torchrun_two_processes_equal_one_process_with_two_replicas(dataset, tmp_path):
-    keys = {"num_epoch": 1, "epoch_iters": 3, "checkpoint_every": 0}
+    """DDP + synced BN over 2 processes = one process with 2 CPU replicas + SyncBN.
+
+    One step agrees to float precision (~1e-7). From random initialisation the network is
+    numerically chaotic (running the *same* mode with 1 or 2 threads differs by ~1e-1 after
+    two steps at lr 0.02), so a small learning rate keeps float noise from growing; wrong data
+    splitting or gradient averaging would still move the weights by ~1e-3 and the BatchNorm
+    statistics by far more than the tolerances.
+    """
+    keys = {"num_epoch": 1, "epoch_iters": 3, "checkpoint_every": 0, "lr_encoder": 1e-4,
+            "lr_decoder": 1e-4}
     single = tmp_path / "single"
     result = _run(["train.py", "--cfg", str(CONFIG), "--gpus", "cpux2",
                    *_opts(dataset, single, **keys)])
@@ -207,4 +216,12 @@ def test_torchrun_two_processes_equal_one_process_with_two_replicas(dataset, tmp
                    str(CONFIG), "--gpus", "cpu", *_opts(dataset, ddp, **keys)])
     assert result.returncode == 0, result.stderr[-3000:]
     assert "2 process(es)" in (ddp / "log.txt").read_text()
-    _assert_same_weights(_weights(single, 1), _weights(ddp, 1), atol=1e-4)
+    a, b = _weights(single, 1), _weights(ddp, 1)
+    for name in a:
+        assert a[name].keys() == b[name].keys()
+        for key, value in a[name].items():
+            if "running" in key:  # BN statistics: summed in a different order, relative check
+                torch.testing.assert_close(value, b[name][key], rtol=1e-3, atol=1e-4)
+            else:
+                torch.testing.assert_close(value.double(), b[name][key].double(), rtol=0,
+                                           atol=1e-4, msg=f"{name} {key}")
