@@ -19,6 +19,7 @@ import numpy as np
 
 __all__ = [
     "class_fractions",
+    "colorEncode",
     "colorize",
     "confusion_matrix_figure",
     "eval_panel",
@@ -55,6 +56,22 @@ def colorize(label: np.ndarray, palette: np.ndarray) -> np.ndarray:
     # a black row appended at the end serves the ignore label (-1 indexes the last row)
     table = np.concatenate([palette, np.zeros((1, 3), np.uint8)])
     return table[np.where(label < 0, -1, label)]
+
+
+def colorEncode(  # noqa: N802 - original public name
+    labelmap: np.ndarray, colors: np.ndarray, mode: str = "RGB"
+) -> np.ndarray:
+    """Original ``mit_semseg.utils.colorEncode``: :func:`colorize`, optionally as BGR.
+
+    Args:
+        labelmap: ``(H, W)`` 0-based classes, negative = black.
+        colors: ``(N, 3)`` uint8 RGB colours.
+        mode: ``"RGB"`` or ``"BGR"`` channel order of the result.
+    """
+    if mode not in ("RGB", "BGR"):
+        raise ValueError(f"mode must be 'RGB' or 'BGR', got {mode!r}")
+    rgb = colorize(labelmap, colors)
+    return np.ascontiguousarray(rgb[..., ::-1]) if mode == "BGR" else rgb
 
 
 def class_fractions(pred: np.ndarray, num_class: int) -> list[tuple[int, float]]:

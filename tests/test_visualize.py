@@ -4,6 +4,7 @@ import pytest
 
 from mit_semseg.visualize import (
     class_fractions,
+    colorEncode,
     colorize,
     confusion_matrix_figure,
     eval_panel,
@@ -25,6 +26,15 @@ def test_colorize_maps_classes_and_blacks_out_ignore():
     np.testing.assert_array_equal(out[0, 1], PALETTE[1])
     np.testing.assert_array_equal(out[1, 0], PALETTE[3])
     np.testing.assert_array_equal(out[1, 1], [0, 0, 0])
+
+
+def test_color_encode_modes():
+    label = np.array([[0, -1]])
+    np.testing.assert_array_equal(colorEncode(label, PALETTE), [[PALETTE[0], [0, 0, 0]]])
+    bgr = colorEncode(label, PALETTE, mode="BGR")
+    np.testing.assert_array_equal(bgr[0, 0], PALETTE[0][::-1])
+    with pytest.raises(ValueError, match="mode"):
+        colorEncode(label, PALETTE, mode="HSV")
 
 
 def test_colorize_rejects_label_without_colour():
