@@ -33,6 +33,8 @@ from mit_semseg.visualize import confusion_matrix_figure, eval_panel, save_image
 
 __all__ = [
     "EvalResult",
+    "evaluate_shard",
+    "report_results",
     "evaluate",
     "format_class_table",
     "format_summary",
@@ -293,3 +295,93 @@ def write_results(
             result.confusion, out_dir / "confusion_matrix.png", class_names
         )
     return paths
+
+
+def _keep_list(batch: list[Any]) -> list[Any]:
+    """DataLoader collate that keeps samples as they are (images differ in size)."""
+    return batch
+
+
+def evaluate_shard(
+    cfg: Any,
+    device: torch.device,
+    start: int = -1,
+    end: int = -1,
+    progress: bool = False,
+    on_image: Callable[[], None] | None = None,
+) -> EvalResult:
+    """Evaluates records ``[start, end)`` of ``cfg.DATASET.list_val`` (all with ``-1, -1``).
+
+    Loads ``cfg.DIR/{encoder,decoder}_<cfg.VAL.checkpoint>``; writes visualisations to
+    ``cfg.DIR/result/`` when ``cfg.VAL.visualize``; flips when ``cfg.VAL.flip``.
+
+    Args:
+        cfg: the run configuration (a frozen yacs node).
+        device: where to run.
+        start: first record (inclusive), -1 = from the beginning.
+        end: last record (exclusive), -1 = to the end.
+        progress: show a progress bar.
+        on_image: called after each image.
+    """
+    from torch.utils.data import DataLoader
+
+    from mit_semseg.data import ValDataset
+    from mit_semseg.data.palette import ade_palette
+    from mit_semseg.inference import load_segmentation_module
+
+    num_class = cfg.DATASET.num_class
+    module = load_segmentation_module(cfg.MODEL, num_class, cfg.DIR, cfg.VAL.checkpoint, device)
+    dataset = ValDataset(
+        cfg.DATASET.root_dataset, cfg.DATASET.list_val, cfg.DATASET, start_idx=start, end_idx=end
+    )
+    loader = DataLoader(
+        dataset,
+        batch_size=1,
+        shuffle=False,
+        collate_fn=_keep_list,
+        num_workers=cfg.VAL.workers,
+        pin_memory=device.type == "cuda",
+    )
+    visualize_dir = Path(cfg.DIR) / "result" if cfg.VAL.visualize else None
+    return evaluate(
+        module,
+        loader,
+        num_class,
+        device,
+        flip=cfg.VAL.flip,
+        progress=progress,
+        visualize_dir=visualize_dir,
+        palette=ade_palette(num_class) if visualize_dir is not None else None,
+        on_image=on_image,
+    )
+
+
+def report_results(
+    cfg: Any, result: EvalResult, extra: dict[str, Any] | None = None
+) -> tuple[dict[str, Any], str]:
+    """Writes the result files into ``cfg.DIR`` and builds the printed report.
+
+    Returns:
+        ``(scores, text)``: :func:`~mit_semseg.metrics.scores_from_confusion` output and the
+        per-class table followed by the ``[Eval Summary]`` lines.
+    """
+    names = resolve_class_names(cfg.DATASET.num_class, cfg.DATASET.root_dataset)
+    scores = scores_from_confusion(result.confusion)
+    info = {
+        "checkpoint": str(Path(cfg.DIR) / f"{{encoder,decoder}}_{cfg.VAL.checkpoint}"),
+        "list_val": cfg.DATASET.list_val,
+        "scales": list(cfg.DATASET.imgSizes),
+        "flip": bool(cfg.VAL.flip),
+        **(extra or {}),
+    }
+    paths = write_results(cfg.DIR, result, names, extra=info)
+    per_image = result.seconds / max(result.num_images, 1)
+    lines = [
+        format_class_table(scores, names),
+        "[Eval Summary]:",
+        format_summary(scores, per_image),
+        f"Mean IoU over the {int(scores['present'].sum())} classes present: "
+        f"{scores['miou_present']:.4f}",
+        "Results written to " + ", ".join(str(p) for p in paths.values()),
+    ]
+    return scores, "\n".join(lines)
