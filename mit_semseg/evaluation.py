@@ -29,7 +29,8 @@ from torch import nn
 
 from mit_semseg.inference import Window, predict_probs
 from mit_semseg.metrics import confusion_matrix, scores_from_confusion
-from mit_semseg.visualize import confusion_matrix_figure, eval_panel, save_image, write_atomic
+from mit_semseg.utils import atomic_write, atomic_write_text
+from mit_semseg.visualize import confusion_matrix_figure, eval_panel, save_image
 
 __all__ = [
     "EvalResult",
@@ -276,18 +277,19 @@ def write_results(
     }
     text = json.dumps(metrics, indent=2, allow_nan=False)
     paths = {
-        "metrics": write_atomic(out_dir / "eval_metrics.json", lambda f: f.write(text.encode()))
+        "metrics": out_dir / "eval_metrics.json",
+        "class_iou": out_dir / "class_iou.csv",
+        "confusion": out_dir / "confusion_matrix.npy",
     }
+    atomic_write_text(paths["metrics"], text)
 
     table = io.StringIO()
     writer = csv.DictWriter(table, fieldnames=list(per_class[0]) if per_class else ["index"])
     writer.writeheader()
     writer.writerows(per_class)
-    paths["class_iou"] = write_atomic(
-        out_dir / "class_iou.csv", lambda f: f.write(table.getvalue().encode())
-    )
-    paths["confusion"] = write_atomic(
-        out_dir / "confusion_matrix.npy",
+    atomic_write_text(paths["class_iou"], table.getvalue())
+    atomic_write(
+        paths["confusion"],
         lambda f: np.save(f, result.confusion.astype(np.int64), allow_pickle=False),
     )
     if heat_map:

@@ -32,7 +32,6 @@ __all__ = [
     "read_image_rgb",
     "load_segmentation_module",
     "predict_probs",
-    "resolve_device",
     "sliding_window_starts",
 ]
 
@@ -40,40 +39,6 @@ logger = logging.getLogger(__name__)
 
 # ``size`` alone (stride = 2/3 of it) or ``(size, stride)``, in pixels of the scaled input
 Window = Union[int, tuple[int, int]]
-
-
-def resolve_device(spec: str | int | None) -> torch.device:
-    """Turns a ``--gpu`` value into a device, failing clearly when CUDA is unavailable.
-
-    Args:
-        spec: ``"cpu"``, a GPU index (``0`` or ``"0"``), ``"gpu1"``, ``"cuda:1"``, or ``None``
-            for "GPU 0 if there is one, else CPU".
-
-    Returns:
-        the device.
-
-    Raises:
-        ValueError: unknown spelling, or a GPU requested on a machine without it.
-    """
-    if spec is None:
-        return torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
-    text = str(spec).strip().lower()
-    if text == "cpu":
-        return torch.device("cpu")
-    for prefix in ("cuda:", "gpu", "cuda"):
-        if text.startswith(prefix):
-            text = text[len(prefix) :]
-            break
-    if not text.isdigit():
-        raise ValueError(f"unknown device {spec!r}: use 'cpu' or a GPU index such as 0")
-    index = int(text)
-    available = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    if index >= available:
-        raise ValueError(
-            f"GPU {index} requested but this machine has {available} CUDA device(s); "
-            "use --gpu cpu to run on the CPU"
-        )
-    return torch.device("cuda", index)
 
 
 def sliding_window_starts(length: int, size: int, stride: int) -> list[int]:

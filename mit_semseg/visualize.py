@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import BinaryIO
 
 import cv2
 import numpy as np
+
+from mit_semseg.utils import atomic_write
 
 __all__ = [
     "class_fractions",
@@ -27,7 +27,6 @@ __all__ = [
     "prediction_panel",
     "save_image",
     "side_by_side",
-    "write_atomic",
 ]
 
 logger = logging.getLogger(__name__)
@@ -206,29 +205,6 @@ def prediction_panel(
     return side_by_side([image, colorize(pred, palette), legend])
 
 
-def write_atomic(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -> Path:
-    """Writes a file through ``write(binary_file)`` into a temporary file, then renames it.
-
-    Args:
-        path: destination; parent folders are created.
-        write: callback that writes the whole content to the open binary file.
-
-    Returns:
-        the path written.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
 def save_image(path: str | os.PathLike, rgb: np.ndarray) -> Path:
     """Writes an RGB (or single-channel) image atomically; the format follows the extension.
 
@@ -244,7 +220,8 @@ def save_image(path: str | os.PathLike, rgb: np.ndarray) -> Path:
     ok, buf = cv2.imencode(path.suffix or ".png", np.ascontiguousarray(data))
     if not ok:
         raise OSError(f"could not encode image for {path}")
-    return write_atomic(path, lambda f: f.write(buf.tobytes()))
+    atomic_write(path, lambda f: f.write(buf.tobytes()))
+    return path
 
 
 def confusion_matrix_figure(
@@ -283,4 +260,6 @@ def confusion_matrix_figure(
         ax.set_xticks(ticks, labels=list(class_names), rotation=90, fontsize=7)
         ax.set_yticks(ticks, labels=list(class_names), fontsize=7)
     fig.tight_layout()
-    return write_atomic(path, lambda f: fig.savefig(f, format="png"))
+    path = Path(path)
+    atomic_write(path, lambda f: fig.savefig(f, format="png"))
+    return path

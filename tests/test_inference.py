@@ -12,7 +12,6 @@ from mit_semseg.inference import (
     output_names,
     predict_probs,
     read_image_rgb,
-    resolve_device,
     sliding_window_starts,
 )
 
@@ -124,19 +123,6 @@ def test_bad_window_and_empty_input():
         predict_probs(model, [torch.randn(1, 3, 20, 20)], (20, 20), CPU, window=(8, 9))
     with pytest.raises(ValueError, match="empty"):
         predict_probs(model, [], (20, 20), CPU)
-
-
-def test_resolve_device():
-    assert resolve_device("cpu") == CPU
-    assert resolve_device("CPU") == CPU
-    with pytest.raises(ValueError, match="unknown device"):
-        resolve_device("tpu")
-    if not torch.cuda.is_available():
-        assert resolve_device(None) == CPU
-        with pytest.raises(ValueError, match="--gpu cpu"):
-            resolve_device("0")
-    else:
-        assert resolve_device(0) == torch.device("cuda", 0)
 
 
 def test_load_missing_checkpoint_names_files(tmp_path):

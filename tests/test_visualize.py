@@ -12,7 +12,6 @@ from mit_semseg.visualize import (
     prediction_panel,
     save_image,
     side_by_side,
-    write_atomic,
 )
 
 PALETTE = np.array([[255, 0, 0], [0, 255, 0], [0, 0, 255], [10, 20, 30]], np.uint8)
@@ -95,20 +94,6 @@ def test_save_image_roundtrip_rgb_and_16bit(tmp_path):
     assert back16.dtype == np.uint16
     np.testing.assert_array_equal(back16, lab)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["l.png", "sub"]  # no temp files
-
-
-def test_write_atomic_keeps_old_file_on_failure(tmp_path):
-    target = tmp_path / "f.bin"
-    target.write_bytes(b"old")
-
-    def failing(f):
-        f.write(b"partial")
-        raise RuntimeError("boom")
-
-    with pytest.raises(RuntimeError):
-        write_atomic(target, failing)
-    assert target.read_bytes() == b"old"
-    assert [p.name for p in tmp_path.iterdir()] == ["f.bin"]
 
 
 def test_confusion_matrix_figure_writes_png(tmp_path):
