@@ -33,6 +33,7 @@ from mit_semseg.inference import (
     ImageReadError,
     collect_images,
     load_segmentation_module,
+    multi_scale_inputs,
     output_names,
     predict_probs,
     read_image_rgb,
@@ -106,7 +107,8 @@ def main(argv: list[str] | None = None) -> int:
             out_path = result_dir / f"{name}_seg.png"
         try:
             img = read_image_rgb(path)
-            img_list = scaled_inputs(img, cfg.DATASET)
+            d = cfg.DATASET
+            img_list = multi_scale_inputs(img, d.imgSizes, d.imgMaxSize, d.padding_constant)
             probs = predict_probs(module, img_list, img.shape[:2], device, window=window)
             pred = probs.argmax(0).cpu().numpy()
             save_image(out_path, prediction_panel(img, pred, palette, names))

@@ -31,6 +31,7 @@ __all__ = [
     "output_names",
     "read_image_rgb",
     "load_segmentation_module",
+    "multi_scale_inputs",
     "predict_probs",
     "sliding_window_starts",
 ]
@@ -137,6 +138,45 @@ def predict_probs(
                 scores = term if scores is None else scores + term
     assert scores is not None
     return scores[0]
+
+
+# ImageNet statistics (RGB, 0-1 range) that every released model was trained with.
+_MEAN = (0.485, 0.456, 0.406)
+_STD = (0.229, 0.224, 0.225)
+
+
+def multi_scale_inputs(
+    img: np.ndarray, img_sizes: Sequence[int], max_size: int, padding_constant: int
+) -> list[torch.Tensor]:
+    """The network inputs of one RGB image at every test scale (as the validation data).
+
+    For each short side ``s`` the scale is ``min(s / min(H, W), max_size / max(H, W))``; the
+    scaled sides are rounded up to a multiple of ``padding_constant``; the image is resized
+    bilinearly (antialiased when shrinking, like PIL) and normalised with ImageNet statistics.
+
+    Args:
+        img: ``(H, W, 3)`` uint8 RGB.
+        img_sizes: short sides (``DATASET.imgSizes``).
+        max_size: cap on the long side (``DATASET.imgMaxSize``).
+        padding_constant: sides are multiples of it (``DATASET.padding_constant``).
+
+    Returns:
+        one ``(1, 3, h, w)`` float32 tensor per size.
+    """
+    height, width = img.shape[:2]
+    x = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)[None].float() / 255.0
+    mean = torch.tensor(_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(_STD).view(1, 3, 1, 1)
+    out = []
+    for short in img_sizes:
+        scale = min(short / min(height, width), max_size / max(height, width))
+        size = [
+            max(math.ceil(int(side * scale) / padding_constant), 1) * padding_constant
+            for side in (height, width)
+        ]
+        resized = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
+        out.append((resized - mean) / std)
+    return out
 
 
 def load_segmentation_module(
