@@ -1,4 +1,7 @@
 import json
+import os
+import subprocess
+import sys
 
 import cv2
 import numpy as np
@@ -59,3 +62,73 @@ def test_eval_bad_device_and_bad_key(tiny_run):  # noqa: F811
     assert proc.returncode == 2 and "tpu" in proc.stdout + proc.stderr
     proc = run_script("eval.py", "--cfg", str(CFG), "--gpu", "cpu", "VAL.chekpoint", "x")
     assert proc.returncode == 2 and "VAL.chekpoint" in proc.stdout + proc.stderr
+
+
+_ORIGINAL_EVAL = """
+import json, sys, types
+import numpy as np, torch
+from mit_semseg.dataset import ValDataset
+from mit_semseg.models import ModelBuilder, SegmentationModule
+from mit_semseg.utils import AverageMeter, accuracy, intersectionAndUnion
+a = json.loads(sys.argv[1])
+opt = types.SimpleNamespace(
+    imgSizes=tuple(a["sizes"]), imgMaxSize=a["max_size"], padding_constant=a["pad"])
+dataset = ValDataset(a["root"], a["odgt"], opt)
+enc = ModelBuilder.build_encoder(arch=a["enc"], fc_dim=a["fc_dim"], weights=a["enc_w"])
+dec = ModelBuilder.build_decoder(arch=a["dec"], fc_dim=a["fc_dim"], num_class=a["num_class"],
+                                 weights=a["dec_w"], use_softmax=True)
+module = SegmentationModule(enc, dec, torch.nn.NLLLoss(ignore_index=-1)).eval()
+acc_meter, inter_meter, union_meter = AverageMeter(), AverageMeter(), AverageMeter()
+with torch.no_grad():
+    for i in range(len(dataset)):
+        sample = dataset[i]
+        label = sample["seg_label"][0].numpy()
+        scores = torch.zeros(1, a["num_class"], *label.shape)
+        for img in sample["img_data"]:
+            scores = scores + module({"img_data": img}, segSize=label.shape) / len(opt.imgSizes)
+        pred = scores.argmax(1)[0].numpy()
+        acc, pix = accuracy(pred, label)
+        inter, union = intersectionAndUnion(pred, label, a["num_class"])
+        acc_meter.update(acc, pix)
+        inter_meter.update(inter)
+        union_meter.update(union)
+iou = inter_meter.sum / (union_meter.sum + 1e-10)
+print(json.dumps({"iou": iou.tolist(), "acc": acc_meter.average()}))
+"""
+
+
+def test_eval_matches_the_original_pipeline(tiny_run, upstream_path):  # noqa: F811
+    """The original package's dataset, models and metric code give the same numbers."""
+    from mit_semseg.config import load_config
+
+    cfg = load_config(CFG, tiny_run.overrides())
+    proc = run_script("eval.py", "--cfg", str(CFG), "--gpu", "cpu", *tiny_run.overrides())
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    ours = json.loads((tiny_run.ckpt / "eval_metrics.json").read_text())
+    args = {
+        "root": str(tiny_run.data) + "/",
+        "odgt": cfg.DATASET.list_val,
+        "sizes": list(cfg.DATASET.imgSizes),
+        "max_size": cfg.DATASET.imgMaxSize,
+        "pad": cfg.DATASET.padding_constant,
+        "enc": cfg.MODEL.arch_encoder,
+        "dec": cfg.MODEL.arch_decoder,
+        "fc_dim": cfg.MODEL.fc_dim,
+        "num_class": tiny_run.num_class,
+        "enc_w": str(tiny_run.ckpt / "encoder_epoch_1.pth"),
+        "dec_w": str(tiny_run.ckpt / "decoder_epoch_1.pth"),
+    }
+    ref = subprocess.run(
+        [sys.executable, "-c", _ORIGINAL_EVAL, json.dumps(args)],
+        cwd=upstream_path,  # keeps our package (same import name) off sys.path
+        env=dict(os.environ, PYTHONPATH=str(upstream_path)),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert ref.returncode == 0, ref.stderr[-3000:]
+    expected = json.loads(ref.stdout.strip().splitlines()[-1])
+    iou = [c["iou"] for c in ours["per_class"]]
+    np.testing.assert_allclose(iou, expected["iou"], atol=2e-3)
+    assert ours["mean_iou"] == pytest.approx(np.mean(expected["iou"]), abs=1e-3)
+    assert ours["pixel_accuracy"] == pytest.approx(expected["acc"], abs=1e-3)
