@@ -56,6 +56,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="number of processes when --gpus is cpu (default 1)",
     )
     parser.add_argument(
+        "--start-method",
+        choices=("auto", "fork", "spawn"),
+        default="auto",
+        help="how worker processes start; auto = fork for CPU-only runs on Linux, else spawn",
+    )
+    parser.add_argument(
         "opts", nargs=argparse.REMAINDER, help="config overrides as KEY VALUE pairs"
     )
     return parser.parse_args(argv)
@@ -144,7 +150,13 @@ def main(argv: list[str] | None = None) -> int:
     shards = shard_ranges(num_images, len(devices))
     cpu_procs = sum(d.type == "cpu" for d in devices[: len(shards)])
     threads = max((os.cpu_count() or 1) // max(cpu_procs, 1), 1) if cpu_procs else 0
-    ctx = mp.get_context("spawn")  # CUDA cannot be used in forked children
+    # CUDA cannot be used in forked children; CPU-only runs fork, which skips re-importing torch
+    # in every child (the master has run no torch computation yet, so forking is safe)
+    method = args.start_method
+    if method == "auto":
+        cpu_only = all(d.type == "cpu" for d in devices)
+        method = "fork" if cpu_only and sys.platform.startswith("linux") else "spawn"
+    ctx = mp.get_context(method)
     messages = ctx.Queue()
     procs = []
     for rank, ((start, end), device) in enumerate(zip(shards, devices)):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.util
+import logging
 import os
 import subprocess
 import sys
@@ -13,7 +15,7 @@ import torch
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CFG = REPO_ROOT / "config" / "synthetic-mobilenetv2dilated-c1_deepsup.yaml"
-NUM_VAL = 4
+NUM_VAL = 3
 
 
 @dataclass
@@ -29,7 +31,7 @@ class TinyRun:
             "DATASET.root_dataset": str(self.data),
             "DATASET.list_train": str(self.data / "training.odgt"),
             "DATASET.list_val": str(self.data / "validation.odgt"),
-            "DATASET.imgSizes": "(48, 64)",
+            "DATASET.imgSizes": "(48,64)",
             "DATASET.imgMaxSize": "96",
             "VAL.checkpoint": "epoch_1.pth",
             "TEST.checkpoint": "epoch_1.pth",
@@ -76,3 +78,36 @@ def run_script(script: str, *args: str, timeout: float = 120) -> subprocess.Comp
         text=True,
         timeout=timeout,
     )
+
+
+def load_script(name: str):
+    """Imports a repository script as a module (``test.py`` would clash with stdlib ``test``)."""
+    spec = importlib.util.spec_from_file_location(f"_script_{Path(name).stem}", REPO_ROOT / name)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def in_process(capsys):
+    """Runs a script's ``main(argv)`` in this process; returns ``(exit_code, output)``.
+
+    The scripts configure the root logger; its handlers are restored afterwards.
+    """
+    root = logging.getLogger()
+    saved = (root.handlers[:], root.level)
+
+    def call(script: str, *args: str) -> tuple[int, str]:
+        code = load_script(script).main(list(args))
+        out = capsys.readouterr()
+        return code, out.out + out.err
+
+    yield call
+    for handler in root.handlers[:]:
+        if handler not in saved[0]:
+            root.removeHandler(handler)
+            handler.close()
+    for handler in saved[0]:
+        if handler not in root.handlers:
+            root.addHandler(handler)
+    root.setLevel(saved[1])

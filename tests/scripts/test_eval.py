@@ -6,7 +6,7 @@ import sys
 import cv2
 import numpy as np
 import pytest
-from eval_fixtures import CFG, NUM_VAL, run_script, tiny_run  # noqa: F401
+from eval_fixtures import CFG, NUM_VAL, in_process, run_script, tiny_run  # noqa: F401
 
 from mit_semseg.metrics import scores_from_confusion
 
@@ -47,21 +47,21 @@ def test_eval_writes_metrics_files(tiny_run):  # noqa: F811
     assert out.count("class [") == tiny_run.num_class and names[0] in out
 
 
-def test_eval_missing_checkpoint_exits_with_clear_error(tiny_run):  # noqa: F811
-    proc = run_script(
+def test_eval_missing_checkpoint_exits_with_clear_error(tiny_run, in_process):  # noqa: F811
+    code, out = in_process(
         "eval.py", "--cfg", str(CFG), "--gpu", "cpu",
         *tiny_run.overrides(**{"VAL.checkpoint": "epoch_99.pth"}),
     )
-    assert proc.returncode == 2
-    assert "encoder_epoch_99.pth" in proc.stdout + proc.stderr
-    assert "Traceback" not in proc.stderr
+    assert code == 2
+    assert "encoder_epoch_99.pth" in out and "decoder_epoch_99.pth" in out
+    assert "Traceback" not in out
 
 
-def test_eval_bad_device_and_bad_key(tiny_run):  # noqa: F811
-    proc = run_script("eval.py", "--cfg", str(CFG), "--gpu", "tpu", *tiny_run.overrides())
-    assert proc.returncode == 2 and "tpu" in proc.stdout + proc.stderr
-    proc = run_script("eval.py", "--cfg", str(CFG), "--gpu", "cpu", "VAL.chekpoint", "x")
-    assert proc.returncode == 2 and "VAL.chekpoint" in proc.stdout + proc.stderr
+def test_eval_bad_device_and_bad_key(tiny_run, in_process):  # noqa: F811
+    code, out = in_process("eval.py", "--cfg", str(CFG), "--gpu", "tpu", *tiny_run.overrides())
+    assert code == 2 and "tpu" in out
+    code, out = in_process("eval.py", "--cfg", str(CFG), "--gpu", "cpu", "VAL.chekpoint", "x")
+    assert code == 2 and "VAL.chekpoint" in out
 
 
 _ORIGINAL_EVAL = """

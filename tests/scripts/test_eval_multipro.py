@@ -2,19 +2,19 @@ import json
 import time
 
 import numpy as np
-from eval_fixtures import CFG, NUM_VAL, run_script, tiny_run  # noqa: F401
+from eval_fixtures import CFG, NUM_VAL, in_process, run_script, tiny_run  # noqa: F401
 
 
-def _run(tiny_run, workers, **extra):  # noqa: F811
+def _run(tiny_run, workers, *flags, **extra):  # noqa: F811
     return run_script(
         "eval_multipro.py", "--cfg", str(CFG), "--gpus", "cpu", "--workers", str(workers),
-        *tiny_run.overrides(**extra),
+        *flags, *tiny_run.overrides(**extra),
     )
 
 
 def test_one_and_two_processes_give_identical_metrics(tiny_run):  # noqa: F811
     results = {}
-    for workers in (1, 2):
+    for workers in (1, 2):  # 2 processes: uneven shards of 2 and 1 images
         proc = _run(tiny_run, workers)
         assert proc.returncode == 0, proc.stdout + proc.stderr
         metrics = json.loads((tiny_run.ckpt / "eval_metrics.json").read_text())
@@ -26,10 +26,15 @@ def test_one_and_two_processes_give_identical_metrics(tiny_run):  # noqa: F811
     assert results[1][0].sum() > 0
 
 
-def test_more_processes_than_images(tiny_run):  # noqa: F811
-    proc = _run(tiny_run, NUM_VAL + 2)
+def test_more_processes_than_images_and_bad_workers(tiny_run, in_process):  # noqa: F811
+    proc = _run(tiny_run, NUM_VAL + 2)  # never an empty shard: one process per image
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert json.loads((tiny_run.ckpt / "eval_metrics.json").read_text())["processes"] == NUM_VAL
+    code, out = in_process(
+        "eval_multipro.py", "--cfg", str(CFG), "--gpus", "cpu", "--workers", "0",
+        *tiny_run.overrides(),
+    )
+    assert code == 2 and "--workers must be >= 1" in out
 
 
 def test_worker_failure_stops_the_master_quickly(tiny_run, tmp_path):  # noqa: F811
@@ -42,7 +47,8 @@ def test_worker_failure_stops_the_master_quickly(tiny_run, tmp_path):  # noqa: F
     odgt = tmp_path / "val.odgt"
     odgt.write_text("\n".join(lines[:-1] + [json.dumps(bad)]) + "\n")
     start = time.monotonic()
-    proc = _run(tiny_run, 2, **{"DATASET.list_val": str(odgt)})
+    # spawn: the start method used with GPUs (CPU-only runs fork by default)
+    proc = _run(tiny_run, 2, "--start-method", "spawn", **{"DATASET.list_val": str(odgt)})
     assert proc.returncode == 1
     assert "worker 1 failed" in proc.stdout + proc.stderr
     assert time.monotonic() - start < 90

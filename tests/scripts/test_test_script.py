@@ -1,7 +1,7 @@
 import cv2
 import numpy as np
 import pytest
-from eval_fixtures import CFG, run_script, tiny_run  # noqa: F401
+from eval_fixtures import CFG, in_process, run_script, tiny_run  # noqa: F401
 
 
 def _write(path, array):
@@ -64,14 +64,15 @@ def test_all_good_inputs_exit_zero_and_unique_names(tiny_run, tmp_path):  # noqa
     assert cv2.imread(str(tmp_path / "b" / "big.png")).shape == (150, 210, 3)
 
 
-def test_missing_checkpoint_and_no_images(tiny_run, mixed_folder, tmp_path):  # noqa: F811
-    proc = run_script(
+def test_missing_checkpoint_and_no_images(tiny_run, mixed_folder, tmp_path, in_process):  # noqa: F811
+    code, out = in_process(
         "test.py", "--imgs", str(mixed_folder), "--cfg", str(CFG), "--gpu", "cpu",
         *tiny_run.overrides(**{"TEST.checkpoint": "epoch_7.pth"}),
     )
-    assert proc.returncode == 2 and "decoder_epoch_7.pth" in proc.stdout + proc.stderr
-    proc = run_script(
+    assert code == 2 and "decoder_epoch_7.pth" in out
+    code, out = in_process(
         "test.py", "--imgs", str(tmp_path / "nothing_here"), "--cfg", str(CFG), "--gpu", "cpu",
         *tiny_run.overrides(),
     )
-    assert proc.returncode == 2 and "no such file or folder" in proc.stdout + proc.stderr
+    assert code == 2 and "nothing_here: no such file or folder" in out
+    assert "no input images" in out
