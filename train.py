@@ -12,6 +12,7 @@ checkpoint_last.pth and training_curves.png. See docs/training.md.
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import os
 import sys
@@ -63,7 +64,8 @@ def setup(args: argparse.Namespace):
 
 
 def build(cfg, ctx: tr.DistContext, devices: list[torch.device], resume_state: dict | None):
-    """The (wrapped) training module, the unwrapped module, and whether it scatters a list."""
+    """The training module, wrapped for the device setup, and whether it takes the whole list
+    of per-device batch dicts (dict-scattering DataParallel) rather than one dict."""
     weights = {"weights_encoder": cfg.MODEL.weights_encoder,
                "weights_decoder": cfg.MODEL.weights_decoder}
     if resume_state is None and cfg.TRAIN.start_epoch > 0:  # the original's way to resume
@@ -77,7 +79,9 @@ def build(cfg, ctx: tr.DistContext, devices: list[torch.device], resume_state: d
     multi_device = len(devices) > 1
     if multi_device and cfg.DIST.sync_bn:
         from mit_semseg.lib.nn import SynchronizedBatchNorm2d
-        norm_layer = SynchronizedBatchNorm2d
+        # "plus": 1/sqrt(var + eps) like nn.BatchNorm2d and DDP's synced BN, so that one
+        # device, several devices and several processes compute the same thing
+        norm_layer = functools.partial(SynchronizedBatchNorm2d, eps_mode="plus")
     module = tr.build_training_module(
         arch_encoder=cfg.MODEL.arch_encoder, arch_decoder=cfg.MODEL.arch_decoder,
         fc_dim=cfg.MODEL.fc_dim, num_class=cfg.DATASET.num_class,
@@ -93,11 +97,11 @@ def build(cfg, ctx: tr.DistContext, devices: list[torch.device], resume_state: d
             module = convert_sync_batchnorm(module)
         cuda_ids = [devices[0].index] if devices[0].type == "cuda" else None
         return torch.nn.parallel.DistributedDataParallel(module, device_ids=cuda_ids), False
-    if multi_device:
-        from mit_semseg.lib.nn import UserScatteredDataParallel, patch_replication_callback
-        module = UserScatteredDataParallel(module, device_ids=devices)
-        patch_replication_callback(module)
-        return module, True
+    if multi_device:  # one process, several devices: the original's dict-scattering DP
+        from mit_semseg.lib.nn import UserScatteredDataParallel
+        if devices[0].type == "cpu":
+            return UserScatteredDataParallel(module, num_cpu_replicas=len(devices)), True
+        return UserScatteredDataParallel(module, device_ids=[d.index for d in devices]), True
     return module, False
 
 
@@ -114,10 +118,10 @@ def main(argv: list[str] | None = None) -> None:
     net = ckpt.unwrap_model(module)
     t = cfg.TRAIN
     optimizers = tr.build_optimizers(net.encoder, net.decoder, lr_encoder=t.lr_encoder,
-                                  lr_decoder=t.lr_decoder, momentum=t.beta1,
-                                  weight_decay=t.weight_decay)
+                                     lr_decoder=t.lr_decoder, momentum=t.beta1,
+                                     weight_decay=t.weight_decay)
     scaler = tr.make_grad_scaler(devices[0], t.amp)
-    history, done, rng_state = tr.new_history(), t.start_epoch * t.epoch_iters, None
+    history, done = tr.new_history(), t.start_epoch * t.epoch_iters
     tr.seed_everything(t.seed + ctx.rank)  # ranks draw different dropout masks
     if state is not None:
         for name, optimizer in optimizers.items():
@@ -128,20 +132,22 @@ def main(argv: list[str] | None = None) -> None:
         if state["world_size"] != ctx.world_size:
             logger.warning("%s was written by %d process(es), now %d: the data order differs",
                            resume_path, state["world_size"], ctx.world_size)
-        rng_state = state["rng"][ctx.rank % len(state["rng"])]
+        ckpt.restore_rng_state(state["rng"][ctx.rank % len(state["rng"])])
         logger.info("Resuming from %s at iteration %d", resume_path, done)
 
     from mit_semseg.data import TrainDataset, build_train_loader
 
     workers = -(-t.workers // len(devices))  # TRAIN.workers shared by this process' devices
 
-    def make_loader(seed: int, local_index: int):
+    def make_loader(seed: int, local_index: int, start_step: int):
         dataset = TrainDataset(cfg.DATASET.root_dataset, cfg.DATASET.list_train, cfg.DATASET,
                                batch_per_gpu=t.batch_size_per_gpu)
-        return build_train_loader(dataset, num_devices=1, workers=workers, seed=seed)
+        return build_train_loader(dataset, num_devices=1, workers=workers, seed=seed,
+                                  start_iter=start_step, num_steps=t.epoch_iters,
+                                  pin_memory=devices[0].type == "cuda")
 
     def save_state(finished: int) -> None:
-        rngs = tr.gather_objects(ckpt.capture_rng_state(), ctx)  # collective: every rank calls it
+        rngs = tr.gather_objects(ckpt.capture_rng_state(), ctx)  # collective: all ranks call
         if ctx.is_main:
             ckpt.save_training_state(
                 os.path.join(cfg.DIR, ckpt.LAST_CHECKPOINT), encoder=net.encoder,
@@ -156,20 +162,18 @@ def main(argv: list[str] | None = None) -> None:
             save_state(finished)
 
     schedule = tr.PolySchedule({"encoder": t.lr_encoder, "decoder": t.lr_decoder},
-                            t.epoch_iters * t.num_epoch, t.lr_pow)
+                               t.epoch_iters * t.num_epoch, t.lr_pow)
     device_indices = [ctx.rank * len(devices) + i for i in range(len(devices))]
     logger.info("1 Epoch = %d iters; %d device(s) x %d process(es) x %d images per device",
                 t.epoch_iters, len(devices), ctx.world_size, t.batch_size_per_gpu)
     for epoch in range(done // t.epoch_iters, t.num_epoch):
         start_iter = done - epoch * t.epoch_iters
-        batches = tr.device_batches(make_loader, t.seed, device_indices, epoch, start_iter,
-                                 rng_state)
-        rng_state = None
+        batches = tr.device_batches(make_loader, t.seed, device_indices, epoch, start_iter)
         tr.train_one_epoch(module, batches, optimizers, schedule, epoch=epoch,
-                        epoch_iters=t.epoch_iters, start_iter=start_iter, device=devices[0],
-                        scattered=scattered, amp=t.amp, scaler=scaler, fix_bn=t.fix_bn,
-                        disp_iter=t.disp_iter, history=history, ctx=ctx, on_step=on_step,
-                        progress=ctx.is_main)
+                           epoch_iters=t.epoch_iters, start_iter=start_iter, device=devices[0],
+                           scattered=scattered, amp=t.amp, scaler=scaler, fix_bn=t.fix_bn,
+                           disp_iter=t.disp_iter, history=history, ctx=ctx, on_step=on_step,
+                           progress=ctx.is_main)
         done = (epoch + 1) * t.epoch_iters
         if ctx.is_main:
             ckpt.save_epoch_checkpoint(cfg.DIR, epoch + 1, net.encoder, net.decoder, history)

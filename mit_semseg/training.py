@@ -8,7 +8,7 @@ every device -- a GPU of a DataParallel process, a CPU replica, or a torchrun ra
 *global device index* ``g`` and draws its per-device batches from its own loader, seeded from
 ``(seed, epoch, g)`` alone. A single process with K devices therefore sees exactly the batches
 that K torchrun processes see, and a resumed run rebuilds the epoch's loaders from the same
-seeds and skips the batches that were already consumed.
+seeds, starting at the first step not yet consumed.
 """
 
 from __future__ import annotations
@@ -28,7 +28,6 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from .checkpoint import capture_rng_state, restore_rng_state
 from .utils import AverageMeter
 
 __all__ = [
@@ -167,43 +166,83 @@ def data_seed(seed: int, epoch: int, device_index: int) -> int:
 
 
 # ----------------------------------------------------------------------------- data stream
-def device_batches(make_loader: Callable[[int, int], Iterable[Any]], seed: int,
-                   device_indices: Sequence[int], epoch: int, skip: int = 0,
-                   rng_state: Mapping[str, Any] | None = None
+class _PrivateRng:
+    """Python/NumPy/torch-CPU generator states that are swapped in around a loader's work.
+
+    Datasets draw their augmentations from the global generators when they run in the main
+    process (``workers=0``), and a DataLoader draws its base seed from torch's global generator
+    when it is started. Swapping in a private state makes each device's stream depend on its
+    own seed only, and leaves the training process' generators (dropout) untouched.
+    """
+
+    def __init__(self, seed: int) -> None:
+        with self._swapped_out():
+            seed_everything(seed)
+            self.state = self._capture()
+
+    @staticmethod
+    def _capture() -> tuple:
+        return random.getstate(), np.random.get_state(), torch.get_rng_state()
+
+    @staticmethod
+    def _restore(state: tuple) -> None:
+        random.setstate(state[0])
+        np.random.set_state(state[1])
+        torch.set_rng_state(state[2])
+
+    @contextlib.contextmanager
+    def _swapped_out(self) -> Iterator[None]:
+        outer = self._capture()
+        try:
+            yield
+        finally:
+            self._restore(outer)
+
+    @contextlib.contextmanager
+    def active(self) -> Iterator[None]:
+        with self._swapped_out():
+            self._restore(self.state)
+            try:
+                yield
+            finally:
+                self.state = self._capture()
+
+
+def device_batches(make_loader: Callable[[int, int, int], Iterable[Any]], seed: int,
+                   device_indices: Sequence[int], epoch: int, start_step: int = 0
                    ) -> Iterator[list[dict[str, Any]]]:
     """Yield, per step, one per-device batch dict for each of ``device_indices``.
 
+    Each device's stream is a function of ``(seed, epoch, device index)`` alone (see the module
+    docstring), whatever the process layout, the number of loader workers or the state of the
+    global random generators, which this function leaves untouched.
+
     Args:
-        make_loader: ``make_loader(seed, local_index)`` returns an iterable of per-device
-            batches for one device (a dict, or a one-element list holding the dict).
+        make_loader: ``make_loader(seed, local_index, start_step)`` returns an iterable of
+            one device's per-device batches (each a dict, or a one-element list holding the
+            dict), seeded with ``seed`` and starting at step ``start_step`` of that stream.
         seed: the run's base seed (``TRAIN.seed``).
         device_indices: the global device indices this process trains on.
         epoch: 0-based epoch; together with the device index it fixes the loader's seed.
-        skip: number of steps already consumed in this epoch (resuming); they are drawn and
-            dropped so that the stream continues exactly where it stopped.
-        rng_state: global RNG state (:func:`~mit_semseg.checkpoint.capture_rng_state`) to
-            install once the loaders are started and the skipped steps drawn; by default the
-            state from before. Either way, starting the stream leaves the global generators
-            (used by dropout, and by loaders that draw their base seed from torch) exactly as
-            an uninterrupted run has them at this point.
+        start_step: steps of this epoch already consumed (resuming a run).
     """
-    saved = rng_state if rng_state is not None else capture_rng_state()
-    iterators = [iter(make_loader(data_seed(seed, epoch, g), i))
-                 for i, g in enumerate(device_indices)]
+    streams = []
+    for local_index, global_index in enumerate(device_indices):
+        stream_seed = data_seed(seed, epoch, global_index)
+        rng = _PrivateRng(stream_seed)
+        with rng.active():
+            streams.append((iter(make_loader(stream_seed, local_index, start_step)), rng))
 
     def draw() -> list[dict[str, Any]] | None:
         batch = []
-        for it in iterators:
-            item = next(it, None)
+        for iterator, rng in streams:
+            with rng.active():
+                item = next(iterator, None)
             if item is None:
                 return None
             batch.append(item[0] if isinstance(item, (list, tuple)) else item)
         return batch
 
-    for _ in range(skip):
-        if draw() is None:
-            raise RuntimeError(f"the data stream ended while skipping {skip} consumed steps")
-    restore_rng_state(saved)
     while (batch := draw()) is not None:
         yield batch
 

@@ -2,13 +2,14 @@
 
 import copy
 import itertools
+import random
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
 
 from mit_semseg import training as tr
-from mit_semseg.checkpoint import capture_rng_state
 
 
 class TinySegModule(nn.Module):
@@ -89,40 +90,49 @@ def test_data_seed_depends_on_every_input():
     assert tr.data_seed(304, 3, 1) == tr.data_seed(304, 3, 1)
 
 
-def _loader_factory(log):
-    """A loader whose content depends on its seed only, and that consumes global RNG."""
-    def make_loader(seed, local_index):
-        log.append((seed, local_index))
-        torch.rand(1)  # like a DataLoader drawing its base seed from the global generator
-        return ({"x": torch.tensor([seed % 1000, i])} for i in itertools.count())
-    return make_loader
+def _make_loader(seed, local_index, start_step):
+    """Like a workers=0 DataLoader: draws from the *global* generators as it goes."""
+    torch.rand(1)  # a DataLoader draws its base seed from torch's global generator
+
+    def batches():
+        for step in itertools.count():
+            x = {"x": torch.tensor([float(np.random.rand()), random.random()])}
+            if step >= start_step:
+                yield x
+    return batches()
+
+
+def _take(stream, n):
+    return [[d["x"] for d in step] for step in itertools.islice(stream, n)]
 
 
 def test_device_batches_symmetric_across_processes_and_resumable():
-    both = list(itertools.islice(tr.device_batches(_loader_factory([]), 7, [0, 1], 2), 5))
-    rank0 = list(itertools.islice(tr.device_batches(_loader_factory([]), 7, [0], 2), 5))
-    rank1 = list(itertools.islice(tr.device_batches(_loader_factory([]), 7, [1], 2), 5))
+    both = _take(tr.device_batches(_make_loader, 7, [0, 1], 2), 5)
+    rank0 = _take(tr.device_batches(_make_loader, 7, [0], 2), 5)
+    rank1 = _take(tr.device_batches(_make_loader, 7, [1], 2), 5)
     for step in range(5):
-        assert torch.equal(both[step][0]["x"], rank0[step][0]["x"])
-        assert torch.equal(both[step][1]["x"], rank1[step][0]["x"])
-    resumed = list(itertools.islice(tr.device_batches(_loader_factory([]), 7, [0, 1], 2, 3), 2))
-    for a, b in zip(resumed, both[3:]):
-        assert all(torch.equal(x["x"], y["x"]) for x, y in zip(a, b))
+        assert torch.equal(both[step][0], rank0[step][0])
+        assert torch.equal(both[step][1], rank1[step][0])
+        assert not torch.equal(both[step][0], both[step][1])
+    resumed = _take(tr.device_batches(_make_loader, 7, [0, 1], 2, start_step=3), 2)
+    assert all(torch.equal(a, b) for x, y in zip(resumed, both[3:]) for a, b in zip(x, y))
+    other_epoch = _take(tr.device_batches(_make_loader, 7, [0, 1], 3), 1)
+    assert not torch.equal(other_epoch[0][0], both[0][0])
 
 
-def test_device_batches_leave_global_rng_untouched():
+def test_device_batches_independent_of_and_invisible_to_global_rng():
+    seed_a = _take(tr.device_batches(_make_loader, 1, [0], 0), 3)
     torch.manual_seed(5)
-    expected = torch.rand(2)
+    np.random.seed(5)
+    random.seed(5)
+    expected = (torch.rand(2), np.random.rand(), random.random())
     torch.manual_seed(5)
-    stream = tr.device_batches(_loader_factory([]), 0, [0, 1], 0, skip=2)
-    next(stream)
-    assert torch.equal(torch.rand(2), expected)
-    torch.manual_seed(9)
-    saved = capture_rng_state()
-    after = torch.rand(2)
-    torch.manual_seed(1)
-    next(tr.device_batches(_loader_factory([]), 0, [0], 0, rng_state=saved))
-    assert torch.equal(torch.rand(2), after)
+    np.random.seed(5)
+    random.seed(5)
+    seed_b = _take(tr.device_batches(_make_loader, 1, [0], 0, start_step=1), 2)
+    assert (torch.equal(torch.rand(2), expected[0]) and np.random.rand() == expected[1]
+            and random.random() == expected[2])
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(seed_a[1:], seed_b))
 
 
 def test_forward_batch_requires_one_dict_for_plain_module():

@@ -99,6 +99,19 @@ def test_train_writes_all_outputs(dataset, tmp_path):
     assert "Epoch: [2][2/3]" in log and "Training Done!" in log
 
 
+def test_train_bf16_autocast_on_cpu(dataset, tmp_path):
+    out = tmp_path / "bf16"
+    keys = {"num_epoch": 1, "epoch_iters": 2, "amp": "bf16"}
+    result = _run(["train.py", "--cfg", str(CONFIG), "--gpus", "cpu",
+                   *_opts(dataset, out, **keys)])
+    assert result.returncode == 0, result.stderr[-3000:]
+    weights = _weights(out, 1)
+    for sd in weights.values():
+        for key, value in sd.items():
+            if value.is_floating_point():
+                assert value.dtype == torch.float32 and torch.isfinite(value).all(), key
+
+
 @pytest.mark.parametrize(
     "argv, message",
     [
