@@ -29,14 +29,13 @@ from pathlib import Path
 import numpy as np
 
 from mit_semseg.config import ConfigError, load_config
+from mit_semseg.data import ImageReadError, TestDataset, ade_palette
+from mit_semseg.evaluation import resolve_class_names
 from mit_semseg.inference import (
-    ImageReadError,
     collect_images,
     load_segmentation_module,
-    multi_scale_inputs,
     output_names,
     predict_probs,
-    read_image_rgb,
 )
 from mit_semseg.utils import NotSupportedCliException, resolve_devices, setup_logging
 from mit_semseg.visualize import class_fractions, prediction_panel, save_image
@@ -89,9 +88,6 @@ def main(argv: list[str] | None = None) -> int:
 
     from tqdm import tqdm
 
-    from mit_semseg.data.palette import ade_palette
-    from mit_semseg.evaluation import resolve_class_names
-
     num_class = cfg.DATASET.num_class
     palette = ade_palette(num_class)
     names = resolve_class_names(num_class, cfg.DATASET.root_dataset)
@@ -100,22 +96,24 @@ def main(argv: list[str] | None = None) -> int:
         window = (cfg.TEST.window_size, cfg.TEST.window_stride or cfg.TEST.window_size * 2 // 3)
     result_dir = Path(cfg.TEST.result)
     inputs = {p.resolve() for p in images}
+    dataset = TestDataset([{"fpath_img": str(p)} for p in images], cfg.DATASET)
     failed = len(problems)
-    for path, name in tqdm(list(zip(images, output_names(images))), desc="test", unit="img"):
+    names_out = output_names(images)
+    for index in tqdm(range(len(images)), desc="test", unit="img"):
+        path, name = images[index], names_out[index]
         out_path = result_dir / f"{name}.png"
         if out_path.resolve() in inputs:  # never overwrite an input image
             out_path = result_dir / f"{name}_seg.png"
         try:
-            img = read_image_rgb(path)
-            d = cfg.DATASET
-            img_list = multi_scale_inputs(img, d.imgSizes, d.imgMaxSize, d.padding_constant)
-            probs = predict_probs(module, img_list, img.shape[:2], device, window=window)
+            sample = dataset[index]  # decodes and rescales; grayscale/RGBA/16-bit -> RGB
+            img = sample["img_ori"]
+            probs = predict_probs(module, sample["img_data"], img.shape[:2], device, window=window)
             pred = probs.argmax(0).cpu().numpy()
             save_image(out_path, prediction_panel(img, pred, palette, names))
             if cfg.TEST.save_label:
                 dtype = np.uint8 if num_class < 256 else np.uint16
                 save_image(result_dir / "labels" / f"{name}.png", (pred + 1).astype(dtype))
-        except ImageReadError as exc:
+        except (ImageReadError, FileNotFoundError) as exc:
             logger.error("skipped: %s", exc)
             failed += 1
             continue

@@ -189,17 +189,17 @@ def resolve_class_names(num_class: int, root_dataset: str | Path | None = None) 
 
     A table with fewer rows than ``num_class`` is completed with ``class_<i>`` names.
     """
-    from mit_semseg.data.palette import load_class_info
+    from mit_semseg.data.palette import OBJECT150_CSV, class_names
 
     candidates = []
     if root_dataset:
         candidates.append(Path(root_dataset) / "object_info.csv")
     if num_class == 150:
-        candidates.append(Path(__file__).resolve().parent / "data" / "object150_info.csv")
+        candidates.append(OBJECT150_CSV)
     names: list[str] = []
     for path in candidates:
         if path.is_file():
-            names = [str(n) for n in load_class_info(path)["names"]]
+            names = [str(n) for n in class_names(path)]
             logger.info("class names from %s", path)
             break
     names = names[:num_class]

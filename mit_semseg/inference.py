@@ -9,7 +9,6 @@ segSize=(H, W))`` returns ``(B, num_class, H, W)`` probabilities.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -17,21 +16,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Union
 
-import cv2
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 __all__ = [
-    "IMAGE_EXTENSIONS",
-    "ImageReadError",
     "Window",
     "collect_images",
     "output_names",
-    "read_image_rgb",
     "load_segmentation_module",
-    "multi_scale_inputs",
     "predict_probs",
     "sliding_window_starts",
 ]
@@ -140,45 +133,6 @@ def predict_probs(
     return scores[0]
 
 
-# ImageNet statistics (RGB, 0-1 range) that every released model was trained with.
-_MEAN = (0.485, 0.456, 0.406)
-_STD = (0.229, 0.224, 0.225)
-
-
-def multi_scale_inputs(
-    img: np.ndarray, img_sizes: Sequence[int], max_size: int, padding_constant: int
-) -> list[torch.Tensor]:
-    """The network inputs of one RGB image at every test scale (as the validation data).
-
-    For each short side ``s`` the scale is ``min(s / min(H, W), max_size / max(H, W))``; the
-    scaled sides are rounded up to a multiple of ``padding_constant``; the image is resized
-    bilinearly (antialiased when shrinking, like PIL) and normalised with ImageNet statistics.
-
-    Args:
-        img: ``(H, W, 3)`` uint8 RGB.
-        img_sizes: short sides (``DATASET.imgSizes``).
-        max_size: cap on the long side (``DATASET.imgMaxSize``).
-        padding_constant: sides are multiples of it (``DATASET.padding_constant``).
-
-    Returns:
-        one ``(1, 3, h, w)`` float32 tensor per size.
-    """
-    height, width = img.shape[:2]
-    x = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)[None].float() / 255.0
-    mean = torch.tensor(_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(_STD).view(1, 3, 1, 1)
-    out = []
-    for short in img_sizes:
-        scale = min(short / min(height, width), max_size / max(height, width))
-        size = [
-            max(math.ceil(int(side * scale) / padding_constant), 1) * padding_constant
-            for side in (height, width)
-        ]
-        resized = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
-        out.append((resized - mean) / std)
-    return out
-
-
 def load_segmentation_module(
     model_cfg: Any,
     num_class: int,
@@ -228,116 +182,33 @@ def load_segmentation_module(
     return module.to(device).eval()
 
 
-# Files picked up when a folder is given (compared case-insensitively).
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
-# Files read as lists of image paths (one per line, or odgt JSON records with ``fpath_img``).
-LIST_EXTENSIONS = (".txt", ".lst", ".list", ".odgt")
-
-
-class ImageReadError(ValueError):
-    """An input image cannot be used; the message names the file and the reason."""
-
-
-def read_image_rgb(path: str | os.PathLike) -> np.ndarray:
-    """Reads any common image as ``(H, W, 3)`` uint8 RGB.
-
-    Grayscale is replicated to three channels, an alpha channel is dropped, 16-bit images are
-    scaled to 8 bits and float images are clipped to their 0-1 (or 0-255) range.
-
-    Raises:
-        ImageReadError: missing, empty, corrupt or unsupported file (the message names it).
-    """
-    path = Path(path)
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise ImageReadError(f"{path}: cannot read file ({exc.strerror or exc})") from exc
-    if not data:
-        raise ImageReadError(f"{path}: empty file (0 bytes)")
-    # imdecode instead of imread: works for non-ASCII paths and never prints to stderr itself
-    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
-    if img is None or img.size == 0:
-        raise ImageReadError(f"{path}: not a readable image (corrupt or unsupported format)")
-    if img.ndim == 3 and img.shape[2] == 1:
-        img = img[:, :, 0]
-    if img.dtype == np.uint16:
-        img = ((img.astype(np.float32) + 128.0) / 257.0).astype(np.uint8)  # 65535 -> 255
-    elif img.dtype.kind == "f":
-        peak = 1.0 if float(np.nanmax(img)) <= 1.0 else 255.0
-        img = (np.clip(np.nan_to_num(img), 0.0, peak) * (255.0 / peak)).round().astype(np.uint8)
-    elif img.dtype != np.uint8:
-        raise ImageReadError(f"{path}: unsupported pixel type {img.dtype}")
-    if img.ndim == 2:
-        return np.repeat(img[:, :, None], 3, axis=2)
-    if img.ndim != 3 or img.shape[2] not in (3, 4):
-        raise ImageReadError(f"{path}: unsupported image layout {img.shape}")
-    return np.ascontiguousarray(img[:, :, 2::-1])  # BGR(A) -> RGB, alpha dropped
-
-
-def _read_list_file(path: Path) -> list[Path]:
-    """Image paths from a list file; relative entries are taken relative to the list's folder."""
-    entries = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        if line.startswith("{"):
-            try:
-                line = json.loads(line)["fpath_img"]
-            except (json.JSONDecodeError, KeyError, TypeError) as exc:
-                raise ImageReadError(
-                    f"{path}, line {number}: expected a path or a JSON record with fpath_img"
-                ) from exc
-        entry = Path(line).expanduser()
-        entries.append(entry if entry.is_absolute() else path.parent / entry)
-    return entries
-
-
 def collect_images(inputs: Sequence[str | os.PathLike]) -> tuple[list[Path], list[str]]:
-    """Expands ``--imgs`` arguments into image files.
+    """Expands ``--imgs`` arguments (files, folders, list files) into image paths.
 
-    Args:
-        inputs: image files (any extension), folders (searched recursively for
-            :data:`IMAGE_EXTENSIONS`, case-insensitive) and list files (:data:`LIST_EXTENSIONS`).
+    Each argument is expanded with :func:`mit_semseg.data.list_images`; an argument that
+    cannot be used (missing path, empty folder, unknown file type) is reported instead of
+    stopping the others.
 
     Returns:
-        ``(images, problems)``: the files in a stable order without duplicates, and one
-        message per argument that could not be used (missing path, empty folder...).
+        ``(images, problems)``: the images in order without duplicates, and one message per
+        unusable argument.
     """
+    from mit_semseg.data import list_images
+
     images: list[Path] = []
     problems: list[str] = []
-    for raw in inputs:
-        path = Path(raw).expanduser()
-        if path.is_dir():
-            found = sorted(
-                p
-                for p in path.rglob("*")
-                if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
-            )
-            if not found:
-                problems.append(f"{path}: no image files ({', '.join(IMAGE_EXTENSIONS)}) in folder")
-            images.extend(found)
-        elif path.is_file() and path.suffix.lower() in LIST_EXTENSIONS:
-            try:
-                listed = _read_list_file(path)
-            except (OSError, UnicodeDecodeError, ImageReadError) as exc:
-                problems.append(f"{path}: cannot read list file ({exc})")
-                continue
-            if not listed:
-                problems.append(f"{path}: list file holds no image paths")
-            images.extend(listed)  # missing entries are reported when they are read
-        elif path.exists():
-            images.append(path)
-        else:
-            problems.append(f"{path}: no such file or folder")
     seen: set[Path] = set()
-    unique = []
-    for image in images:
-        key = image.resolve()
-        if key not in seen:
-            seen.add(key)
-            unique.append(image)
-    return unique, problems
+    for item in inputs:
+        try:
+            found = list_images(item)
+        except (FileNotFoundError, ValueError) as exc:
+            problems.append(str(exc))
+            continue
+        for path in map(Path, found):
+            if path.resolve() not in seen:
+                seen.add(path.resolve())
+                images.append(path)
+    return images, problems
 
 
 def output_names(images: Sequence[Path]) -> list[str]:

@@ -13,6 +13,10 @@ from pathlib import Path
 import pytest
 import torch
 
+# the scripts need the model and data packages
+pytest.importorskip("mit_semseg.models")
+pytest.importorskip("mit_semseg.data.synthetic")
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CFG = REPO_ROOT / "config" / "synthetic-mobilenetv2dilated-c1_deepsup.yaml"
 NUM_VAL = 3
@@ -43,12 +47,13 @@ class TinyRun:
 
 
 def make_tiny_run(root: Path) -> TinyRun:
-    from mit_semseg.config import load_config
-    from mit_semseg.data.synthetic import SYNTHETIC_NUM_CLASS, generate
     from mit_semseg.models import ModelBuilder
 
+    from mit_semseg.config import load_config
+    from mit_semseg.data.synthetic import SYNTHETIC_NUM_CLASS, generate
+
     data = root / "data"
-    generate(data, num_train=2, num_val=NUM_VAL, seed=0)
+    generate(data, num_train=1, num_val=NUM_VAL, seed=0, min_size=40, max_size=72)
     cfg = load_config(CFG)
     torch.manual_seed(0)
     encoder = ModelBuilder.build_encoder(arch=cfg.MODEL.arch_encoder, fc_dim=cfg.MODEL.fc_dim)
