@@ -1,0 +1,194 @@
+"""Configuration: defaults, loading with clear errors, and validation.
+
+``cfg`` is the original package's mutable global node, kept so that ``from mit_semseg.config
+import cfg`` keeps working. Scripts use :func:`load_config` instead, which returns a validated,
+frozen copy and never touches ``cfg``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import yaml
+from yacs.config import CfgNode
+
+from .defaults import _C
+
+__all__ = ["cfg", "CfgNode", "ConfigError", "get_cfg_defaults", "load_config", "validate_config"]
+
+cfg = _C.clone()
+
+_AMP_CHOICES = ("", "bf16", "fp16")
+_BACKEND_CHOICES = ("auto", "nccl", "gloo")
+_DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+
+
+class ConfigError(ValueError):
+    """A configuration file or override is invalid (unknown key, wrong type or bad value)."""
+
+
+def get_cfg_defaults() -> CfgNode:
+    """Return a mutable copy of the defaults (changing it does not affect other callers)."""
+    return _C.clone()
+
+
+def _all_keys(node: CfgNode, prefix: str = "") -> list[str]:
+    keys = []
+    for name, value in node.items():
+        full = prefix + name
+        keys.extend(_all_keys(value, full + ".") if isinstance(value, CfgNode) else [full])
+    return keys
+
+
+def _flatten(tree: dict, prefix: str = "") -> list[tuple[str, Any]]:
+    """``{'A': {'b': 1}}`` -> ``[('A.b', 1)]`` (a section given as a leaf stays a leaf)."""
+    pairs = []
+    for name, value in tree.items():
+        full = f"{prefix}{name}"
+        if isinstance(value, dict):
+            pairs.extend(_flatten(value, full + "."))
+        else:
+            pairs.append((full, value))
+    return pairs
+
+
+def _coerce(value: Any, default: Any, key: str, source: str) -> Any:
+    """Convert ``value`` to the type of ``default`` where that is lossless, else raise."""
+    if isinstance(default, bool) or isinstance(value, bool):
+        if type(value) is type(default):
+            return value
+    elif isinstance(default, float) and isinstance(value, int):
+        return float(value)  # "TRAIN.lr_encoder 1" means 1.0
+    elif isinstance(default, tuple) and isinstance(value, list):
+        return tuple(value)
+    elif type(value) is type(default):
+        return value
+    hint = ""
+    if isinstance(default, tuple) and not isinstance(value, (tuple, list)):
+        hint = f' (write a tuple, e.g. "({value},)")'
+    raise ConfigError(
+        f"{source}: config key {key} expects {type(default).__name__} "
+        f"(default {default!r}) but got {type(value).__name__} {value!r}{hint}"
+    )
+
+
+def _merge_pairs(node: CfgNode, pairs: Iterable[tuple[str, Any]], source: str) -> None:
+    valid = _all_keys(node)
+    for key, raw in pairs:
+        parts = key.split(".")
+        parent = node
+        for part in parts[:-1]:
+            parent = parent.get(part) if isinstance(parent, CfgNode) else None
+        if not isinstance(parent, CfgNode) or parts[-1] not in parent:
+            close = difflib.get_close_matches(key, valid, n=3, cutoff=0.6)
+            hint = f"; did you mean {' or '.join(close)}?" if close else ""
+            raise ConfigError(f"{source}: unknown config key {key!r}{hint}")
+        default = parent[parts[-1]]
+        if isinstance(default, CfgNode):
+            raise ConfigError(f"{source}: {key} is a section, give one of its keys instead")
+        value = CfgNode._decode_cfg_value(raw)
+        parent[parts[-1]] = _coerce(value, default, key, source)
+
+
+def _check(condition: bool, key: str, message: str, source: str) -> None:
+    if not condition:
+        raise ConfigError(f"{source}: {key} {message}")
+
+
+def validate_config(node: CfgNode, source: str = "config") -> None:
+    """Check value ranges and cross-key constraints; raise :class:`ConfigError` naming the key."""
+    d, t = node.DATASET, node.TRAIN
+    _check(d.num_class > 0, "DATASET.num_class", f"must be > 0, got {d.num_class}", source)
+    sizes = d.imgSizes
+    _check(
+        len(sizes) > 0 and all(isinstance(s, int) and s > 0 for s in sizes),
+        "DATASET.imgSizes", f"must be a non-empty tuple of positive ints, got {sizes!r}", source,
+    )
+    _check(d.imgMaxSize > 0, "DATASET.imgMaxSize", f"must be > 0, got {d.imgMaxSize}", source)
+    _check(
+        d.segm_downsampling_rate > 0, "DATASET.segm_downsampling_rate",
+        f"must be > 0, got {d.segm_downsampling_rate}", source,
+    )
+    _check(
+        d.padding_constant >= d.segm_downsampling_rate, "DATASET.padding_constant",
+        f"({d.padding_constant}) must be >= DATASET.segm_downsampling_rate "
+        f"({d.segm_downsampling_rate})", source,
+    )
+    _check(
+        bool(_DEVICE_PATTERN.match(node.DEVICE)), "DEVICE",
+        f"must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {node.DEVICE!r}", source,
+    )
+    for key in ("batch_size_per_gpu", "num_epoch", "epoch_iters", "disp_iter"):
+        _check(t[key] > 0, f"TRAIN.{key}", f"must be > 0, got {t[key]}", source)
+    _check(
+        0 <= t.start_epoch < t.num_epoch, "TRAIN.start_epoch",
+        f"must be in [0, TRAIN.num_epoch={t.num_epoch}), got {t.start_epoch}", source,
+    )
+    _check(t.optim.upper() == "SGD", "TRAIN.optim", f"only 'SGD' is supported, got {t.optim!r}",
+           source)
+    for key in ("lr_encoder", "lr_decoder", "lr_pow", "weight_decay", "deep_sup_scale"):
+        _check(t[key] >= 0, f"TRAIN.{key}", f"must be >= 0, got {t[key]}", source)
+    _check(0 <= t.beta1 < 1, "TRAIN.beta1", f"must be in [0, 1), got {t.beta1}", source)
+    for key in ("workers", "checkpoint_every"):
+        _check(t[key] >= 0, f"TRAIN.{key}", f"must be >= 0, got {t[key]}", source)
+    _check(t.amp in _AMP_CHOICES, "TRAIN.amp", f"must be one of {_AMP_CHOICES}, got {t.amp!r}",
+           source)
+    _check(
+        node.DIST.backend in _BACKEND_CHOICES, "DIST.backend",
+        f"must be one of {_BACKEND_CHOICES}, got {node.DIST.backend!r}", source,
+    )
+    for section in ("VAL", "TEST"):
+        n = node[section]
+        _check(n.batch_size > 0, f"{section}.batch_size", f"must be > 0, got {n.batch_size}",
+               source)
+        _check(n.workers >= 0, f"{section}.workers", f"must be >= 0, got {n.workers}", source)
+    for key in ("window_size", "window_stride"):
+        value = node.TEST[key]
+        _check(value >= 0, f"TEST.{key}", f"must be >= 0 (0 = off/auto), got {value}", source)
+
+
+def load_config(cfg_file: str | os.PathLike | None = None, opts: Sequence[str] = ()) -> CfgNode:
+    """Build the configuration of a run: defaults <- YAML file <- ``KEY VALUE`` overrides.
+
+    Args:
+        cfg_file: YAML file overriding some defaults (``None``: defaults only).
+        opts: flat list of command-line overrides, e.g. ``["TRAIN.num_epoch", "5"]``; values
+            are parsed as Python literals (``"(300,)"`` becomes a tuple).
+
+    Returns:
+        A validated, frozen :class:`CfgNode`.
+
+    Raises:
+        FileNotFoundError: ``cfg_file`` does not exist.
+        ConfigError: unknown key, wrong type or invalid value; the message names the file or
+            the command line and the key.
+    """
+    node = get_cfg_defaults()
+    source = "defaults"
+    if cfg_file is not None:
+        source = os.fspath(cfg_file)
+        if not os.path.isfile(source):
+            raise FileNotFoundError(f"config file not found: {source}")
+        with open(source, encoding="utf-8") as f:
+            try:
+                tree = yaml.safe_load(f) or {}
+            except yaml.YAMLError as exc:
+                raise ConfigError(f"{source}: not valid YAML: {exc}") from exc
+        if not isinstance(tree, dict):
+            raise ConfigError(f"{source}: expected a mapping of config keys at the top level")
+        _merge_pairs(node, _flatten(tree), source)
+    opts = list(opts)
+    if opts:
+        if len(opts) % 2:
+            raise ConfigError(
+                f"command-line overrides must be KEY VALUE pairs, got an odd number: {opts}"
+            )
+        _merge_pairs(node, zip(opts[0::2], opts[1::2]), "command line")
+        source = f"{source} + command line"
+    validate_config(node, source)
+    node.freeze()
+    return node

@@ -1,0 +1,162 @@
+"""Every configuration key of mit_semseg, with its default and meaning.
+
+This file is the single place where keys are defined. A YAML file in ``config/`` only overrides
+values defined here; yacs rejects any key that does not exist below, so a typo fails loudly.
+Keys inherited from the original ``mit_semseg`` 1.0.0 keep their (mixed-case) names so that old
+configs and command lines keep working; keys added by this project are snake_case.
+
+Scripts never use ``_C`` directly: they call :func:`mit_semseg.config.load_config`, which merges a
+clone of these defaults with a YAML file and ``KEY VALUE`` overrides and freezes the result.
+"""
+
+from yacs.config import CfgNode as CN
+
+_C = CN()
+
+# Output folder: checkpoints, log.txt, config.yaml, history and training curves are written here.
+_C.DIR = "ckpt/ade20k-resnet50dilated-ppm_deepsup"
+
+# Compute device. Options: "auto" (first CUDA GPU if present, else CPU), "cpu", "cuda",
+# "cuda:N". train.py's ``--gpus`` flag overrides it; under torchrun every rank uses
+# "cuda:<LOCAL_RANK>" when the device is CUDA.
+_C.DEVICE = "auto"
+
+# -----------------------------------------------------------------------------
+# Dataset
+# -----------------------------------------------------------------------------
+_C.DATASET = CN()
+# Folder that the image/annotation paths inside the .odgt lists are relative to.
+_C.DATASET.root_dataset = "./data/"
+# Training list: one JSON record per line with fpath_img, fpath_segm, width, height.
+_C.DATASET.list_train = "./data/training.odgt"
+# Validation list, same format as list_train.
+_C.DATASET.list_val = "./data/validation.odgt"
+# Number of classes, not counting "unlabeled" (pixel value 0 in the annotation PNGs, ignored).
+_C.DATASET.num_class = 150
+# Short-side lengths in pixels. Training: one is drawn at random per per-device batch.
+# Validation/testing: the image is evaluated at every size and the probabilities are averaged.
+# Must be a tuple, e.g. "(300, 375, 450)" or "(450,)" on the command line.
+_C.DATASET.imgSizes = (300, 375, 450, 525, 600)
+# Upper bound in pixels on the long side after scaling (the scale is reduced to respect it).
+_C.DATASET.imgMaxSize = 1000
+# Image sides are rounded up to a multiple of this many pixels (the network's total stride).
+# Must be >= segm_downsampling_rate.
+_C.DATASET.padding_constant = 8
+# Training labels are downsampled by this factor; must equal the decoder's output stride
+# (8 for dilated encoders with C1/PPM, 4 for UPerNet and HRNet).
+_C.DATASET.segm_downsampling_rate = 8
+# Randomly flip training images horizontally (probability 0.5). The original ignored this key and
+# always flipped; here False switches flipping off.
+_C.DATASET.random_flip = True
+
+# -----------------------------------------------------------------------------
+# Model
+# -----------------------------------------------------------------------------
+_C.MODEL = CN()
+# Encoder architecture, e.g. "resnet50dilated", "resnet18dilated", "mobilenetv2dilated",
+# "resnet50", "resnet101", "hrnetv2" (see mit_semseg.models.list_encoders()).
+_C.MODEL.arch_encoder = "resnet50dilated"
+# Decoder architecture, e.g. "ppm_deepsup", "ppm", "c1_deepsup", "c1", "upernet"
+# (see mit_semseg.models.list_decoders()). A "_deepsup" decoder adds the auxiliary loss in training.
+_C.MODEL.arch_decoder = "ppm_deepsup"
+# Path to an encoder state_dict to start from ("" = none). Loaded strictly.
+_C.MODEL.weights_encoder = ""
+# Path to a decoder state_dict to start from ("" = none). Loaded strictly.
+_C.MODEL.weights_decoder = ""
+# Channels of the encoder's last feature map (the decoder's input width). Checked against the
+# encoder's declared out_channels.
+_C.MODEL.fc_dim = 2048
+
+# -----------------------------------------------------------------------------
+# Training
+# -----------------------------------------------------------------------------
+_C.TRAIN = CN()
+# Images per device (GPU, CPU replica or torchrun process). Total batch = this x devices.
+_C.TRAIN.batch_size_per_gpu = 2
+# Number of epochs to train for.
+_C.TRAIN.num_epoch = 20
+# Epoch to start from (original-style resume): > 0 loads DIR/{encoder,decoder}_epoch_<N>.pth and
+# restarts the optimizer. Prefer TRAIN.resume, which also restores optimizer and RNG state.
+_C.TRAIN.start_epoch = 0
+# Iterations per epoch. An "epoch" is a fixed number of steps, not a pass over the data.
+_C.TRAIN.epoch_iters = 5000
+# Optimizer. Options: "SGD" (the only one; kept for compatibility with the original configs).
+_C.TRAIN.optim = "SGD"
+# Base learning rate of the encoder's optimizer (decayed by the poly schedule every iteration).
+_C.TRAIN.lr_encoder = 0.02
+# Base learning rate of the decoder's optimizer.
+_C.TRAIN.lr_decoder = 0.02
+# Power of the poly schedule: lr = base * (1 - it / max_iters) ** lr_pow.
+_C.TRAIN.lr_pow = 0.9
+# SGD momentum (named beta1 in the original).
+_C.TRAIN.beta1 = 0.9
+# L2 weight decay, applied to conv and linear weights only (not to biases or norm layers).
+_C.TRAIN.weight_decay = 1e-4
+# Weight of the deep-supervision (auxiliary) loss of "_deepsup" decoders.
+_C.TRAIN.deep_sup_scale = 0.4
+# Keep the whole model in eval mode while training (frozen BN statistics, no dropout); used
+# when fine-tuning with small batches. Parameters are still optimised.
+_C.TRAIN.fix_bn = False
+# DataLoader worker processes per training process (0 = load in the main process).
+_C.TRAIN.workers = 16
+# Log every this many iterations (and record a point in the history).
+_C.TRAIN.disp_iter = 20
+# Random seed for Python, NumPy and torch; torchrun rank r uses seed + r for its data.
+_C.TRAIN.seed = 304
+# Initialise the encoder with ImageNet weights when MODEL.weights_encoder is empty (the
+# original always did; they come from ./pretrained/ or are downloaded). False = random init.
+_C.TRAIN.pretrained = True
+# Mixed precision. Options: "" (off, fp32), "bf16" (CPU or CUDA), "fp16" (CUDA only, with a
+# gradient scaler).
+_C.TRAIN.amp = ""
+# Resume a killed run. Options: "" (start fresh), "auto" (DIR/checkpoint_last.pth if it exists,
+# else start fresh), or a path to a checkpoint_last.pth-style file (must exist).
+_C.TRAIN.resume = ""
+# Write the resumable DIR/checkpoint_last.pth every this many iterations (0 = only at the end
+# of each epoch). It is always written at the end of an epoch.
+_C.TRAIN.checkpoint_every = 500
+
+# -----------------------------------------------------------------------------
+# Distributed (torchrun) training
+# -----------------------------------------------------------------------------
+_C.DIST = CN()
+# torch.distributed backend. Options: "auto" (nccl on CUDA, gloo on CPU), "nccl", "gloo".
+_C.DIST.backend = "auto"
+# Synchronise BatchNorm statistics across devices/processes (SyncBN), as the original did on
+# several GPUs. False keeps per-device statistics.
+_C.DIST.sync_bn = True
+
+# -----------------------------------------------------------------------------
+# Validation (eval.py, eval_multipro.py)
+# -----------------------------------------------------------------------------
+_C.VAL = CN()
+# Images per forward pass; only 1 is supported (images differ in size).
+_C.VAL.batch_size = 1
+# Write [image | ground truth | prediction] PNGs to DIR/result/.
+_C.VAL.visualize = False
+# Checkpoint suffix to evaluate: weights are DIR/encoder_<checkpoint>, DIR/decoder_<checkpoint>.
+_C.VAL.checkpoint = "epoch_20.pth"
+# Also evaluate the horizontally flipped image and average the probabilities (test-time
+# augmentation; the original had none).
+_C.VAL.flip = False
+# DataLoader worker processes for evaluation.
+_C.VAL.workers = 5
+
+# -----------------------------------------------------------------------------
+# Testing / inference (test.py)
+# -----------------------------------------------------------------------------
+_C.TEST = CN()
+# Images per forward pass; only 1 is supported.
+_C.TEST.batch_size = 1
+# Checkpoint suffix to run: weights are DIR/encoder_<checkpoint>, DIR/decoder_<checkpoint>.
+_C.TEST.checkpoint = "epoch_20.pth"
+# Folder for the output visualisations (and label maps with save_label).
+_C.TEST.result = "./"
+# Sliding-window inference: window side in pixels at each scale (0 = off, whole image at once).
+_C.TEST.window_size = 0
+# Step between windows in pixels (0 = two thirds of window_size). Only used with window_size > 0.
+_C.TEST.window_stride = 0
+# Also write the raw predicted label map (uint8/uint16 PNG, value = class index + 1).
+_C.TEST.save_label = False
+# DataLoader worker processes for inference.
+_C.TEST.workers = 5

@@ -1,0 +1,310 @@
+"""Reading, writing and building ``.odgt`` sample lists.
+
+An ``.odgt`` file holds one JSON object per line. Training and validation records carry
+``fpath_img`` and ``fpath_segm`` (paths relative to ``DATASET.root_dataset``) and the
+original ``width`` and ``height`` of the image; test lists only need ``fpath_img``.
+
+Build a list for a custom dataset (images and masks paired by relative path and stem)::
+
+    python -m mit_semseg.data.odgt --images DIR --masks DIR --out FILE [--root ROOT]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "OdgtError",
+    "Record",
+    "build_odgt",
+    "check_record",
+    "find_images",
+    "list_images",
+    "read_odgt",
+    "write_odgt",
+    "write_text_atomic",
+]
+
+logger = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+TRAIN_KEYS = ("fpath_img", "fpath_segm", "width", "height")
+Record = dict[str, Any]
+
+
+class OdgtError(ValueError):
+    """A sample list is empty or one of its lines is malformed (message names file and line)."""
+
+
+def check_record(record: Any, where: str, required: Sequence[str]) -> Record:
+    """Validates one parsed record; ``where`` (e.g. ``"file:line"``) prefixes the error.
+
+    Raises:
+        OdgtError: not an object, a missing key, an empty path or a non-positive size.
+    """
+    if not isinstance(record, dict):
+        raise OdgtError(f"{where}: expected a JSON object, got {type(record).__name__}")
+    missing = [k for k in required if k not in record]
+    if missing:
+        raise OdgtError(f"{where}: missing key(s) {', '.join(missing)}")
+    for key in ("fpath_img", "fpath_segm"):
+        if key in record and (not isinstance(record[key], str) or not record[key]):
+            raise OdgtError(f"{where}: '{key}' must be a non-empty string, got {record[key]!r}")
+    for key in ("width", "height"):
+        if key in record:
+            value = record[key]
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise OdgtError(f"{where}: '{key}' must be a positive integer, got {value!r}")
+    return record
+
+
+def read_odgt(
+    path: str | os.PathLike, required: Sequence[str] = TRAIN_KEYS
+) -> tuple[list[Record], list[str]]:
+    """Reads and validates an ``.odgt`` file.
+
+    Blank lines are skipped.
+
+    Args:
+        path: the list file.
+        required: keys every record must have.
+
+    Returns:
+        ``(records, origins)``: the records and, for each, ``"<path>:<line>"`` for messages.
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        OdgtError: a line is not a JSON object with the required keys, or there is no record.
+    """
+    records: list[Record] = []
+    origins: list[str] = []
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = f.readlines()
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: sample list not found") from None
+    except UnicodeDecodeError as exc:
+        raise OdgtError(f"{path}: not a UTF-8 text file ({exc.reason})") from None
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        where = f"{path}:{number}"
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise OdgtError(f"{where}: malformed JSON ({exc.msg} at column {exc.colno})") from None
+        records.append(check_record(record, where, required))
+        origins.append(where)
+    if not records:
+        raise OdgtError(f"{path}: empty sample list (no records)")
+    return records, origins
+
+
+def records_from(
+    source: str | os.PathLike | Sequence[Mapping[str, Any]], required: Sequence[str]
+) -> tuple[list[Record], list[str]]:
+    """Records and origins from an ``.odgt`` path or an in-memory list of dicts."""
+    if isinstance(source, (str, os.PathLike)):
+        return read_odgt(source, required)
+    records = [dict(r) if isinstance(r, Mapping) else r for r in source]
+    origins = [f"<list>[{i}]" for i in range(len(records))]
+    for record, where in zip(records, origins):
+        check_record(record, where, required)
+    if not records:
+        raise OdgtError("empty sample list (no records)")
+    return records, origins
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    """Writes ``text`` to ``path`` through a temporary file and ``os.replace``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def write_odgt(path: str | os.PathLike, records: Iterable[Mapping[str, Any]]) -> None:
+    """Writes records as an ``.odgt`` file (one compact JSON object per line), atomically."""
+    text = "".join(json.dumps(dict(r), ensure_ascii=False) + "\n" for r in records)
+    write_text_atomic(path, text)
+
+
+def _is_image(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_EXTENSIONS
+
+
+def find_images(folder: str | os.PathLike) -> list[Path]:
+    """All image files under ``folder`` (recursive, any common extension, any case), sorted."""
+    folder = Path(folder)
+    return sorted(p for p in folder.rglob("*") if p.is_file() and _is_image(p))
+
+
+def _paths_from_list_file(list_file: Path) -> list[Path]:
+    if list_file.suffix.lower() == ".odgt":
+        records, _ = read_odgt(list_file, required=("fpath_img",))
+        entries = [r["fpath_img"] for r in records]
+    else:
+        entries = [ln.strip() for ln in list_file.read_text(encoding="utf-8").splitlines()]
+        entries = [e for e in entries if e and not e.startswith("#")]
+    paths = []
+    for entry in entries:
+        path = Path(entry)
+        # relative entries: as given if that exists, else relative to the list file's folder
+        if not path.is_absolute() and not path.exists():
+            path = list_file.parent / path
+        paths.append(path)
+    return paths
+
+
+def list_images(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> list[str]:
+    """Expands image files, folders and list files into image paths.
+
+    * an image file is kept as is;
+    * a folder contributes all image files below it (recursive, sorted, extensions
+      ``IMAGE_EXTENSIONS`` in any case);
+    * a ``.txt`` file lists one path per line (``#`` comments and blank lines skipped); an
+      ``.odgt`` file contributes its ``fpath_img`` entries. Relative entries are taken as
+      given when they exist, otherwise relative to the list file's folder.
+
+    Raises:
+        FileNotFoundError: a path or listed file does not exist.
+        ValueError: nothing found, or a file is neither an image nor a list.
+    """
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    result: list[str] = []
+    for item in paths:
+        path = Path(item)
+        if path.is_dir():
+            found = find_images(path)
+            if not found:
+                logger.warning("no image files in folder %s", path)
+            result.extend(str(p) for p in found)
+        elif not path.exists():
+            raise FileNotFoundError(f"{path}: no such file or folder")
+        elif path.suffix.lower() in (".txt", ".odgt", ".lst"):
+            for listed in _paths_from_list_file(path):
+                if not listed.is_file():
+                    raise FileNotFoundError(f"{listed}: listed in {path} but not found")
+                result.append(str(listed))
+        elif _is_image(path):
+            result.append(str(path))
+        else:
+            raise ValueError(
+                f"{path}: not an image ({', '.join(IMAGE_EXTENSIONS)}), folder or list file "
+                "(.txt/.odgt)"
+            )
+    if not result:
+        raise ValueError(f"no images found in {[str(p) for p in paths]}")
+    return result
+
+
+def _relative(path: Path, root: Path) -> str:
+    try:
+        return path.resolve().relative_to(root.resolve()).as_posix()
+    except ValueError:
+        return str(path.resolve())
+
+
+def build_odgt(
+    images: str | os.PathLike,
+    masks: str | os.PathLike,
+    root: str | os.PathLike,
+    allow_missing: bool = False,
+) -> list[Record]:
+    """Pairs images with label masks and returns ``.odgt`` records.
+
+    An image ``images/a/b.jpg`` is paired with the mask ``masks/a/b.<ext>`` (same relative
+    folder and stem, ``.png`` preferred). Paths are stored relative to ``root`` when they lie
+    below it (use ``root`` as ``DATASET.root_dataset``), absolute otherwise.
+
+    Args:
+        images: folder of images.
+        masks: folder of single-channel label maps (0 = unlabeled, 1..K = classes).
+        root: folder the stored paths are relative to.
+        allow_missing: skip images without a mask (logged) instead of raising.
+
+    Raises:
+        FileNotFoundError: a folder does not exist, or an image has no mask.
+        ValueError: no image found, or an image and its mask differ in size.
+    """
+    from mit_semseg.data.transforms import read_image, read_label
+
+    images, masks, root = Path(images), Path(masks), Path(root)
+    for folder in (images, masks):
+        if not folder.is_dir():
+            raise FileNotFoundError(f"{folder}: folder not found")
+    by_stem: dict[tuple[str, ...], Path] = {}
+    for mask in find_images(masks):
+        key = mask.relative_to(masks).with_suffix("").parts
+        if key not in by_stem or mask.suffix.lower() == ".png":
+            by_stem[key] = mask
+    image_files = find_images(images)
+    if not image_files:
+        raise ValueError(f"{images}: no image files found")
+    records: list[Record] = []
+    for image_path in image_files:
+        mask_path = by_stem.get(image_path.relative_to(images).with_suffix("").parts)
+        if mask_path is None:
+            if allow_missing:
+                logger.warning("%s: no mask in %s, skipped", image_path, masks)
+                continue
+            raise FileNotFoundError(f"{image_path}: no mask with the same name in {masks}")
+        height, width = read_image(image_path).shape[:2]
+        label_shape = read_label(mask_path).shape
+        if label_shape != (height, width):
+            raise ValueError(
+                f"{mask_path}: mask size {label_shape[1]}x{label_shape[0]} differs from image "
+                f"{image_path} size {width}x{height}"
+            )
+        records.append({
+            "fpath_img": _relative(image_path, root),
+            "fpath_segm": _relative(mask_path, root),
+            "width": int(width),
+            "height": int(height),
+        })
+    if not records:
+        raise ValueError(f"{images}: no image has a mask in {masks}")
+    return records
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Command line: build an ``.odgt`` list from an image folder and a mask folder."""
+    parser = argparse.ArgumentParser(
+        prog="python -m mit_semseg.data.odgt",
+        description="Build an .odgt sample list from a folder of images and a folder of masks.",
+    )
+    parser.add_argument("--images", required=True, help="folder of images")
+    parser.add_argument("--masks", required=True, help="folder of label maps (same names)")
+    parser.add_argument("--out", required=True, help="output .odgt file")
+    parser.add_argument("--root", default=None,
+                        help="stored paths are relative to this folder (= DATASET.root_dataset); "
+                             "default: the folder of --out")
+    parser.add_argument("--allow-missing", action="store_true",
+                        help="skip images that have no mask instead of failing")
+    args = parser.parse_args(argv)
+    root = args.root if args.root is not None else str(Path(args.out).resolve().parent)
+    try:
+        records = build_odgt(args.images, args.masks, root, allow_missing=args.allow_missing)
+    except (OSError, ValueError) as exc:
+        parser.exit(1, f"error: {exc}\n")
+    write_odgt(args.out, records)
+    parser.exit(0, f"wrote {len(records)} records to {args.out} (paths relative to {root})\n")
+
+
+if __name__ == "__main__":
+    main()

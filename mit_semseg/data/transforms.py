@@ -1,0 +1,199 @@
+"""Image and label decoding, resizing and normalisation with OpenCV.
+
+Everything here works on numpy arrays in HWC layout and RGB channel order; conversion to
+tensors happens once, when a batch is assembled. OpenCV is used for decoding and resizing
+because it is several times faster than PIL on the sizes used for ADE20K; PIL is imported
+only to read palette-mode ("P") PNG labels, which OpenCV would expand to colours.
+"""
+
+from __future__ import annotations
+
+import os
+
+import cv2
+import numpy as np
+import torch
+
+__all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "ImageReadError",
+    "normalize_image",
+    "normalize_into",
+    "read_image",
+    "read_label",
+    "resize_image",
+    "resize_label",
+    "round_up",
+    "scaled_size",
+]
+
+# ImageNet statistics in RGB order, on the 0..1 scale (the original's normalisation).
+IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
+IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_PNG_PALETTE_COLOUR_TYPE = 3
+_JPEG_SOI = b"\xff\xd8"
+_JPEG_EOI = b"\xff\xd9"
+# A complete JPEG ends with the EOI marker; some writers append a short trailer after it.
+_JPEG_TRAILER_SLACK = 4096
+
+
+class ImageReadError(ValueError):
+    """An image or label file exists but cannot be decoded (corrupt, truncated, unsupported)."""
+
+
+def _read_bytes(path: str | os.PathLike) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise ImageReadError(f"{path}: is a directory, expected an image file") from None
+
+
+def _check_complete_jpeg(data: bytes, path: str | os.PathLike) -> None:
+    # Older OpenCV builds decode a truncated JPEG into a half-grey image with only a warning.
+    if data[:2] == _JPEG_SOI and data.rfind(_JPEG_EOI, max(0, len(data) - _JPEG_TRAILER_SLACK)) < 0:
+        raise ImageReadError(f"{path}: truncated JPEG (no end-of-image marker)")
+
+
+def _decode(data: bytes, path: str | os.PathLike, flags: int) -> np.ndarray:
+    if not data:
+        raise ImageReadError(f"{path}: empty file")
+    _check_complete_jpeg(data, path)
+    array = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), flags)
+    if array is None:
+        raise ImageReadError(f"{path}: cannot decode (corrupt, truncated or not an image)")
+    return array
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """Reads an image as ``(H, W, 3)`` uint8 RGB.
+
+    Grayscale images are replicated to three channels, alpha is dropped, 16-bit images are
+    scaled to 8 bits.
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        ImageReadError: the file cannot be decoded; the message names the file.
+    """
+    data = _read_bytes(path)
+    image = _decode(data, path, cv2.IMREAD_UNCHANGED)
+    if image.dtype == np.uint16:
+        image = (image >> 8).astype(np.uint8)
+    elif image.dtype != np.uint8:
+        raise ImageReadError(f"{path}: unsupported pixel type {image.dtype}")
+    if image.ndim == 2:
+        return cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)
+    channels = image.shape[2]
+    if channels == 3:
+        return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    if channels == 4:
+        return cv2.cvtColor(image, cv2.COLOR_BGRA2RGB)
+    if channels == 1:
+        return cv2.cvtColor(image[:, :, 0], cv2.COLOR_GRAY2RGB)
+    raise ImageReadError(f"{path}: unsupported number of channels {channels}")
+
+
+def _palette_indices(data: bytes, path: str | os.PathLike) -> np.ndarray:
+    import io
+
+    from PIL import Image  # only palette PNGs need PIL: OpenCV expands palettes to colours
+
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            return np.array(im)
+    except OSError as exc:
+        raise ImageReadError(f"{path}: cannot decode palette PNG ({exc})") from None
+
+
+def read_label(path: str | os.PathLike) -> np.ndarray:
+    """Reads a label map as a 2-D integer array of class indices (0 = unlabeled).
+
+    Accepts 8- and 16-bit single-channel images and palette-mode PNGs (the palette indices
+    are the labels). A colour (3- or 4-channel) label is rejected, because its values are
+    colours, not class indices.
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        ImageReadError: the file cannot be decoded or is not a single-channel label map.
+    """
+    data = _read_bytes(path)
+    is_palette_png = (
+        data[:8] == _PNG_SIGNATURE and len(data) > 25 and data[25] == _PNG_PALETTE_COLOUR_TYPE
+    )
+    if is_palette_png:
+        label = _palette_indices(data, path)
+    else:
+        label = _decode(data, path, cv2.IMREAD_UNCHANGED)
+    if label.ndim == 3 and label.shape[2] == 1:
+        label = label[:, :, 0]
+    if label.ndim != 2:
+        raise ImageReadError(
+            f"{path}: label maps must be single-channel class indices, got "
+            f"{label.shape[2]} channels (convert colour-coded masks to indices first)"
+        )
+    if label.dtype not in (np.uint8, np.uint16):
+        raise ImageReadError(f"{path}: unsupported label pixel type {label.dtype}")
+    return label
+
+
+def round_up(x: int, multiple: int) -> int:
+    """Smallest multiple of ``multiple`` that is ``>= x``."""
+    return -(-int(x) // multiple) * multiple
+
+
+def scaled_size(height: int, width: int, short_side: int, max_side: int) -> tuple[int, int]:
+    """Target ``(h, w)`` with the short side at ``short_side`` and the long side ``<= max_side``.
+
+    Sizes are truncated to integers, as in the original, and never drop below one pixel.
+    """
+    scale = min(short_side / min(height, width), max_side / max(height, width))
+    return max(1, int(height * scale)), max(1, int(width * scale))
+
+
+def resize_image(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Bilinear resize of an ``(H, W, C)`` image (a no-op at the same size)."""
+    if image.shape[:2] == (height, width):
+        return image
+    return cv2.resize(image, (width, height), interpolation=cv2.INTER_LINEAR)
+
+
+def resize_label(label: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Nearest-neighbour resize of a label map, so no new label values are invented."""
+    if label.shape[:2] == (height, width):
+        return label
+    return cv2.resize(label, (width, height), interpolation=cv2.INTER_NEAREST)
+
+
+# (x / 255 - mean) / std == x * _SCALE + _OFFSET, per RGB channel
+_SCALE = (1.0 / (255.0 * IMAGENET_STD)).tolist()
+_OFFSET = (-IMAGENET_MEAN / IMAGENET_STD).tolist()
+
+
+def normalize_into(image: np.ndarray, out: np.ndarray) -> None:
+    """Writes the normalised ``(H, W, 3)`` uint8 RGB ``image`` into ``out`` ``(3, H, W)``.
+
+    ``out`` is a float32 array that may be a strided view (e.g. the top-left corner of a
+    padded batch canvas), so no intermediate image is allocated.
+    """
+    if out.shape != (3, *image.shape[:2]) or out.dtype != np.float32:
+        raise ValueError(f"out must be float32 of shape {(3, *image.shape[:2])}, got "
+                         f"{out.dtype} {out.shape}")
+    for channel, plane in enumerate(cv2.split(image)):
+        target = out[channel]
+        # one SIMD pass per plane: plane * scale + offset, converted to float32
+        result = cv2.addWeighted(plane, _SCALE[channel], plane, 0.0, _OFFSET[channel],
+                                 dst=target, dtype=cv2.CV_32F)
+        if not np.shares_memory(result, target):  # OpenCV chose to allocate: copy back
+            target[...] = result
+
+
+def normalize_image(image: np.ndarray) -> torch.Tensor:
+    """``(H, W, 3)`` uint8 RGB -> ``(3, H, W)`` float32 tensor, ImageNet-normalised."""
+    out = np.empty((3, *image.shape[:2]), np.float32)
+    normalize_into(image, out)
+    return torch.from_numpy(out)

@@ -1,0 +1,214 @@
+"""Whole-image prediction shared by ``eval.py``, ``eval_multipro.py`` and ``test.py``.
+
+:func:`predict_probs` averages class probabilities over the scales of a multi-scale input list
+(as the original ``eval.py`` does), optionally over horizontal flips, and optionally tiles large
+inputs with overlapping windows so that memory stays bounded. The module is expected to behave
+like :class:`mit_semseg.models.SegmentationModule` in inference: ``module({'img_data': x},
+segSize=(H, W))`` returns ``(B, num_class, H, W)`` probabilities.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Union
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = [
+    "Window",
+    "load_segmentation_module",
+    "predict_probs",
+    "resolve_device",
+    "sliding_window_starts",
+]
+
+logger = logging.getLogger(__name__)
+
+# ``size`` alone (stride = 2/3 of it) or ``(size, stride)``, in pixels of the scaled input
+Window = Union[int, tuple[int, int]]
+
+
+def resolve_device(spec: str | int | None) -> torch.device:
+    """Turns a ``--gpu`` value into a device, failing clearly when CUDA is unavailable.
+
+    Args:
+        spec: ``"cpu"``, a GPU index (``0`` or ``"0"``), ``"gpu1"``, ``"cuda:1"``, or ``None``
+            for "GPU 0 if there is one, else CPU".
+
+    Returns:
+        the device.
+
+    Raises:
+        ValueError: unknown spelling, or a GPU requested on a machine without it.
+    """
+    if spec is None:
+        return torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
+    text = str(spec).strip().lower()
+    if text == "cpu":
+        return torch.device("cpu")
+    for prefix in ("cuda:", "gpu", "cuda"):
+        if text.startswith(prefix):
+            text = text[len(prefix) :]
+            break
+    if not text.isdigit():
+        raise ValueError(f"unknown device {spec!r}: use 'cpu' or a GPU index such as 0")
+    index = int(text)
+    available = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if index >= available:
+        raise ValueError(
+            f"GPU {index} requested but this machine has {available} CUDA device(s); "
+            "use --gpu cpu to run on the CPU"
+        )
+    return torch.device("cuda", index)
+
+
+def sliding_window_starts(length: int, size: int, stride: int) -> list[int]:
+    """Start offsets of windows of ``size`` covering ``[0, length)``; the last one is flush right.
+
+    Args:
+        length: extent to cover.
+        size: window extent (a single window when ``length <= size``).
+        stride: step between consecutive windows.
+    """
+    if size <= 0 or stride <= 0:
+        raise ValueError(f"window size and stride must be positive, got {size}, {stride}")
+    if length <= size:
+        return [0]
+    steps = math.ceil((length - size) / stride)
+    return [min(i * stride, length - size) for i in range(steps + 1)]
+
+
+def _window_params(window: Window) -> tuple[int, int]:
+    if isinstance(window, int):
+        return window, max(window * 2 // 3, 1)
+    size, stride = window
+    if stride > size:
+        raise ValueError(f"window stride {stride} > size {size} would leave pixels unseen")
+    return int(size), int(stride)
+
+
+def _forward_windows(
+    module: nn.Module, img: torch.Tensor, seg_size: tuple[int, int], window: Window
+) -> torch.Tensor:
+    """Probabilities at ``seg_size`` from overlapping crops of ``img``, averaged on overlaps."""
+    size, stride = _window_params(window)
+    _, _, height, width = img.shape
+    total: torch.Tensor | None = None
+    count = torch.zeros((1, 1, height, width), device=img.device)
+    for top in sliding_window_starts(height, size, stride):
+        for left in sliding_window_starts(width, size, stride):
+            crop = img[:, :, top : top + size, left : left + size]
+            crop_h, crop_w = crop.shape[2:]
+            probs = module({"img_data": crop}, segSize=(crop_h, crop_w))  # (1, C, ch, cw)
+            if total is None:
+                total = torch.zeros(
+                    (1, probs.shape[1], height, width), dtype=probs.dtype, device=img.device
+                )
+            total[:, :, top : top + crop_h, left : left + crop_w] += probs
+            count[:, :, top : top + crop_h, left : left + crop_w] += 1
+    assert total is not None  # at least one window always exists
+    probs = total / count
+    if (height, width) != tuple(seg_size):
+        probs = F.interpolate(probs, size=seg_size, mode="bilinear", align_corners=False)
+    return probs
+
+
+def predict_probs(
+    segmentation_module: nn.Module,
+    img_list: Sequence[torch.Tensor],
+    seg_size: tuple[int, int],
+    device: torch.device,
+    flip: bool = False,
+    window: Window | None = None,
+) -> torch.Tensor:
+    """Class probabilities at ``seg_size`` averaged over scales (and flips).
+
+    Args:
+        segmentation_module: module in eval mode answering ``module(feed, segSize=(H, W))``
+            with ``(1, C, H, W)`` probabilities; it must already be on ``device``.
+        img_list: one normalised ``(1, 3, h, w)`` tensor per test scale.
+        seg_size: ``(H, W)`` output size, normally the original image size.
+        device: where to run.
+        flip: also run on the horizontally flipped inputs and average the flipped-back outputs.
+        window: tile inputs larger than the window with overlapping crops (``size`` or
+            ``(size, stride)`` in pixels of the scaled input); ``None`` = whole image at once.
+
+    Returns:
+        ``(C, H, W)`` float tensor on ``device``: the mean of all the probability maps.
+    """
+    if len(img_list) == 0:
+        raise ValueError("img_list is empty: need at least one scale")
+    seg_size = (int(seg_size[0]), int(seg_size[1]))
+    passes = len(img_list) * (2 if flip else 1)
+    scores: torch.Tensor | None = None
+    with torch.inference_mode():
+        for img in img_list:
+            img = img.to(device, non_blocking=True)
+            for flipped in (False, True) if flip else (False,):
+                x = img.flip(-1) if flipped else img
+                if window is not None and max(x.shape[2:]) > _window_params(window)[0]:
+                    probs = _forward_windows(segmentation_module, x, seg_size, window)
+                else:
+                    probs = segmentation_module({"img_data": x}, segSize=seg_size)
+                if flipped:
+                    probs = probs.flip(-1)
+                # divide each term (instead of the sum) like the original, so that a
+                # single-scale, no-flip run reproduces its numbers bit for bit
+                term = probs / passes
+                scores = term if scores is None else scores + term
+    assert scores is not None
+    return scores[0]
+
+
+def load_segmentation_module(
+    model_cfg: Any,
+    num_class: int,
+    weights_dir: str | Path,
+    checkpoint: str,
+    device: torch.device,
+) -> nn.Module:
+    """Builds encoder + decoder from ``weights_dir/{encoder,decoder}_<checkpoint>`` for inference.
+
+    Args:
+        model_cfg: the ``cfg.MODEL`` node (``arch_encoder``, ``arch_decoder``, ``fc_dim``).
+        num_class: ``cfg.DATASET.num_class``.
+        weights_dir: folder with the checkpoint files (``cfg.DIR``).
+        checkpoint: file suffix such as ``epoch_20.pth`` (``VAL.checkpoint`` / ``TEST.checkpoint``).
+        device: where to put the module.
+
+    Returns:
+        a :class:`~mit_semseg.models.SegmentationModule` in eval mode on ``device``.
+
+    Raises:
+        FileNotFoundError: naming each missing checkpoint file.
+    """
+    weights_dir = Path(weights_dir)
+    paths = {part: weights_dir / f"{part}_{checkpoint}" for part in ("encoder", "decoder")}
+    missing = [str(p) for p in paths.values() if not p.is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"checkpoint file(s) not found: {', '.join(missing)} (set DIR to the training "
+            "output folder and VAL.checkpoint / TEST.checkpoint to e.g. epoch_20.pth)"
+        )
+    from mit_semseg.models import ModelBuilder, SegmentationModule
+
+    logger.info("loading %s and %s", paths["encoder"], paths["decoder"])
+    encoder = ModelBuilder.build_encoder(
+        arch=model_cfg.arch_encoder.lower(),
+        fc_dim=model_cfg.fc_dim,
+        weights=str(paths["encoder"]),
+    )
+    decoder = ModelBuilder.build_decoder(
+        arch=model_cfg.arch_decoder.lower(),
+        fc_dim=model_cfg.fc_dim,
+        num_class=num_class,
+        weights=str(paths["decoder"]),
+        use_softmax=True,
+    )
+    module = SegmentationModule(encoder, decoder, nn.NLLLoss(ignore_index=-1))
+    return module.to(device).eval()

@@ -1,0 +1,252 @@
+import numpy as np
+import pytest
+import torch
+from conftest import make_opt, random_pair, write_lines
+
+from mit_semseg.data import ImageReadError, OdgtError, TestDataset, TrainDataset, ValDataset
+from mit_semseg.data.odgt import read_odgt
+from mit_semseg.data.transforms import normalize_image
+
+MEAN = torch.tensor([0.485, 0.456, 0.406])[:, None, None]
+STD = torch.tensor([0.229, 0.224, 0.225])[:, None, None]
+
+
+def _expected_image(image: np.ndarray) -> torch.Tensor:
+    return (torch.from_numpy(image).permute(2, 0, 1).float() / 255 - MEAN) / STD
+
+
+# ----------------------------------------------------------------------------- TrainDataset
+def test_batch_shapes_strides_and_canvas(synthetic_root):
+    opt = make_opt(imgSizes=(40, 56), imgMaxSize=72, padding_constant=16,
+                   segm_downsampling_rate=4, random_flip=True, num_class=8)
+    odgt = synthetic_root / "training.odgt"
+    ds = TrainDataset(synthetic_root, str(odgt), opt, batch_per_gpu=3, seed=0)
+    records, _ = read_odgt(odgt)
+    for index in range(6):
+        chosen, short, _ = ds.batch_plan(index)
+        item = ds[index]
+        images, labels = item["img_data"], item["seg_label"]
+        # independent computation of the canvas from the list's sizes
+        heights, widths = [], []
+        for i in chosen:
+            h, w = records[i]["height"], records[i]["width"]
+            scale = min(short / min(h, w), 72 / max(h, w))
+            heights.append(int(h * scale))
+            widths.append(int(w * scale))
+        canvas_h = -(-max(heights) // 16) * 16
+        canvas_w = -(-max(widths) // 16) * 16
+        assert images.shape == (3, 3, canvas_h, canvas_w) and images.dtype == torch.float32
+        assert labels.shape == (3, canvas_h // 4, canvas_w // 4) and labels.dtype == torch.int64
+        assert short in (40, 56)
+        assert labels.min() >= -1 and labels.max() <= 7
+        # one orientation per batch, as in the original
+        assert len({records[i]["height"] > records[i]["width"] for i in chosen}) == 1
+
+
+def test_padding_is_ignored_not_class_0(samples):
+    # every pixel labelled 1 -> class 0 after the shift; two widths force canvas padding
+    opt = make_opt(imgSizes=(40,), padding_constant=8, segm_downsampling_rate=4)
+    records = [samples.add(np.full((40, 80, 3), 50, np.uint8), np.ones((40, 80), np.uint8)),
+               samples.add(np.full((40, 50, 3), 50, np.uint8), np.ones((40, 50), np.uint8))]
+    ds = TrainDataset(samples.root, str(samples.odgt(records)), opt, batch_per_gpu=2, seed=0)
+    item = ds[0]
+    chosen, _, _ = ds.batch_plan(0)
+    labels, images = item["seg_label"], item["img_data"]
+    assert labels.shape == (2, 10, 20)
+    for b, i in enumerate(chosen):
+        # label cells whose centre pixel (2 + 4k) lies inside the image
+        cells = len(range(2, records[i]["width"], 4))
+        assert (labels[b, :, :cells] == 0).all()
+        assert (labels[b, :, cells:] == -1).all()
+        assert (images[b, :, :, records[i]["width"]:] == 0).all()  # image padding = mean colour
+    assert (labels == 0).sum() == 10 * 20 + 10 * 12
+
+
+def test_label_shift_image_normalisation_and_downsampling(samples):
+    rng = np.random.default_rng(0)
+    image, label = random_pair(rng, 32, 48)
+    opt = make_opt(imgSizes=(32,), padding_constant=8, segm_downsampling_rate=1)
+    odgt = str(samples.odgt([samples.add(image, label)]))
+    item = TrainDataset(samples.root, odgt, opt, seed=0)[0]
+    assert item["seg_label"].shape == (1, 32, 48)
+    np.testing.assert_array_equal(item["seg_label"][0].numpy(), label.astype(np.int64) - 1)
+    torch.testing.assert_close(item["img_data"][0], _expected_image(image), rtol=0, atol=1e-5)
+    # rate 4: the centre pixel of each 4x4 cell (the original's PIL nearest sampling)
+    item = TrainDataset(samples.root, odgt, make_opt(segm_downsampling_rate=4), seed=0)[0]
+    np.testing.assert_array_equal(item["seg_label"][0].numpy(),
+                                  label[2::4, 2::4].astype(np.int64) - 1)
+
+
+def test_flip_applies_to_image_and_label_alike(samples):
+    rng = np.random.default_rng(1)
+    image, label = random_pair(rng, 24, 40)
+    odgt = str(samples.odgt([samples.add(image, label)]))
+    ds = TrainDataset(samples.root, odgt, make_opt(imgSizes=(24,), random_flip=True), seed=3)
+    flips = [ds.batch_plan(i)[2][0] for i in range(40)]
+    assert any(flips) and not all(flips)
+    for index in (flips.index(True), flips.index(False)):
+        item = ds[index]
+        want_img = image[:, ::-1] if flips[index] else image
+        want_lbl = label[:, ::-1] if flips[index] else label
+        torch.testing.assert_close(item["img_data"][0],
+                                   _expected_image(np.ascontiguousarray(want_img)),
+                                   rtol=0, atol=1e-5)
+        np.testing.assert_array_equal(item["seg_label"][0].numpy(), want_lbl.astype(np.int64) - 1)
+    no_flip = TrainDataset(samples.root, odgt, make_opt(imgSizes=(24,), random_flip=False), seed=3)
+    assert not any(no_flip.batch_plan(i)[2][0] for i in range(40))
+
+
+def test_items_are_a_function_of_seed_and_index(synthetic_root):
+    odgt = str(synthetic_root / "training.odgt")
+    opt = make_opt(imgSizes=(32, 48), imgMaxSize=64, random_flip=True, num_class=8)
+    a = TrainDataset(synthetic_root, odgt, opt, batch_per_gpu=2, seed=7)
+    b = TrainDataset(synthetic_root, odgt, opt, batch_per_gpu=2, seed=7)
+    c = TrainDataset(synthetic_root, odgt, opt, batch_per_gpu=2, seed=8)
+    for index in (5, 0, 17):  # any order
+        torch.testing.assert_close(a[index], b[index], rtol=0, atol=0)
+    plans_a = [a.batch_plan(i) for i in range(10)]
+    assert plans_a != [c.batch_plan(i) for i in range(10)]
+
+
+def test_one_pass_covers_every_sample(synthetic_root):
+    odgt = str(synthetic_root / "training.odgt")
+    ds = TrainDataset(synthetic_root, odgt, make_opt(num_class=8), batch_per_gpu=5, seed=0)
+    records, _ = read_odgt(odgt)
+    portrait = sum(r["height"] > r["width"] for r in records)
+    assert ds.batches_per_pass == -(-portrait // 5) + -(-(len(records) - portrait) // 5)
+    seen = {i for b in range(ds.batches_per_pass) for i in ds.batch_plan(b)[0]}
+    assert seen == set(range(len(records)))
+    # the next pass reshuffles
+    first = [ds.batch_plan(b)[0] for b in range(ds.batches_per_pass)]
+    second = [ds.batch_plan(b + ds.batches_per_pass)[0] for b in range(ds.batches_per_pass)]
+    assert first != second
+
+
+def test_torch_manual_seed_fixes_the_default_seed(synthetic_root):
+    odgt = str(synthetic_root / "training.odgt")
+    torch.manual_seed(123)
+    a = TrainDataset(synthetic_root, odgt, make_opt(num_class=8))
+    torch.manual_seed(123)
+    b = TrainDataset(synthetic_root, odgt, make_opt(num_class=8))
+    assert a.seed == b.seed == 123
+
+
+def test_invalid_train_options(samples):
+    odgt = str(samples.odgt([samples.add(*random_pair(np.random.default_rng(0), 8, 8))]))
+    with pytest.raises(ValueError, match="multiple of segm_downsampling_rate"):
+        TrainDataset(samples.root, odgt, make_opt(padding_constant=4, segm_downsampling_rate=8))
+    with pytest.raises(ValueError, match="batch_per_gpu"):
+        TrainDataset(samples.root, odgt, make_opt(), batch_per_gpu=0)
+
+
+# ----------------------------------------------------------------------------- Val / Test
+def test_val_dataset_multi_scale_and_full_label(samples):
+    rng = np.random.default_rng(2)
+    image, label = random_pair(rng, 30, 45)
+    odgt = str(samples.odgt([samples.add(image, label)]))
+    ds = ValDataset(samples.root, odgt, make_opt(imgSizes=(20, 30, 44), imgMaxSize=60))
+    assert len(ds) == 1
+    item = ds[0]
+    np.testing.assert_array_equal(item["img_ori"], image)
+    np.testing.assert_array_equal(item["seg_label"].numpy(), label[None].astype(np.int64) - 1)
+    # short 20 -> 20x30 (rounded to 24x32); 30 -> 30x45 -> 32x48; 44 -> capped at 60: 40x60
+    assert [tuple(t.shape) for t in item["img_data"]] == [(1, 3, 24, 32), (1, 3, 32, 48),
+                                                         (1, 3, 40, 64)]
+    assert item["info"] == "img/001.png"
+
+
+def test_val_slices_may_be_empty(samples):
+    records = [samples.add(*random_pair(np.random.default_rng(i), 8, 8)) for i in range(3)]
+    odgt = str(samples.odgt(records))
+    assert len(ValDataset(samples.root, odgt, make_opt(), start_idx=1, end_idx=3)) == 2
+    assert len(ValDataset(samples.root, odgt, make_opt(), start_idx=3, end_idx=3)) == 0
+    assert len(ValDataset(samples.root, odgt, make_opt(), max_sample=1)) == 1
+
+
+def test_test_dataset_sources(samples):
+    rng = np.random.default_rng(3)
+    records = [samples.add(*random_pair(rng, 16, 24)) for _ in range(2)]
+    paths = [str(samples.root / r["fpath_img"]) for r in records]
+    odgt = write_lines(samples.root / "test.odgt", [{"fpath_img": p} for p in paths])
+    for source in ([{"fpath_img": p} for p in paths], str(odgt), paths, str(samples.root / "img")):
+        ds = TestDataset(source, make_opt(imgSizes=(16,)))
+        assert [ds[i]["info"] for i in range(len(ds))] == paths
+        item = ds[1]
+        assert "seg_label" not in item
+        assert item["img_data"][0].shape == (1, 3, 16, 24)
+        torch.testing.assert_close(item["img_data"][0][0], normalize_image(item["img_ori"]))
+
+
+# ----------------------------------------------------------------------------- bad input
+def test_missing_files_name_file_and_line(samples):
+    rng = np.random.default_rng(4)
+    good = samples.add(*random_pair(rng, 8, 8))
+    missing_img = dict(good, fpath_img="img/none.png")
+    missing_seg = dict(good, fpath_segm="seg/none.png")
+    odgt = samples.odgt([good, missing_img, missing_seg])
+    ds = ValDataset(samples.root, str(odgt), make_opt())
+    with pytest.raises(FileNotFoundError, match=r"none\.png.*list\.odgt:2"):
+        ds[1]
+    with pytest.raises(FileNotFoundError, match=r"seg/none\.png.*list\.odgt:3"):
+        ds[2]
+
+
+def test_unreadable_and_truncated_images(samples):
+    record = samples.add(*random_pair(np.random.default_rng(5), 16, 16))
+    odgt = str(samples.odgt([record]))
+    path = samples.root / record["fpath_img"]
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ImageReadError, match=r"001\.png.*list\.odgt:1"):
+        ValDataset(samples.root, odgt, make_opt())[0]
+    path.write_bytes(b"\x00" * 100)
+    with pytest.raises(ImageReadError, match=r"001\.png"):
+        TrainDataset(samples.root, odgt, make_opt(), seed=0)[0]
+
+
+def test_label_of_wrong_size(samples):
+    image, _ = random_pair(np.random.default_rng(6), 16, 16)
+    record = samples.add(image, np.ones((16, 12), np.uint8))
+    with pytest.raises(ValueError, match=r"001\.png: label size 12x16 differs .*16x16.*:1"):
+        ValDataset(samples.root, str(samples.odgt([record])), make_opt())[0]
+
+
+def test_label_values_above_num_class(samples):
+    label = np.ones((8, 8), np.uint8)
+    label[3, 3] = 6
+    record = samples.add(np.zeros((8, 8, 3), np.uint8), label)
+    odgt = str(samples.odgt([record]))
+    with pytest.raises(ValueError, match=r"label value 6 > num_class 5.*list\.odgt:1"):
+        TrainDataset(samples.root, odgt, make_opt(num_class=5), seed=0)[0]
+    assert ValDataset(samples.root, odgt, make_opt(num_class=6))[0]["seg_label"].max() == 5
+
+
+def test_list_size_disagreeing_with_image(samples):
+    record = samples.add(np.zeros((8, 8, 3), np.uint8), np.ones((8, 8), np.uint8), width=9)
+    with pytest.raises(ValueError, match=r"8x8 but the list says 9x8"):
+        ValDataset(samples.root, str(samples.odgt([record])), make_opt())[0]
+
+
+def test_empty_and_malformed_lists(samples):
+    (samples.root / "empty.odgt").write_text("\n\n")
+    with pytest.raises(OdgtError, match="empty.odgt: empty"):
+        TrainDataset(samples.root, str(samples.root / "empty.odgt"), make_opt())
+    good = samples.add(np.zeros((8, 8, 3), np.uint8), np.ones((8, 8), np.uint8))
+    bad = samples.root / "bad.odgt"
+    bad.write_text(f'{__import__("json").dumps(good)}\n{{"fpath_img": "a.jpg",\n')
+    with pytest.raises(OdgtError, match=r"bad\.odgt:2: malformed JSON"):
+        ValDataset(samples.root, str(bad), make_opt())
+    write_lines(bad, [good, {"fpath_img": "a.jpg", "width": 3, "height": 3}])
+    with pytest.raises(OdgtError, match=r"bad\.odgt:2: missing key\(s\) fpath_segm"):
+        TrainDataset(samples.root, str(bad), make_opt())
+    write_lines(bad, [dict(good, width="8")])
+    with pytest.raises(OdgtError, match=r"bad\.odgt:1: 'width' must be a positive integer"):
+        ValDataset(samples.root, str(bad), make_opt())
+    with pytest.raises(FileNotFoundError, match="nothere.odgt"):
+        ValDataset(samples.root, str(samples.root / "nothere.odgt"), make_opt())
+
+
+def test_compat_import_path():
+    import mit_semseg.dataset as compat
+
+    assert compat.TrainDataset is TrainDataset and compat.TestDataset is TestDataset

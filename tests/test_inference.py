@@ -1,0 +1,140 @@
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mit_semseg.inference import (
+    load_segmentation_module,
+    predict_probs,
+    resolve_device,
+    sliding_window_starts,
+)
+
+NUM_CLASS = 5
+CPU = torch.device("cpu")
+
+
+class TinySeg(nn.Module):
+    """Stands in for SegmentationModule: conv -> upsample to segSize -> softmax (or the reverse)."""
+
+    def __init__(self, kernel_size=1, softmax_first=False):
+        super().__init__()
+        self.conv = nn.Conv2d(3, NUM_CLASS, kernel_size, padding=kernel_size // 2)
+        self.softmax_first = softmax_first
+        self.calls = []
+
+    def forward(self, feed, *, segSize):
+        x = feed["img_data"]
+        self.calls.append(tuple(x.shape[2:]))
+        out = self.conv(x)
+        if self.softmax_first:
+            out = out.softmax(1)
+        out = F.interpolate(out, size=segSize, mode="bilinear", align_corners=False)
+        return out if self.softmax_first else out.softmax(1)
+
+
+def _direct(model, x, size):
+    with torch.no_grad():
+        return model({"img_data": x}, segSize=size)[0]
+
+
+def test_single_scale_equals_module_output_and_is_inference_mode():
+    model = TinySeg(3).eval()
+    x = torch.randn(1, 3, 16, 24)
+    out = predict_probs(model, [x], (20, 30), CPU)
+    assert out.shape == (NUM_CLASS, 20, 30)
+    assert not out.requires_grad
+    torch.testing.assert_close(out, _direct(model, x, (20, 30)), rtol=0, atol=0)
+
+
+def test_multi_scale_is_mean_over_scales():
+    model = TinySeg(3).eval()
+    xs = [torch.randn(1, 3, 16, 24), torch.randn(1, 3, 24, 32), torch.randn(1, 3, 8, 8)]
+    out = predict_probs(model, xs, (12, 18), CPU)
+    expected = sum(_direct(model, x, (12, 18)) for x in xs) / 3
+    torch.testing.assert_close(out, expected)
+    torch.testing.assert_close(out.sum(0), torch.ones(12, 18))
+
+
+def test_flip_of_flip_equivariant_model_changes_nothing():
+    model = TinySeg(1).eval()  # a 1x1 conv commutes with a horizontal flip
+    x = torch.randn(1, 3, 10, 14)
+    plain = predict_probs(model, [x], (10, 14), CPU)
+    flipped = predict_probs(model, [x], (10, 14), CPU, flip=True)
+    torch.testing.assert_close(flipped, plain)
+    assert model.calls == [(10, 14)] * 3
+
+
+def test_flip_averages_flipped_back_prediction():
+    model = TinySeg(3).eval()
+    torch.nn.init.normal_(model.conv.weight)  # clearly asymmetric kernel
+    x = torch.randn(1, 3, 10, 14)
+    out = predict_probs(model, [x], (10, 14), CPU, flip=True)
+    expected = (_direct(model, x, (10, 14)) + _direct(model, x.flip(-1), (10, 14)).flip(-1)) / 2
+    torch.testing.assert_close(out, expected)
+    assert not torch.allclose(out, _direct(model, x, (10, 14)), atol=1e-4)
+
+
+@pytest.mark.parametrize("window", [8, (8, 5), (7, 7), (16, 3)])
+def test_sliding_window_equals_full_image_for_pixelwise_model(window):
+    model = TinySeg(1).eval()
+    x = torch.randn(1, 3, 19, 26)
+    full = predict_probs(model, [x], (19, 26), CPU)
+    tiled = predict_probs(model, [x], (19, 26), CPU, window=window)
+    torch.testing.assert_close(tiled, full)
+    size = window if isinstance(window, int) else window[0]
+    assert max(max(c) for c in model.calls[1:]) <= size
+    assert len(model.calls) > 2  # really tiled
+
+
+def test_sliding_window_resizes_to_seg_size():
+    model = TinySeg(1, softmax_first=True).eval()
+    xs = [torch.randn(1, 3, 19, 26), torch.randn(1, 3, 9, 13)]
+    full = predict_probs(model, xs, (30, 40), CPU, flip=True)
+    tiled = predict_probs(model, xs, (30, 40), CPU, flip=True, window=(8, 6))
+    torch.testing.assert_close(tiled, full)
+
+
+def test_small_input_skips_windowing():
+    model = TinySeg(1).eval()
+    predict_probs(model, [torch.randn(1, 3, 6, 6)], (6, 6), CPU, window=8)
+    assert model.calls == [(6, 6)]
+
+
+@pytest.mark.parametrize("length,size,stride", [(10, 4, 3), (10, 4, 4), (3, 4, 2), (100, 30, 7)])
+def test_sliding_window_starts_cover_everything(length, size, stride):
+    starts = sliding_window_starts(length, size, stride)
+    covered = set()
+    for s in starts:
+        covered.update(range(s, min(s + size, length)))
+        assert s >= 0 and (s + size <= length or length <= size)
+    assert covered == set(range(length))
+    assert all(b - a <= stride for a, b in zip(starts, starts[1:]))
+
+
+def test_bad_window_and_empty_input():
+    model = TinySeg(1).eval()
+    with pytest.raises(ValueError, match="stride"):
+        predict_probs(model, [torch.randn(1, 3, 20, 20)], (20, 20), CPU, window=(8, 9))
+    with pytest.raises(ValueError, match="empty"):
+        predict_probs(model, [], (20, 20), CPU)
+
+
+def test_resolve_device():
+    assert resolve_device("cpu") == CPU
+    assert resolve_device("CPU") == CPU
+    with pytest.raises(ValueError, match="unknown device"):
+        resolve_device("tpu")
+    if not torch.cuda.is_available():
+        assert resolve_device(None) == CPU
+        with pytest.raises(ValueError, match="--gpu cpu"):
+            resolve_device("0")
+    else:
+        assert resolve_device(0) == torch.device("cuda", 0)
+
+
+def test_load_missing_checkpoint_names_files(tmp_path):
+    (tmp_path / "encoder_epoch_3.pth").write_bytes(b"")
+    with pytest.raises(FileNotFoundError, match="decoder_epoch_3.pth") as info:
+        load_segmentation_module(None, NUM_CLASS, tmp_path, "epoch_3.pth", CPU)
+    assert "encoder_epoch_3.pth" not in str(info.value)
