@@ -1,5 +1,5 @@
 import math
-from functools import lru_cache
+from functools import cache
 
 import pytest
 import torch
@@ -12,7 +12,7 @@ NUM_CLASS = 7
 H, W = 65, 97
 
 
-@lru_cache(maxsize=None)
+@cache
 def declared(encoder_name):
     """(out_channels, strides) an encoder declares (its own tests check them against maps)."""
     encoder = build_encoder(encoder_name)
