@@ -4,7 +4,8 @@ Every configuration trains the same small conv-BN-ReLU stack (forward + backward
 same full batch; only the normalisation layer and the way the batch is split differ:
 
 * ``plain BN``          nn.BatchNorm2d, one replica, full batch (the baseline);
-* ``SyncBN, 1 replica`` SynchronizedBatchNorm2d without replication (its own kernel path);
+* ``SyncBN clamp/plus, 1 replica`` SynchronizedBatchNorm2d without replication; "clamp"
+                        (default) runs its own kernels, "plus" falls back to nn.BatchNorm's;
 * ``DDP-synced BN``     DistributedSyncBatchNorm in a single process (no process group);
 * ``plain BN, k thr``   DataParallelWithCallback with k CPU replicas and plain BN (the cost
                         of threads + split/gather alone);
@@ -19,6 +20,7 @@ and to ``benchmarks/results/syncbn.md`` (written atomically).
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import platform
 import statistics
@@ -50,6 +52,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--size", type=int, default=32, help="spatial size H = W")
     parser.add_argument("--batch", type=int, default=8, help="full batch size")
     parser.add_argument("--channels", type=int, default=32, help="feature channels")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="intra-op threads per replica (1 avoids OpenMP oversubscription)")
     parser.add_argument("--out", type=Path, default=RESULTS, help="markdown report path")
     return parser.parse_args(argv)
 
@@ -62,23 +66,19 @@ def build_net(norm_layer: Callable[[int], nn.Module], channels: int) -> nn.Modul
     return nn.Sequential(*layers)
 
 
-def time_config(model: nn.Module, x: torch.Tensor, iters: int, repeats: int) -> float:
-    """Median seconds per forward+backward iteration."""
-    params = list(model.parameters())
+def time_config(model: nn.Module, x: torch.Tensor, iters: int) -> tuple[float, float]:
+    """Seconds per forward+backward iteration: (wall clock, CPU time of the whole process).
 
-    def step() -> None:
+    CPU time sums all threads and ignores time spent waiting, so it is the steadier number
+    on a shared machine; wall clock is what training actually takes.
+    """
+    params = list(model.parameters())
+    start_wall, start_cpu = time.perf_counter(), time.process_time()
+    for _ in range(iters):
         for p in params:
             p.grad = None
         model(x).square().mean().backward()
-
-    step()  # warm-up: allocator, thread pools
-    samples = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        for _ in range(iters):
-            step()
-        samples.append((time.perf_counter() - start) / iters)
-    return statistics.median(samples)
+    return (time.perf_counter() - start_wall) / iters, (time.process_time() - start_cpu) / iters
 
 
 def machine_description() -> str:
@@ -103,12 +103,15 @@ def write_atomically(path: Path, text: str) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     x = torch.randn(args.batch, 3, args.size, args.size)
     k = args.replicas
     configs = {
         "plain BN": build_net(nn.BatchNorm2d, args.channels),
-        "SyncBN, 1 replica": build_net(SynchronizedBatchNorm2d, args.channels),
+        "SyncBN clamp, 1 replica": build_net(SynchronizedBatchNorm2d, args.channels),
+        "SyncBN plus, 1 replica": build_net(
+            functools.partial(SynchronizedBatchNorm2d, eps_mode="plus"), args.channels),
         "DDP-synced BN, 1 process": build_net(DistributedSyncBatchNorm, args.channels),
         f"plain BN, {k} CPU replicas": DataParallelWithCallback(
             build_net(nn.BatchNorm2d, args.channels), num_cpu_replicas=k),
@@ -119,15 +122,19 @@ def main(argv: list[str] | None = None) -> None:
     # primitives, thread pools), so every configuration is warmed up before any timing.
     for _ in range(2):
         for model in configs.values():
-            time_config(model, x, args.iters, 1)
+            time_config(model, x, args.iters)
     # Interleave the configurations repeat by repeat so slow drifts of the machine hit all.
-    per_config: dict[str, list[float]] = {name: [] for name in configs}
+    walls: dict[str, list[float]] = {name: [] for name in configs}
+    cpus: dict[str, list[float]] = {name: [] for name in configs}
     for _ in range(args.repeats):
         for name, model in configs.items():
-            per_config[name].append(time_config(model, x, args.iters, 1))
-    medians = {name: statistics.median(v) for name, v in per_config.items()}
-    base = medians["plain BN"]
-    threaded_base = medians[f"plain BN, {k} CPU replicas"]
+            wall, cpu = time_config(model, x, args.iters)
+            walls[name].append(wall)
+            cpus[name].append(cpu)
+    medians = {name: statistics.median(v) for name, v in walls.items()}
+    cpu_medians = {name: statistics.median(v) for name, v in cpus.items()}
+    base, cpu_base = medians["plain BN"], cpu_medians["plain BN"]
+    threaded = f"plain BN, {k} CPU replicas"
     lines = [
         "# SyncBN overhead benchmark",
         "",
@@ -137,21 +144,26 @@ def main(argv: list[str] | None = None) -> None:
         f"{args.size}x{args.size}, forward + backward; median of {args.repeats} repeats x "
         f"{args.iters} iterations.",
         "",
-        "| configuration | ms / iter | vs plain BN | vs plain BN with same replicas |",
-        "|---|---:|---:|---:|",
+        "| configuration | wall ms / iter | vs plain BN | vs plain BN, same replicas "
+        "| CPU ms / iter | CPU vs plain BN |",
+        "|---|---:|---:|---:|---:|---:|",
     ]
     for name, seconds in medians.items():
-        same = f"{seconds / threaded_base:.2f}x" if "CPU replicas" in name else ""
-        lines.append(f"| {name} | {seconds * 1e3:.2f} | {seconds / base:.2f}x | {same} |")
-    ratio = medians[f"SyncBN, {k} CPU replicas"] / threaded_base
+        same = f"{seconds / medians[threaded]:.2f}x" if "CPU replicas" in name else ""
+        cpu = cpu_medians[name]
+        lines.append(f"| {name} | {seconds * 1e3:.2f} | {seconds / base:.2f}x | {same} "
+                     f"| {cpu * 1e3:.2f} | {cpu / cpu_base:.2f}x |")
+    ratio = medians[f"SyncBN, {k} CPU replicas"] / medians[threaded]
+    cpu_ratio = cpu_medians[f"SyncBN, {k} CPU replicas"] / cpu_medians[threaded]
     lines += [
         "",
         f"SyncBN synchronisation overhead ({k} CPU replicas vs plain BN on the same replicas): "
-        f"**{ratio:.2f}x**.",
+        f"**{ratio:.2f}x** wall clock, {cpu_ratio:.2f}x CPU time. Load average at the end: "
+        f"{os.getloadavg()[0]:.2f} (timings are only comparable on an otherwise idle machine).",
         "",
         f"Re-run: `python benchmarks/bench_syncbn.py --replicas {k} --iters {args.iters} "
         f"--repeats {args.repeats} --size {args.size} --batch {args.batch} "
-        f"--channels {args.channels}`",
+        f"--channels {args.channels} --threads {args.threads}`",
         "",
     ]
     report = "\n".join(lines)
