@@ -29,10 +29,13 @@ from torch import nn
 
 from mit_semseg.inference import Window, predict_probs
 from mit_semseg.metrics import confusion_matrix, scores_from_confusion
-from mit_semseg.visualize import confusion_matrix_figure, eval_panel, save_image, write_atomic
+from mit_semseg.utils import atomic_write, atomic_write_text
+from mit_semseg.visualize import confusion_matrix_figure, eval_panel, save_image
 
 __all__ = [
     "EvalResult",
+    "evaluate_shard",
+    "report_results",
     "evaluate",
     "format_class_table",
     "format_summary",
@@ -186,17 +189,17 @@ def resolve_class_names(num_class: int, root_dataset: str | Path | None = None) 
 
     A table with fewer rows than ``num_class`` is completed with ``class_<i>`` names.
     """
-    from mit_semseg.data.palette import load_class_info
+    from mit_semseg.data.palette import OBJECT150_CSV, class_names
 
     candidates = []
     if root_dataset:
         candidates.append(Path(root_dataset) / "object_info.csv")
     if num_class == 150:
-        candidates.append(Path(__file__).resolve().parent / "data" / "object150_info.csv")
+        candidates.append(OBJECT150_CSV)
     names: list[str] = []
     for path in candidates:
         if path.is_file():
-            names = [str(n) for n in load_class_info(path)["names"]]
+            names = [str(n) for n in class_names(path)]
             logger.info("class names from %s", path)
             break
     names = names[:num_class]
@@ -274,18 +277,19 @@ def write_results(
     }
     text = json.dumps(metrics, indent=2, allow_nan=False)
     paths = {
-        "metrics": write_atomic(out_dir / "eval_metrics.json", lambda f: f.write(text.encode()))
+        "metrics": out_dir / "eval_metrics.json",
+        "class_iou": out_dir / "class_iou.csv",
+        "confusion": out_dir / "confusion_matrix.npy",
     }
+    atomic_write_text(paths["metrics"], text)
 
     table = io.StringIO()
     writer = csv.DictWriter(table, fieldnames=list(per_class[0]) if per_class else ["index"])
     writer.writeheader()
     writer.writerows(per_class)
-    paths["class_iou"] = write_atomic(
-        out_dir / "class_iou.csv", lambda f: f.write(table.getvalue().encode())
-    )
-    paths["confusion"] = write_atomic(
-        out_dir / "confusion_matrix.npy",
+    atomic_write_text(paths["class_iou"], table.getvalue())
+    atomic_write(
+        paths["confusion"],
         lambda f: np.save(f, result.confusion.astype(np.int64), allow_pickle=False),
     )
     if heat_map:
@@ -293,3 +297,93 @@ def write_results(
             result.confusion, out_dir / "confusion_matrix.png", class_names
         )
     return paths
+
+
+def _keep_list(batch: list[Any]) -> list[Any]:
+    """DataLoader collate that keeps samples as they are (images differ in size)."""
+    return batch
+
+
+def evaluate_shard(
+    cfg: Any,
+    device: torch.device,
+    start: int = -1,
+    end: int = -1,
+    progress: bool = False,
+    on_image: Callable[[], None] | None = None,
+) -> EvalResult:
+    """Evaluates records ``[start, end)`` of ``cfg.DATASET.list_val`` (all with ``-1, -1``).
+
+    Loads ``cfg.DIR/{encoder,decoder}_<cfg.VAL.checkpoint>``; writes visualisations to
+    ``cfg.DIR/result/`` when ``cfg.VAL.visualize``; flips when ``cfg.VAL.flip``.
+
+    Args:
+        cfg: the run configuration (a frozen yacs node).
+        device: where to run.
+        start: first record (inclusive), -1 = from the beginning.
+        end: last record (exclusive), -1 = to the end.
+        progress: show a progress bar.
+        on_image: called after each image.
+    """
+    from torch.utils.data import DataLoader
+
+    from mit_semseg.data import ValDataset
+    from mit_semseg.data.palette import ade_palette
+    from mit_semseg.inference import load_segmentation_module
+
+    num_class = cfg.DATASET.num_class
+    module = load_segmentation_module(cfg.MODEL, num_class, cfg.DIR, cfg.VAL.checkpoint, device)
+    dataset = ValDataset(
+        cfg.DATASET.root_dataset, cfg.DATASET.list_val, cfg.DATASET, start_idx=start, end_idx=end
+    )
+    loader = DataLoader(
+        dataset,
+        batch_size=1,
+        shuffle=False,
+        collate_fn=_keep_list,
+        num_workers=cfg.VAL.workers,
+        pin_memory=device.type == "cuda",
+    )
+    visualize_dir = Path(cfg.DIR) / "result" if cfg.VAL.visualize else None
+    return evaluate(
+        module,
+        loader,
+        num_class,
+        device,
+        flip=cfg.VAL.flip,
+        progress=progress,
+        visualize_dir=visualize_dir,
+        palette=ade_palette(num_class) if visualize_dir is not None else None,
+        on_image=on_image,
+    )
+
+
+def report_results(
+    cfg: Any, result: EvalResult, extra: dict[str, Any] | None = None
+) -> tuple[dict[str, Any], str]:
+    """Writes the result files into ``cfg.DIR`` and builds the printed report.
+
+    Returns:
+        ``(scores, text)``: :func:`~mit_semseg.metrics.scores_from_confusion` output and the
+        per-class table followed by the ``[Eval Summary]`` lines.
+    """
+    names = resolve_class_names(cfg.DATASET.num_class, cfg.DATASET.root_dataset)
+    scores = scores_from_confusion(result.confusion)
+    info = {
+        "checkpoint": str(Path(cfg.DIR) / f"{{encoder,decoder}}_{cfg.VAL.checkpoint}"),
+        "list_val": cfg.DATASET.list_val,
+        "scales": list(cfg.DATASET.imgSizes),
+        "flip": bool(cfg.VAL.flip),
+        **(extra or {}),
+    }
+    paths = write_results(cfg.DIR, result, names, extra=info)
+    per_image = result.seconds / max(result.num_images, 1)
+    lines = [
+        format_class_table(scores, names),
+        "[Eval Summary]:",
+        format_summary(scores, per_image),
+        f"Mean IoU over the {int(scores['present'].sum())} classes present: "
+        f"{scores['miou_present']:.4f}",
+        "Results written to " + ", ".join(str(p) for p in paths.values()),
+    ]
+    return scores, "\n".join(lines)

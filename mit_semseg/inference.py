@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Union
@@ -21,9 +22,10 @@ from torch import nn
 
 __all__ = [
     "Window",
+    "collect_images",
+    "output_names",
     "load_segmentation_module",
     "predict_probs",
-    "resolve_device",
     "sliding_window_starts",
 ]
 
@@ -31,40 +33,6 @@ logger = logging.getLogger(__name__)
 
 # ``size`` alone (stride = 2/3 of it) or ``(size, stride)``, in pixels of the scaled input
 Window = Union[int, tuple[int, int]]
-
-
-def resolve_device(spec: str | int | None) -> torch.device:
-    """Turns a ``--gpu`` value into a device, failing clearly when CUDA is unavailable.
-
-    Args:
-        spec: ``"cpu"``, a GPU index (``0`` or ``"0"``), ``"gpu1"``, ``"cuda:1"``, or ``None``
-            for "GPU 0 if there is one, else CPU".
-
-    Returns:
-        the device.
-
-    Raises:
-        ValueError: unknown spelling, or a GPU requested on a machine without it.
-    """
-    if spec is None:
-        return torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
-    text = str(spec).strip().lower()
-    if text == "cpu":
-        return torch.device("cpu")
-    for prefix in ("cuda:", "gpu", "cuda"):
-        if text.startswith(prefix):
-            text = text[len(prefix) :]
-            break
-    if not text.isdigit():
-        raise ValueError(f"unknown device {spec!r}: use 'cpu' or a GPU index such as 0")
-    index = int(text)
-    available = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    if index >= available:
-        raise ValueError(
-            f"GPU {index} requested but this machine has {available} CUDA device(s); "
-            "use --gpu cpu to run on the CPU"
-        )
-    return torch.device("cuda", index)
 
 
 def sliding_window_starts(length: int, size: int, stride: int) -> list[int]:
@@ -212,3 +180,62 @@ def load_segmentation_module(
     )
     module = SegmentationModule(encoder, decoder, nn.NLLLoss(ignore_index=-1))
     return module.to(device).eval()
+
+
+def collect_images(inputs: Sequence[str | os.PathLike]) -> tuple[list[Path], list[str]]:
+    """Expands ``--imgs`` arguments (files, folders, list files) into image paths.
+
+    Each argument is expanded with :func:`mit_semseg.data.list_images`; an argument that
+    cannot be used (missing path, empty folder, unknown file type) is reported instead of
+    stopping the others.
+
+    Returns:
+        ``(images, problems)``: the images in order without duplicates, and one message per
+        unusable argument.
+    """
+    from mit_semseg.data import list_images
+
+    images: list[Path] = []
+    problems: list[str] = []
+    seen: set[Path] = set()
+    for item in inputs:
+        try:
+            found = list_images(item)
+        except (FileNotFoundError, ValueError) as exc:
+            problems.append(str(exc))
+            continue
+        for path in map(Path, found):
+            if path.resolve() not in seen:
+                seen.add(path.resolve())
+                images.append(path)
+    return images, problems
+
+
+def output_names(images: Sequence[Path]) -> list[str]:
+    """Unique output stems for images, readable and stable.
+
+    The stem is the path relative to the images' common folder with separators turned into
+    ``__`` (``a/x.jpg`` and ``b/x.jpg`` give ``a__x`` and ``b__x``; a single folder gives plain
+    file stems). Files differing only by extension keep it (``x_jpg``, ``x_png``).
+    """
+    if not images:
+        return []
+    resolved = [p.resolve() for p in images]
+    base = Path(os.path.commonpath([p.parent for p in resolved]))
+    rel = [p.relative_to(base) for p in resolved]
+    stems = ["__".join(r.with_suffix("").parts) for r in rel]
+    counts: dict[str, int] = {}
+    for stem in stems:
+        counts[stem] = counts.get(stem, 0) + 1
+    names = [
+        f"{stem}_{r.suffix[1:]}" if counts[stem] > 1 else stem for r, stem in zip(rel, stems)
+    ]
+    # last resort for pathological names (e.g. "x_jpg.png" next to "x.jpg" and "x.png")
+    taken: set[str] = set()
+    for i, name in enumerate(names):
+        candidate, n = name, 2
+        while candidate in taken:
+            candidate, n = f"{name}_{n}", n + 1
+        taken.add(candidate)
+        names[i] = candidate
+    return names

@@ -16,8 +16,8 @@ Definitions (identical to the original ``mit_semseg`` 1.0.0 ``eval.py``):
 * ``pixel_acc = trace(conf) / (conf.sum() + 1e-10)``, the dataset-level correct/labelled ratio.
 * ``overall = (miou + pixel_acc) / 2``, the "Overall Score" of the original README.
 
-The original helper names ``accuracy``, ``intersectionAndUnion`` and ``AverageMeter`` are kept
-here for code written against ``mit_semseg.utils`` of the original package.
+The original helper names ``accuracy`` and ``intersectionAndUnion`` are kept here for code
+written against ``mit_semseg.utils`` of the original package (which forwards to them).
 """
 
 from __future__ import annotations
@@ -27,7 +27,6 @@ from typing import Any
 import numpy as np
 
 __all__ = [
-    "AverageMeter",
     "accuracy",
     "confusion_matrix",
     "intersectionAndUnion",
@@ -160,43 +159,3 @@ def intersectionAndUnion(  # noqa: N802 - original public name
     """
     scores = scores_from_confusion(confusion_matrix(imPred, imLab, numClass))
     return scores["intersection"], scores["union"]
-
-
-class AverageMeter:
-    """Weighted running average (original ``mit_semseg.utils.AverageMeter`` behaviour).
-
-    Works on Python numbers and numpy arrays alike. Fields: ``val`` (last value), ``sum``,
-    ``count`` (total weight) and ``avg``.
-    """
-
-    def __init__(self) -> None:
-        self.initialized = False
-        self.val: Any = None
-        self.avg: Any = None
-        self.sum: Any = None
-        self.count: Any = None
-
-    def initialize(self, val: Any, weight: float) -> None:
-        self.val = val
-        self.avg = val
-        self.sum = val * weight
-        self.count = weight
-        self.initialized = True
-
-    def update(self, val: Any, weight: float = 1) -> None:
-        if not self.initialized:
-            self.initialize(val, weight)
-        else:
-            self.add(val, weight)
-
-    def add(self, val: Any, weight: float) -> None:
-        self.val = val
-        self.sum = self.sum + val * weight
-        self.count = self.count + weight
-        self.avg = self.sum / self.count
-
-    def value(self) -> Any:
-        return self.val
-
-    def average(self) -> Any:
-        return self.avg

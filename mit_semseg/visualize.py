@@ -9,16 +9,17 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import BinaryIO
 
 import cv2
 import numpy as np
 
+from mit_semseg.utils import atomic_write
+
 __all__ = [
     "class_fractions",
+    "colorEncode",
     "colorize",
     "confusion_matrix_figure",
     "eval_panel",
@@ -26,7 +27,6 @@ __all__ = [
     "prediction_panel",
     "save_image",
     "side_by_side",
-    "write_atomic",
 ]
 
 logger = logging.getLogger(__name__)
@@ -57,6 +57,22 @@ def colorize(label: np.ndarray, palette: np.ndarray) -> np.ndarray:
     return table[np.where(label < 0, -1, label)]
 
 
+def colorEncode(  # noqa: N802 - original public name
+    labelmap: np.ndarray, colors: np.ndarray, mode: str = "RGB"
+) -> np.ndarray:
+    """Original ``mit_semseg.utils.colorEncode``: :func:`colorize`, optionally as BGR.
+
+    Args:
+        labelmap: ``(H, W)`` 0-based classes, negative = black.
+        colors: ``(N, 3)`` uint8 RGB colours.
+        mode: ``"RGB"`` or ``"BGR"`` channel order of the result.
+    """
+    if mode not in ("RGB", "BGR"):
+        raise ValueError(f"mode must be 'RGB' or 'BGR', got {mode!r}")
+    rgb = colorize(labelmap, colors)
+    return np.ascontiguousarray(rgb[..., ::-1]) if mode == "BGR" else rgb
+
+
 def class_fractions(pred: np.ndarray, num_class: int) -> list[tuple[int, float]]:
     """Share of pixels per predicted class, largest first (classes with no pixel left out).
 
@@ -74,55 +90,46 @@ def class_fractions(pred: np.ndarray, num_class: int) -> list[tuple[int, float]]
     return [(int(c), counts[c] / total) for c in order]
 
 
-def _text_scale(row_height: int) -> tuple[float, int]:
-    scale = max(row_height / 30.0, 0.3)
-    return scale, max(int(round(scale * 1.5)), 1)
-
-
 def make_legend(
     entries: Sequence[tuple[str, Sequence[int], float]],
     height: int,
-    width: int = 260,
+    width: int | None = None,
     max_rows: int = 12,
-    title: str | None = None,
 ) -> np.ndarray:
     """Draws a legend: one row per class with a colour swatch, its name and pixel share.
 
     Args:
         entries: ``(name, rgb_colour, fraction)`` in display order; only the first ``max_rows``
             are drawn.
-        height: height of the legend image (rows are spaced to fit).
-        width: width of the legend image.
+        height: height of the legend image (rows are spaced to fit, at most 40 px each).
+        width: width of the legend image; ``None`` = wide enough for the longest line.
         max_rows: maximum number of rows.
-        title: optional first line.
 
     Returns:
         ``(height, width, 3)`` uint8 RGB image on a white background.
     """
     height = max(int(height), 1)
-    canvas = np.full((height, width, 3), 255, np.uint8)
     shown = list(entries)[:max_rows]
-    lines = len(shown) + (1 if title else 0)
-    if lines == 0:
-        return canvas
-    row = int(min(max(height // lines, 10), 40))
-    scale, thickness = _text_scale(row)
-    y = 0
-    if title:
-        cv2.putText(canvas, title, (6, y + int(row * 0.75)), _FONT, scale, (0, 0, 0), thickness)
-        y += row
-    for name, colour, fraction in shown:
+    row = int(min(max(height // max(len(shown), 1), 10), 40))
+    scale = row / 40.0
+    thickness = 1
+    texts = [f"{name} {100.0 * fraction:.1f}%" for name, _, fraction in shown]
+    if width is None:
+        text_w = max((cv2.getTextSize(t, _FONT, scale, thickness)[0][0] for t in texts), default=0)
+        width = row + 12 + text_w
+    canvas = np.full((height, width, 3), 255, np.uint8)
+    pad = max(row // 8, 1)
+    for i, ((_, colour, _), text) in enumerate(zip(shown, texts)):
+        y = i * row
         if y + row > height:
             break
-        pad = max(row // 8, 1)
         swatch = tuple(int(v) for v in colour)
-        cv2.rectangle(canvas, (4, y + pad), (4 + row - 2 * pad, y + row - pad), swatch, -1)
-        cv2.rectangle(canvas, (4, y + pad), (4 + row - 2 * pad, y + row - pad), (0, 0, 0), 1)
-        text = f"{name} {100.0 * fraction:.1f}%"
-        cv2.putText(
-            canvas, text, (row + 6, y + int(row * 0.72)), _FONT, scale * 0.8, (0, 0, 0), thickness
-        )
-        y += row
+        corner_a, corner_b = (4, y + pad), (4 + row - 2 * pad, y + row - pad)
+        cv2.rectangle(canvas, corner_a, corner_b, swatch, -1)
+        cv2.rectangle(canvas, corner_a, corner_b, (0, 0, 0), 1)
+        baseline = y + (row + cv2.getTextSize(text, _FONT, scale, thickness)[0][1]) // 2
+        cv2.putText(canvas, text, (row + 6, baseline), _FONT, scale, (0, 0, 0), thickness,
+                    cv2.LINE_AA)
     return canvas
 
 
@@ -172,6 +179,7 @@ def prediction_panel(
     palette: np.ndarray,
     class_names: Sequence[str],
     max_classes: int = 10,
+    min_height: int = 256,
 ) -> np.ndarray:
     """The test.py picture: ``[input | colourised prediction | legend of the main classes]``.
 
@@ -181,35 +189,18 @@ def prediction_panel(
         palette: ``(N, 3)`` uint8 colours.
         class_names: one display name per class.
         max_classes: legend rows (the classes covering most pixels).
+        min_height: smaller images are enlarged by an integer factor (pixel replication) to
+            at least this height, so that tiny inputs stay visible next to the legend.
     """
     fractions = class_fractions(pred, len(class_names))
     entries = [(class_names[c], palette[c], f) for c, f in fractions[:max_classes]]
-    # very small images get a legend tall enough to read
+    colour = colorize(pred, palette)
+    factor = -(-min_height // max(image.shape[0], 1))  # ceil division
+    if factor > 1:
+        image = np.repeat(np.repeat(image, factor, axis=0), factor, axis=1)
+        colour = np.repeat(np.repeat(colour, factor, axis=0), factor, axis=1)
     legend = make_legend(entries, height=max(image.shape[0], 24 * len(entries), 24))
-    return side_by_side([image, colorize(pred, palette), legend])
-
-
-def write_atomic(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -> Path:
-    """Writes a file through ``write(binary_file)`` into a temporary file, then renames it.
-
-    Args:
-        path: destination; parent folders are created.
-        write: callback that writes the whole content to the open binary file.
-
-    Returns:
-        the path written.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return side_by_side([image, colour, legend])
 
 
 def save_image(path: str | os.PathLike, rgb: np.ndarray) -> Path:
@@ -227,7 +218,8 @@ def save_image(path: str | os.PathLike, rgb: np.ndarray) -> Path:
     ok, buf = cv2.imencode(path.suffix or ".png", np.ascontiguousarray(data))
     if not ok:
         raise OSError(f"could not encode image for {path}")
-    return write_atomic(path, lambda f: f.write(buf.tobytes()))
+    atomic_write(path, lambda f: f.write(buf.tobytes()))
+    return path
 
 
 def confusion_matrix_figure(
@@ -266,4 +258,6 @@ def confusion_matrix_figure(
         ax.set_xticks(ticks, labels=list(class_names), rotation=90, fontsize=7)
         ax.set_yticks(ticks, labels=list(class_names), fontsize=7)
     fig.tight_layout()
-    return write_atomic(path, lambda f: fig.savefig(f, format="png"))
+    path = Path(path)
+    atomic_write(path, lambda f: fig.savefig(f, format="png"))
+    return path

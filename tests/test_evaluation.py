@@ -14,6 +14,7 @@ from mit_semseg.evaluation import (
     format_class_table,
     format_summary,
     iter_samples,
+    resolve_class_names,
     shard_ranges,
     write_results,
 )
@@ -137,3 +138,11 @@ def test_text_formats():
         f"Mean IoU: {scores['miou']:.4f}, Accuracy: 66.67%, "
         f"Overall: {scores['overall']:.4f}, Inference Time: 0.2500s"
     )
+
+
+def test_resolve_class_names(tmp_path):
+    (tmp_path / "object_info.csv").write_text("Idx,Name\n1,cat;kitty\n2,dog\n")
+    assert resolve_class_names(3, tmp_path) == ["cat", "dog", "class_2"]
+    ade = resolve_class_names(150, tmp_path / "missing")
+    assert ade[0] == "wall" and ade[2] == "sky" and len(ade) == 150
+    assert resolve_class_names(2, None) == ["class_0", "class_1"]

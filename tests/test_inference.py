@@ -1,12 +1,15 @@
+import cv2
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from mit_semseg.inference import (
+    collect_images,
     load_segmentation_module,
+    output_names,
     predict_probs,
-    resolve_device,
     sliding_window_starts,
 )
 
@@ -120,21 +123,44 @@ def test_bad_window_and_empty_input():
         predict_probs(model, [], (20, 20), CPU)
 
 
-def test_resolve_device():
-    assert resolve_device("cpu") == CPU
-    assert resolve_device("CPU") == CPU
-    with pytest.raises(ValueError, match="unknown device"):
-        resolve_device("tpu")
-    if not torch.cuda.is_available():
-        assert resolve_device(None) == CPU
-        with pytest.raises(ValueError, match="--gpu cpu"):
-            resolve_device("0")
-    else:
-        assert resolve_device(0) == torch.device("cuda", 0)
-
-
 def test_load_missing_checkpoint_names_files(tmp_path):
     (tmp_path / "encoder_epoch_3.pth").write_bytes(b"")
     with pytest.raises(FileNotFoundError, match="decoder_epoch_3.pth") as info:
         load_segmentation_module(None, NUM_CLASS, tmp_path, "epoch_3.pth", CPU)
     assert "encoder_epoch_3.pth" not in str(info.value)
+
+
+def _write(path, array):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    assert cv2.imwrite(str(path), array)
+    return path
+
+
+def test_collect_images_reports_bad_arguments_and_keeps_going(tmp_path):
+    img = np.zeros((2, 2, 3), np.uint8)
+    a = _write(tmp_path / "set" / "a.JPG", img)
+    b = _write(tmp_path / "set" / "sub" / "b.png", img)
+    c = _write(tmp_path / "c.bmp", img)
+    (tmp_path / "list.txt").write_text(f"{c}\n{a}\n")
+    (tmp_path / "empty").mkdir()
+    images, problems = collect_images(
+        [tmp_path / "set", tmp_path / "empty", tmp_path / "nope.jpg", tmp_path / "list.txt"]
+    )
+    assert images == [a, b, c]  # a listed twice, kept once
+    assert len(problems) == 2
+    assert "empty" in problems[0]
+    assert "nope.jpg" in problems[1] and "no such file" in problems[1]
+
+
+def test_output_names_unique_and_readable(tmp_path):
+    paths = [
+        tmp_path / "x" / "img.jpg",
+        tmp_path / "y" / "img.jpg",
+        tmp_path / "y" / "other.png",
+        tmp_path / "y" / "dup.jpg",
+        tmp_path / "y" / "dup.png",
+    ]
+    names = output_names(paths)
+    assert names == ["x__img", "y__img", "y__other", "y__dup_jpg", "y__dup_png"]
+    assert output_names([tmp_path / "one" / "pic.jpeg"]) == ["pic"]
+    assert output_names([tmp_path / "f" / "a.jpg", tmp_path / "f" / "b.jpg"]) == ["a", "b"]

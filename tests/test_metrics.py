@@ -8,7 +8,6 @@ import pytest
 import torch
 
 from mit_semseg.metrics import (
-    AverageMeter,
     accuracy,
     confusion_matrix,
     intersectionAndUnion,
@@ -106,18 +105,6 @@ def test_compat_helpers_match_confusion_scores():
     inter, union = intersectionAndUnion(pred, label, 5)
     iou, _ = _brute_force([pred], [label], 5)
     np.testing.assert_allclose(inter / union, iou)
-
-
-def test_average_meter_weighted_average():
-    meter = AverageMeter()
-    meter.update(0.5, weight=2)
-    meter.update(1.0, weight=6)
-    assert meter.average() == pytest.approx((0.5 * 2 + 6) / 8)
-    assert meter.value() == 1.0
-    arr = AverageMeter()
-    arr.update(np.array([1.0, 2.0]))
-    arr.update(np.array([3.0, 4.0]))
-    np.testing.assert_allclose(arr.sum, [4.0, 6.0])
 
 
 _UPSTREAM_SNIPPET = """

@@ -4,6 +4,7 @@ import pytest
 
 from mit_semseg.visualize import (
     class_fractions,
+    colorEncode,
     colorize,
     confusion_matrix_figure,
     eval_panel,
@@ -11,7 +12,6 @@ from mit_semseg.visualize import (
     prediction_panel,
     save_image,
     side_by_side,
-    write_atomic,
 )
 
 PALETTE = np.array([[255, 0, 0], [0, 255, 0], [0, 0, 255], [10, 20, 30]], np.uint8)
@@ -25,6 +25,15 @@ def test_colorize_maps_classes_and_blacks_out_ignore():
     np.testing.assert_array_equal(out[0, 1], PALETTE[1])
     np.testing.assert_array_equal(out[1, 0], PALETTE[3])
     np.testing.assert_array_equal(out[1, 1], [0, 0, 0])
+
+
+def test_color_encode_modes():
+    label = np.array([[0, -1]])
+    np.testing.assert_array_equal(colorEncode(label, PALETTE), [[PALETTE[0], [0, 0, 0]]])
+    bgr = colorEncode(label, PALETTE, mode="BGR")
+    np.testing.assert_array_equal(bgr[0, 0], PALETTE[0][::-1])
+    with pytest.raises(ValueError, match="mode"):
+        colorEncode(label, PALETTE, mode="HSV")
 
 
 def test_colorize_rejects_label_without_colour():
@@ -52,7 +61,9 @@ def test_side_by_side_pads_and_separates():
 
 def test_make_legend_draws_swatches():
     legend = make_legend([("wall", (255, 0, 0), 0.7), ("sky", (0, 0, 255), 0.3)], height=60)
-    assert legend.shape == (60, 260, 3)
+    assert legend.shape[0] == 60 and 60 < legend.shape[1] < 200
+    long = make_legend([("a very long class name indeed", (1, 2, 3), 1.0)], height=60)
+    assert long.shape[1] > legend.shape[1] + 50  # sized to fit the text
     red = np.all(legend == [255, 0, 0], axis=-1)
     blue = np.all(legend == [0, 0, 255], axis=-1)
     assert red.sum() > 20 and blue.sum() > 20
@@ -69,9 +80,13 @@ def test_panels_have_expected_layout():
     np.testing.assert_array_equal(panel[0, 10], PALETTE[0])
     np.testing.assert_array_equal(panel[0, 20], PALETTE[1])
     names = ["a", "b", "c", "d"]
-    out = prediction_panel(img, pred, PALETTE, names)
+    out = prediction_panel(img, pred, PALETTE, names, min_height=0)
     assert out.shape[0] >= 24 and out.shape[1] > 20
     np.testing.assert_array_equal(out[0, 10 + 4], PALETTE[1])  # after the gap
+    big = prediction_panel(img, pred, PALETTE, names, min_height=20)  # enlarged 3x
+    assert big.shape[0] == 24
+    np.testing.assert_array_equal(big[:24, :30], np.repeat(np.repeat(img, 3, 0), 3, 1))
+    np.testing.assert_array_equal(big[0, 30 + 4 + 29], PALETTE[1])
 
 
 def test_save_image_roundtrip_rgb_and_16bit(tmp_path):
@@ -85,20 +100,6 @@ def test_save_image_roundtrip_rgb_and_16bit(tmp_path):
     assert back16.dtype == np.uint16
     np.testing.assert_array_equal(back16, lab)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["l.png", "sub"]  # no temp files
-
-
-def test_write_atomic_keeps_old_file_on_failure(tmp_path):
-    target = tmp_path / "f.bin"
-    target.write_bytes(b"old")
-
-    def failing(f):
-        f.write(b"partial")
-        raise RuntimeError("boom")
-
-    with pytest.raises(RuntimeError):
-        write_atomic(target, failing)
-    assert target.read_bytes() == b"old"
-    assert [p.name for p in tmp_path.iterdir()] == ["f.bin"]
 
 
 def test_confusion_matrix_figure_writes_png(tmp_path):

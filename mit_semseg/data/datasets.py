@@ -32,6 +32,7 @@ from mit_semseg.data.odgt import TRAIN_KEYS, list_images, records_from
 from mit_semseg.data.transforms import (
     ImageReadError,
     normalize_image,
+    normalize_into,
     read_image,
     read_label,
     resize_image,
@@ -51,6 +52,23 @@ TRAIN_LENGTH = 2**31 - 1
 # Distinct streams of the SeedSequence so the pass shuffles and per-item draws never collide.
 _STREAM_ORDER = 0
 _STREAM_ITEM = 1
+
+
+def _empty(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    """Uninitialised tensor; inside a loader worker it is allocated in shared memory.
+
+    A worker sends every batch to the main process through shared memory; a tensor that is
+    already there is passed by handle instead of being copied (several MB per batch).
+    ``default_collate`` allocates its outputs the same way.
+    """
+    if torch.utils.data.get_worker_info() is not None:
+        numel = int(np.prod(shape))
+        try:
+            storage = torch.UntypedStorage._new_shared(numel * dtype.itemsize)
+        except (AttributeError, RuntimeError):  # private API: fall back to a plain tensor
+            return torch.empty(shape, dtype=dtype)
+        return torch.empty(0, dtype=dtype).set_(storage, 0, shape)
+    return torch.empty(shape, dtype=dtype)
 
 
 def _option(opt: Any, name: str, default: Any = None) -> Any:
@@ -275,9 +293,10 @@ class TrainDataset(_LabelledDataset):
         canvas_h = round_up(max(h for h, _ in sizes), self.padding_constant)
         canvas_w = round_up(max(w for _, w in sizes), self.padding_constant)
         rate = self.segm_downsampling_rate
-        images = torch.zeros(len(records), 3, canvas_h, canvas_w)
-        labels = torch.full((len(records), canvas_h // rate, canvas_w // rate), -1,
-                            dtype=torch.int64)
+        images = _empty((len(records), 3, canvas_h, canvas_w), torch.float32)
+        canvas = images.numpy()
+        labels = _empty((len(records), canvas_h // rate, canvas_w // rate), torch.int64)
+        labels.fill_(-1)
         # nearest downsampling samples the centre pixel of each rate x rate cell
         offset = rate // 2
         for b, (i, (h, w), flip) in enumerate(zip(records, sizes, flips)):
@@ -286,7 +305,9 @@ class TrainDataset(_LabelledDataset):
                 image, label = cv2.flip(image, 1), cv2.flip(label, 1)
             image = resize_image(image, h, w)
             label = resize_label(label, h, w)[offset::rate, offset::rate]
-            images[b, :, :h, :w] = normalize_image(image)
+            normalize_into(image, canvas[b, :, :h, :w])
+            canvas[b, :, h:, :] = 0.0  # padding: 0 after normalisation = the mean colour
+            canvas[b, :, :h, w:] = 0.0
             labels[b, : label.shape[0], : label.shape[1]] = torch.from_numpy(
                 label.astype(np.int64) - 1
             )

@@ -19,6 +19,7 @@ __all__ = [
     "IMAGENET_STD",
     "ImageReadError",
     "normalize_image",
+    "normalize_into",
     "read_image",
     "read_label",
     "resize_image",
@@ -168,13 +169,31 @@ def resize_label(label: np.ndarray, height: int, width: int) -> np.ndarray:
     return cv2.resize(label, (width, height), interpolation=cv2.INTER_NEAREST)
 
 
+# (x / 255 - mean) / std == x * _SCALE + _OFFSET, per RGB channel
+_SCALE = (1.0 / (255.0 * IMAGENET_STD)).tolist()
+_OFFSET = (-IMAGENET_MEAN / IMAGENET_STD).tolist()
+
+
+def normalize_into(image: np.ndarray, out: np.ndarray) -> None:
+    """Writes the normalised ``(H, W, 3)`` uint8 RGB ``image`` into ``out`` ``(3, H, W)``.
+
+    ``out`` is a float32 array that may be a strided view (e.g. the top-left corner of a
+    padded batch canvas), so no intermediate image is allocated.
+    """
+    if out.shape != (3, *image.shape[:2]) or out.dtype != np.float32:
+        raise ValueError(f"out must be float32 of shape {(3, *image.shape[:2])}, got "
+                         f"{out.dtype} {out.shape}")
+    for channel, plane in enumerate(cv2.split(image)):
+        target = out[channel]
+        # one SIMD pass per plane: plane * scale + offset, converted to float32
+        result = cv2.addWeighted(plane, _SCALE[channel], plane, 0.0, _OFFSET[channel],
+                                 dst=target, dtype=cv2.CV_32F)
+        if not np.shares_memory(result, target):  # OpenCV chose to allocate: copy back
+            target[...] = result
+
+
 def normalize_image(image: np.ndarray) -> torch.Tensor:
     """``(H, W, 3)`` uint8 RGB -> ``(3, H, W)`` float32 tensor, ImageNet-normalised."""
-    # One fused pass: (x / 255 - mean) / std == x * a + b
-    scale = 1.0 / (255.0 * IMAGENET_STD)
-    offset = -IMAGENET_MEAN / IMAGENET_STD
-    out = image.astype(np.float32)
-    out *= scale
-    out += offset
-    return torch.from_numpy(np.ascontiguousarray(out.transpose(2, 0, 1)))
-
+    out = np.empty((3, *image.shape[:2]), np.float32)
+    normalize_into(image, out)
+    return torch.from_numpy(out)

@@ -139,6 +139,10 @@ class DistributedSyncBatchNorm(_BatchNorm):
         world = _group_size(self.process_group) if self.training else 1
         if world > 1:
             local = torch.cat([mean.new_tensor([count]), mean, var])  # (1 + 2C,)
+            if torch.is_grad_enabled() and not local.requires_grad:
+                # An empty rank's statistics are constants, but its backward must still join
+                # the all_reduce of the other ranks, or they would wait for it forever.
+                local.requires_grad_(True)
             gathered = _AllGatherStats.apply(local, self.process_group)  # (world, 1 + 2C)
             channels = mean.numel()
             counts = gathered[:, 0].detach()

@@ -105,21 +105,62 @@ def inverse_std(var: Tensor, eps: float, eps_mode: str) -> Tensor:
     return torch.rsqrt(var + eps)
 
 
+class _NormalizeWithStats(torch.autograd.Function):
+    """``y = (x - mean) * invstd * weight + bias`` with a hand-written, memory-light backward.
+
+    Only ``x`` (plus the per-channel vectors) is saved; autograd would otherwise keep two
+    full-size intermediates. The gradients w.r.t. ``mean`` and ``invstd`` flow on through
+    autograd into the (possibly cross-replica) statistics computation.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, mean: Tensor, invstd: Tensor, weight: Tensor | None,
+                bias: Tensor | None) -> Tensor:
+        shape = (1, -1) + (1,) * (x.dim() - 2)
+        scale = invstd if weight is None else invstd * weight.to(invstd.dtype)
+        # Subtract the mean first: folding it into a shift (x * scale + shift) would cancel
+        # catastrophically for inputs with a large offset.
+        y = (x.to(mean.dtype) - mean.view(shape)) * scale.view(shape)
+        if bias is not None:
+            y = y + bias.to(y.dtype).view(shape)
+        ctx.save_for_backward(x, mean, invstd, weight)
+        ctx.bias_dtype = None if bias is None else bias.dtype
+        return y.to(x.dtype)
+
+    @staticmethod
+    def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, ...]:
+        x, mean, invstd, weight = ctx.saved_tensors
+        need_x, need_mean, need_invstd, need_w, need_b = ctx.needs_input_grad
+        shape = (1, -1) + (1,) * (x.dim() - 2)
+        dims = [0] + list(range(2, x.dim()))
+        dy = grad_out.to(mean.dtype)
+        w = torch.ones_like(invstd) if weight is None else weight.to(invstd.dtype)
+        grad_x = grad_mean = grad_invstd = grad_w = grad_b = None
+        sum_dy = dy.sum(dims) if (need_mean or need_b) else None
+        if need_invstd or need_w:
+            sum_dy_xc = (dy * (x.to(mean.dtype) - mean.view(shape))).sum(dims)
+            if need_invstd:
+                grad_invstd = sum_dy_xc * w
+            if need_w:
+                grad_w = (sum_dy_xc * invstd).to(weight.dtype)
+        if need_x:
+            grad_x = (dy * (invstd * w).view(shape)).to(x.dtype)
+        if need_mean:
+            grad_mean = -sum_dy * invstd * w
+        if need_b and ctx.bias_dtype is not None:
+            grad_b = sum_dy.to(ctx.bias_dtype)
+        return grad_x, grad_mean, grad_invstd, grad_w, grad_b
+
+
 def batch_norm_with_stats(
     x: Tensor, mean: Tensor, invstd: Tensor, weight: Tensor | None, bias: Tensor | None
 ) -> Tensor:
     """``(x - mean) * invstd * weight + bias`` per channel, computed in the statistics' dtype.
 
-    The result has ``x``'s dtype and memory format.
+    Differentiable w.r.t. all tensor arguments. The result has ``x``'s dtype and memory
+    format.
     """
-    shape = (1, -1) + (1,) * (x.dim() - 2)
-    scale = invstd if weight is None else invstd * weight.to(invstd.dtype)
-    # Subtract the mean first: folding it into a shift (x * scale + shift) would cancel
-    # catastrophically for inputs with a large offset.
-    y = (x.to(mean.dtype) - mean.view(shape)) * scale.view(shape)
-    if bias is not None:
-        y = y + bias.to(y.dtype).view(shape)
-    return y.to(x.dtype)
+    return _NormalizeWithStats.apply(x, mean, invstd, weight, bias)
 
 
 def update_running_stats(bn: _BatchNorm, mean: Tensor, var: Tensor, total: int) -> None:

@@ -1,0 +1,163 @@
+"""State-dict compatibility with checkpoints of the original ``mit_semseg`` 1.0.0.
+
+The original used a synchronized BatchNorm that kept three bookkeeping buffers per layer
+(``_tmp_running_mean``, ``_tmp_running_var``, ``_running_iter``), with
+``running_mean == _tmp_running_mean / _running_iter`` (likewise for the variance). Its
+checkpoints therefore hold nine entries per BatchNorm where ``nn.BatchNorm2d`` has six, and the
+released ones lack ``num_batches_tracked`` (saved by an older PyTorch).
+
+:func:`attach_upstream_bn_buffers` installs two hooks on a *top-level* module (an encoder or a
+decoder). Because the hooks walk the submodules every time they run, they keep working when
+BatchNorm layers are replaced later (e.g. by a synchronized BatchNorm class), after
+``copy.deepcopy`` and in DataParallel replicas:
+
+* ``state_dict()`` emits the three extra entries for every ``_BatchNorm`` (``_tmp_*`` equal to
+  the running statistics and ``_running_iter == 1``, which the original reads back unchanged);
+* ``load_state_dict()`` drops those entries when present and fills in a missing
+  ``num_batches_tracked``, so ``strict=True`` accepts checkpoints with or without them.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from collections.abc import Iterator, Mapping, MutableMapping
+from typing import Any
+
+import torch
+import torch.nn as nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+__all__ = [
+    "UPSTREAM_BN_EXTRAS",
+    "attach_upstream_bn_buffers",
+    "key_differences",
+    "strip_module_prefix",
+]
+
+logger = logging.getLogger(__name__)
+
+UPSTREAM_BN_EXTRAS = ("_tmp_running_mean", "_tmp_running_var", "_running_iter")
+
+_ATTACHED_FLAG = "_mit_semseg_upstream_bn_hooks"
+
+
+def _tracking_batchnorms(module: nn.Module, prefix: str) -> Iterator[tuple[str, _BatchNorm]]:
+    """(key prefix, layer) for every BatchNorm below ``module`` that keeps running stats."""
+    for name, sub in module.named_modules():
+        if isinstance(sub, _BatchNorm) and sub.running_mean is not None:
+            yield prefix + (name + "." if name else ""), sub
+
+
+def _emit_extras(
+    module: nn.Module, state_dict: MutableMapping[str, Any], prefix: str, local_metadata: Any
+) -> None:
+    additions: dict[str, dict[str, torch.Tensor]] = {}
+    for bn_prefix, bn in _tracking_batchnorms(module, prefix):
+        if bn_prefix + "running_mean" not in state_dict:
+            continue
+        extras = {}
+        for name in UPSTREAM_BN_EXTRAS:
+            if bn_prefix + name in state_dict or name in bn._buffers:
+                continue  # the layer has real buffers of that name; they were saved already
+            if name == "_running_iter":
+                mean = bn.running_mean
+                extras[name] = torch.ones(1, dtype=mean.dtype, device=mean.device)
+            else:
+                source = state_dict[bn_prefix + name.replace("_tmp_", "")]
+                extras[name] = source.detach()
+        if extras:
+            additions[bn_prefix] = extras
+    if not additions:
+        return
+    # Rebuild this module's (trailing) part of the dict so each layer's extras follow its own
+    # buffers, in the original's order.
+    own_keys = [key for key in state_dict if key.startswith(prefix)]
+    ordered = OrderedDict()
+    for key in own_keys:
+        ordered[key] = state_dict.pop(key)
+    for key, value in ordered.items():
+        state_dict[key] = value
+        for bn_prefix, extras in additions.items():
+            last = "num_batches_tracked" if bn_prefix + "num_batches_tracked" in ordered else (
+                "running_var"
+            )
+            if key == bn_prefix + last:
+                for name, tensor in extras.items():
+                    state_dict[bn_prefix + name] = tensor
+
+
+def _accept_upstream_layout(
+    module: nn.Module,
+    state_dict: MutableMapping[str, Any],
+    prefix: str,
+    local_metadata: Any,
+    strict: bool,
+    missing_keys: list[str],
+    unexpected_keys: list[str],
+    error_msgs: list[str],
+) -> None:
+    for bn_prefix, bn in _tracking_batchnorms(module, prefix):
+        for name in UPSTREAM_BN_EXTRAS:
+            if name not in bn._buffers:
+                state_dict.pop(bn_prefix + name, None)
+        counter = bn_prefix + "num_batches_tracked"
+        if counter not in state_dict and bn.num_batches_tracked is not None:
+            has_layer = any(key.startswith(bn_prefix) for key in state_dict)
+            if has_layer:  # leave wholly missing layers to strict loading to report
+                state_dict[counter] = bn.num_batches_tracked.detach().clone()
+
+
+def attach_upstream_bn_buffers(module: nn.Module) -> nn.Module:
+    """Make ``module``'s state dict use the original's BatchNorm layout (idempotent).
+
+    Args:
+        module: top-level network (encoder or decoder); its BatchNorm layers may be replaced
+            later, the hooks look them up on every call.
+
+    Returns:
+        ``module`` itself.
+    """
+    if getattr(module, _ATTACHED_FLAG, False):
+        return module
+    module.register_state_dict_post_hook(_emit_extras)
+    module.register_load_state_dict_pre_hook(_accept_upstream_layout)
+    setattr(module, _ATTACHED_FLAG, True)
+    return module
+
+
+def strip_module_prefix(state_dict: Mapping[str, Any], source: str = "") -> dict[str, Any]:
+    """Remove a leading ``module.`` (left by DataParallel/DDP wrappers) from every key.
+
+    Args:
+        state_dict: loaded checkpoint.
+        source: where it came from, for the log message.
+
+    Returns:
+        A new dict; the same keys when no key carries the prefix.
+    """
+    keys = list(state_dict)
+    if keys and all(key.startswith("module.") for key in keys):
+        logger.info("stripping the 'module.' prefix from the keys of %s", source or "a state dict")
+        return {key[len("module."):]: value for key, value in state_dict.items()}
+    return dict(state_dict)
+
+
+def key_differences(
+    module: nn.Module, state_dict: Mapping[str, Any]
+) -> tuple[list[str], list[str]]:
+    """Keys that ``module.load_state_dict(state_dict, strict=True)`` would report.
+
+    The optional entries (the three SyncBN extras and ``num_batches_tracked``) are ignored on
+    both sides, as loading does.
+
+    Returns:
+        ``(missing, unexpected)``, each sorted.
+    """
+    optional = (*UPSTREAM_BN_EXTRAS, "num_batches_tracked")
+
+    def required(keys):
+        return {key for key in keys if key.rsplit(".", 1)[-1] not in optional}
+
+    expected, given = required(module.state_dict()), required(state_dict)
+    return sorted(expected - given), sorted(given - expected)

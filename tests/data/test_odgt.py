@@ -1,0 +1,97 @@
+import json
+
+import numpy as np
+import pytest
+from conftest import write_label, write_rgb
+
+from mit_semseg.data.odgt import OdgtError, build_odgt, list_images, main, read_odgt, write_odgt
+
+
+def test_write_read_round_trip(tmp_path):
+    records = [{"fpath_img": "a.jpg", "fpath_segm": "a.png", "width": 3, "height": 2},
+               {"fpath_img": "b é.jpg", "fpath_segm": "b.png", "width": 5, "height": 7}]
+    write_odgt(tmp_path / "l.odgt", records)
+    lines = (tmp_path / "l.odgt").read_text(encoding="utf-8").splitlines()
+    assert [json.loads(x) for x in lines] == records
+    got, origins = read_odgt(tmp_path / "l.odgt")
+    assert got == records and origins == [f"{tmp_path / 'l.odgt'}:1", f"{tmp_path / 'l.odgt'}:2"]
+    assert not list(tmp_path.glob("*.part"))
+
+
+@pytest.mark.parametrize("line,message", [
+    ("[1, 2]", "expected a JSON object"),
+    ('{"fpath_img": "a", "fpath_segm": "b", "width": 0, "height": 2}', "'width' must be"),
+    ('{"fpath_img": "", "fpath_segm": "b", "width": 1, "height": 2}', "'fpath_img' must be"),
+    ('{"fpath_img": "a", "width": 1, "height": 2}', "missing key"),
+    ("{oops", "malformed JSON"),
+])
+def test_bad_lines_name_file_and_line(tmp_path, line, message):
+    good = '{"fpath_img": "a", "fpath_segm": "b", "width": 1, "height": 2}'
+    (tmp_path / "l.odgt").write_text(f"{good}\n\n{line}\n")
+    with pytest.raises(OdgtError, match=rf"l\.odgt:3: {message}"):
+        read_odgt(tmp_path / "l.odgt")
+
+
+def _dataset(tmp_path):
+    rng = np.random.default_rng(0)
+    for rel, (h, w) in {"a/x.JPG": (6, 9), "b.png": (5, 4)}.items():
+        write_rgb(tmp_path / "images" / rel, rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+        stem = rel.rsplit(".", 1)[0]
+        write_label(tmp_path / "masks" / f"{stem}.png", np.ones((h, w), np.uint8))
+    (tmp_path / "images" / "notes.txt").write_text("not an image")
+
+
+def test_build_odgt_pairs_by_relative_stem(tmp_path):
+    _dataset(tmp_path)
+    records = build_odgt(tmp_path / "images", tmp_path / "masks", tmp_path)
+    assert records == [
+        {"fpath_img": "images/a/x.JPG", "fpath_segm": "masks/a/x.png", "width": 9, "height": 6},
+        {"fpath_img": "images/b.png", "fpath_segm": "masks/b.png", "width": 4, "height": 5},
+    ]
+
+
+def test_build_odgt_errors(tmp_path):
+    _dataset(tmp_path)
+    (tmp_path / "masks" / "b.png").unlink()
+    with pytest.raises(FileNotFoundError, match="b.png: no mask"):
+        build_odgt(tmp_path / "images", tmp_path / "masks", tmp_path)
+    assert len(build_odgt(tmp_path / "images", tmp_path / "masks", tmp_path,
+                          allow_missing=True)) == 1
+    write_label(tmp_path / "masks" / "b.png", np.ones((5, 5), np.uint8))
+    with pytest.raises(ValueError, match="differs from image"):
+        build_odgt(tmp_path / "images", tmp_path / "masks", tmp_path)
+
+
+def test_command_line_writes_a_list(tmp_path):
+    _dataset(tmp_path)
+    out = tmp_path / "train.odgt"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--images", str(tmp_path / "images"), "--masks", str(tmp_path / "masks"),
+              "--out", str(out)])
+    assert exit_info.value.code == 0
+    records, _ = read_odgt(out)
+    assert records[0]["fpath_img"] == "images/a/x.JPG"  # relative to the folder of --out
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--images", str(tmp_path / "none"), "--masks", str(tmp_path), "--out", str(out)])
+    assert exit_info.value.code == 1
+
+
+def test_list_images_expands_folders_and_lists(tmp_path):
+    _dataset(tmp_path)
+    images = tmp_path / "images"
+    expected = [str(images / "a" / "x.JPG"), str(images / "b.png")]
+    assert list_images(images) == expected
+    (tmp_path / "list.txt").write_text("# test images\nimages/b.png\n\n")
+    assert list_images([tmp_path / "list.txt", images / "a" / "x.JPG"]) == \
+        [str(tmp_path / "images" / "b.png"), expected[0]]
+    write_odgt(tmp_path / "t.odgt", [{"fpath_img": expected[1]}])
+    assert list_images(str(tmp_path / "t.odgt")) == [expected[1]]
+    with pytest.raises(FileNotFoundError, match="missing.jpg"):
+        list_images([tmp_path / "missing.jpg"])
+    (tmp_path / "x.doc").write_text("not an image")
+    with pytest.raises(ValueError, match=r"x\.doc: not an image"):
+        list_images(tmp_path / "x.doc")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="no images found"):
+        list_images(tmp_path / "empty")
+

@@ -1,0 +1,54 @@
+import json
+import time
+
+import numpy as np
+from eval_fixtures import CFG, NUM_VAL, in_process, run_script, tiny_run  # noqa: F401
+
+
+def _run(tiny_run, workers, *flags, **extra):  # noqa: F811
+    return run_script(
+        "eval_multipro.py", "--cfg", str(CFG), "--gpus", "cpu", "--workers", str(workers),
+        *flags, *tiny_run.overrides(**extra),
+    )
+
+
+def test_one_and_two_processes_give_identical_metrics(tiny_run):  # noqa: F811
+    results = {}
+    for workers in (1, 2):  # 2 processes: uneven shards of 2 and 1 images
+        proc = _run(tiny_run, workers)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        metrics = json.loads((tiny_run.ckpt / "eval_metrics.json").read_text())
+        assert metrics["processes"] == workers and metrics["num_images"] == NUM_VAL
+        results[workers] = (np.load(tiny_run.ckpt / "confusion_matrix.npy"), metrics)
+    np.testing.assert_array_equal(results[1][0], results[2][0])
+    for key in ("mean_iou", "pixel_accuracy", "overall", "per_class"):
+        assert results[1][1][key] == results[2][1][key]
+    assert results[1][0].sum() > 0
+
+
+def test_more_processes_than_images_and_bad_workers(tiny_run, in_process):  # noqa: F811
+    proc = _run(tiny_run, NUM_VAL + 2)  # never an empty shard: one process per image
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert json.loads((tiny_run.ckpt / "eval_metrics.json").read_text())["processes"] == NUM_VAL
+    code, out = in_process(
+        "eval_multipro.py", "--cfg", str(CFG), "--gpus", "cpu", "--workers", "0",
+        *tiny_run.overrides(),
+    )
+    assert code == 2 and "--workers must be >= 1" in out
+
+
+def test_worker_failure_stops_the_master_quickly(tiny_run, tmp_path):  # noqa: F811
+    # the last record points at a corrupt image: the worker owning it fails
+    lines = (tiny_run.data / "validation.odgt").read_text().splitlines()
+    bad = json.loads(lines[-1])
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"definitely not a jpeg")
+    bad["fpath_img"] = str(broken)
+    odgt = tmp_path / "val.odgt"
+    odgt.write_text("\n".join(lines[:-1] + [json.dumps(bad)]) + "\n")
+    start = time.monotonic()
+    # spawn: the start method used with GPUs (CPU-only runs fork by default)
+    proc = _run(tiny_run, 2, "--start-method", "spawn", **{"DATASET.list_val": str(odgt)})
+    assert proc.returncode == 1
+    assert "worker 1 failed" in proc.stdout + proc.stderr
+    assert time.monotonic() - start < 90

@@ -1,0 +1,78 @@
+import cv2
+import numpy as np
+import pytest
+from eval_fixtures import CFG, in_process, run_script, tiny_run  # noqa: F401
+
+
+def _write(path, array):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    assert cv2.imwrite(str(path), array)
+
+
+@pytest.fixture
+def mixed_folder(tmp_path):
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "imgs"
+    _write(folder / "photo.jpg", rng.integers(0, 255, (40, 56, 3), dtype=np.uint8))
+    _write(folder / "gray.png", rng.integers(0, 255, (30, 20), dtype=np.uint8))
+    _write(folder / "rgba.png", rng.integers(0, 255, (24, 24, 4), dtype=np.uint8))
+    _write(folder / "deep.png", rng.integers(0, 65535, (20, 33), dtype=np.uint16))
+    _write(folder / "tiny.png", np.full((1, 1, 3), 128, np.uint8))
+    (folder / "empty.jpg").write_bytes(b"")
+    (folder / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    return folder
+
+
+GOOD = {"photo": (40, 56), "gray": (30, 20), "rgba": (24, 24), "deep": (20, 33), "tiny": (1, 1)}
+
+
+def test_mixed_folder_good_images_written_bad_ones_reported(tiny_run, mixed_folder, tmp_path):  # noqa: F811
+    out = tmp_path / "out"
+    proc = run_script(
+        "test.py", "--imgs", str(mixed_folder), "--cfg", str(CFG), "--gpu", "cpu",
+        *tiny_run.overrides(**{"TEST.result": str(out), "TEST.save_label": "True"}),
+    )
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 1, log  # some inputs failed, the others were processed
+    assert "Traceback" not in log
+    assert "empty.jpg: empty file" in log
+    assert "corrupt.png: cannot decode" in log
+    assert sorted(p.stem for p in out.glob("*.png")) == sorted(GOOD)
+    for name, (h, w) in GOOD.items():
+        panel = cv2.imread(str(out / f"{name}.png"))
+        assert panel.shape[0] >= h and panel.shape[1] > 2 * w
+        label = cv2.imread(str(out / "labels" / f"{name}.png"), cv2.IMREAD_UNCHANGED)
+        assert label.shape == (h, w) and label.dtype == np.uint8
+        assert label.min() >= 1 and label.max() <= tiny_run.num_class
+    assert "5 image(s) written" in log and "2 failed" in log
+
+
+def test_all_good_inputs_exit_zero_and_unique_names(tiny_run, tmp_path):  # noqa: F811
+    img = np.random.default_rng(1).integers(0, 255, (50, 70, 3), dtype=np.uint8)
+    _write(tmp_path / "a" / "x.jpg", img)
+    _write(tmp_path / "b" / "x.jpg", img)
+    _write(tmp_path / "b" / "big.png", np.tile(img, (3, 3, 1)))
+    (tmp_path / "list.txt").write_text("b/big.png\n")
+    proc = run_script(
+        "test.py", "--imgs", str(tmp_path / "a" / "x.jpg"), str(tmp_path / "b" / "x.jpg"),
+        str(tmp_path / "list.txt"), "--cfg", str(CFG), "--gpu", "cpu",
+        # results go next to the inputs: they must never replace them; windows cover big.png
+        *tiny_run.overrides(**{"TEST.result": str(tmp_path), "TEST.window_size": "40"}),
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert sorted(p.name for p in tmp_path.glob("*.png")) == ["a__x.png", "b__big.png", "b__x.png"]
+    assert cv2.imread(str(tmp_path / "b" / "big.png")).shape == (150, 210, 3)
+
+
+def test_missing_checkpoint_and_no_images(tiny_run, mixed_folder, tmp_path, in_process):  # noqa: F811
+    code, out = in_process(
+        "test.py", "--imgs", str(mixed_folder), "--cfg", str(CFG), "--gpu", "cpu",
+        *tiny_run.overrides(**{"TEST.checkpoint": "epoch_7.pth"}),
+    )
+    assert code == 2 and "decoder_epoch_7.pth" in out
+    code, out = in_process(
+        "test.py", "--imgs", str(tmp_path / "nothing_here"), "--cfg", str(CFG), "--gpu", "cpu",
+        *tiny_run.overrides(),
+    )
+    assert code == 2 and "nothing_here: no such file or folder" in out
+    assert "no input images" in out
