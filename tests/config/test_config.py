@@ -174,3 +174,12 @@ def _leaf_keys(node: CfgNode) -> list:
     for value in node.values():
         out.extend(_leaf_keys(value) if isinstance(value, CfgNode) else [value])
     return out
+
+
+@pytest.mark.parametrize("path", YAMLS, ids=[p.stem for p in YAMLS])
+def test_every_shipped_yaml_names_registered_architectures(path):
+    from mit_semseg.models import list_decoders, list_encoders
+
+    c = load_config(path)
+    assert c.MODEL.arch_encoder in list_encoders()
+    assert c.MODEL.arch_decoder in list_decoders()
