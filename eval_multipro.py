@@ -149,7 +149,9 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(cfg.DIR, filename="eval_log.txt")
     shards = shard_ranges(num_images, len(devices))
     cpu_procs = sum(d.type == "cpu" for d in devices[: len(shards)])
-    threads = max((os.cpu_count() or 1) // max(cpu_procs, 1), 1) if cpu_procs else 0
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    # CPU processes share the cores instead of each starting one thread per core
+    threads = max((cores or 1) // cpu_procs, 1) if cpu_procs else 0
     # CUDA cannot be used in forked children; CPU-only runs fork, which skips re-importing torch
     # in every child (the master has run no torch computation yet, so forking is safe)
     method = args.start_method

@@ -46,7 +46,7 @@ step "evaluating on the validation set"
 "$PYTHON" eval.py --cfg "$CFG" --gpu cpu "${OVERRIDES[@]}" VAL.visualize True
 
 step "segmenting a validation image with test.py"
-IMAGE=$(find "$DATA/images/validation" -type f | sort | head -n 1)
+IMAGE=$(find "$DATA/images/validation" -type f | sort | sed -n 1p)
 "$PYTHON" test.py --imgs "$IMAGE" --cfg "$CFG" --gpu cpu "${OVERRIDES[@]}" \
     TEST.result "$OUT" TEST.save_label True
 
