@@ -141,11 +141,14 @@ def load_pretrained(encoder: nn.Module, family: str | None = None, *,
     ignored = CLASSIFIER_PREFIXES.get(family, DEFAULT_CLASSIFIER_PREFIXES)
     state = {k: v for k, v in state.items() if not k.startswith(ignored)}
     missing, unexpected = key_differences(encoder, state)
-    if missing or unexpected:
+    own = encoder.state_dict()
+    resized = [f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in state.items()
+               if k in own and tuple(v.shape) != tuple(own[k].shape)]
+    if missing or unexpected or resized:
         # Checked before loading so that a mismatching file leaves the encoder untouched.
         raise RuntimeError(
             f"{path} does not match the {family} encoder: missing keys {_preview(missing)}, "
-            f"unexpected keys {_preview(unexpected)}"
+            f"unexpected keys {_preview(unexpected)}, shape mismatches {_preview(resized)}"
         )
     encoder.load_state_dict(state, strict=True)
     logger.info("loaded ImageNet weights for %s from %s", family, path)

@@ -46,17 +46,21 @@ class UPerNet(SegmentationDecoder):
         pool_scales: output sizes of the pyramid pooling branches.
         fpn_dim: width of the FPN maps.
         deep_sup: add the auxiliary head (on ``conv_out[-2]``, width ``fc_dim // 4``).
+        fast_pooling: in eval mode with BatchNorm, run the pooling branches' conv and norm at
+            the pooled size (equal up to float rounding, much cheaper); off by default so the
+            outputs match the original's to 1e-5.
         in_channels: the encoder's ``out_channels`` (default ``[256, 512, 1024, fc_dim]``).
         norm_layer: normalisation layer constructor.
     """
 
     def __init__(self, num_class: int = 150, fc_dim: int | None = 4096,
                  use_softmax: bool = False, pool_scales: Sequence[int] = (1, 2, 3, 6),
-                 fpn_dim: int = 256, *, deep_sup: bool = False,
+                 fpn_dim: int = 256, *, deep_sup: bool = False, fast_pooling: bool = False,
                  in_channels: Sequence[int] | None = None,
                  norm_layer: NormLayer = nn.BatchNorm2d) -> None:
         widths = resolve_in_channels(fc_dim, in_channels, _resnet50_widths)
         super().__init__(num_class, widths, use_softmax, deep_sup)
+        self.fast_pooling = fast_pooling
         top = widths[-1]
         self.ppm_pooling = nn.ModuleList(nn.AdaptiveAvgPool2d(scale) for scale in pool_scales)
         self.ppm_conv = nn.ModuleList(
@@ -81,7 +85,7 @@ class UPerNet(SegmentationDecoder):
     def _pooling_branch(self, pool: nn.Module, conv: nn.Sequential,
                         conv5: torch.Tensor) -> torch.Tensor:
         size = conv5.shape[2:]
-        if self.training or not is_pointwise_affine(conv[1]):
+        if self.training or not self.fast_pooling or not is_pointwise_affine(conv[1]):
             # The original's order: upsample the pooled map, then conv-norm-ReLU at full size.
             # Kept whenever the norm depends on the batch, so training matches it exactly.
             return conv(upsample(pool(conv5), size))
