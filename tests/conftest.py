@@ -21,7 +21,7 @@ def _seed_everything():
 
 @pytest.fixture(scope="session")
 def upstream_path() -> Path:
-    """Folder holding the original ``mit_semseg`` 1.0.0 (``pip install --target``); skip if absent."""
+    """Folder of the original ``mit_semseg`` 1.0.0 (``pip --target`` install); skip if absent."""
     path = Path(os.environ.get("MIT_SEMSEG_UPSTREAM", REPO_ROOT / ".upstream"))
     if not (path / "mit_semseg" / "models" / "models.py").is_file():
         pytest.skip(

@@ -47,10 +47,9 @@ class TinyRun:
 
 
 def make_tiny_run(root: Path) -> TinyRun:
-    from mit_semseg.models import ModelBuilder
-
     from mit_semseg.config import load_config
     from mit_semseg.data.synthetic import SYNTHETIC_NUM_CLASS, generate
+    from mit_semseg.models import ModelBuilder
 
     data = root / "data"
     generate(data, num_train=1, num_val=NUM_VAL, seed=0, min_size=40, max_size=72)
