@@ -1,0 +1,265 @@
+"""Multi-scale inference per image, ours against the original 1.0.0, plus an accuracy check.
+
+Inputs are synthetic ADE-like validation images (``--min-size``..``--max-size`` px), prepared
+once by our ``ValDataset`` at the original's test scales (short side 300, 400, 500, 600,
+``imgMaxSize`` 1000, sides rounded to multiples of 8), and fed identically to both sides, with
+the same weights (150 classes; BatchNorm statistics calibrated on the images so predictions
+are not degenerate). Ours runs :func:`mit_semseg.inference.predict_probs` (the path of our
+``eval.py``) and an argmax; the original runs its ``eval.py`` loop on its own
+``SegmentationModule``: for every scale a forward with ``segSize`` = image size, summing
+``probs / len(imgSizes)`` into a zero score map, then argmax, under ``torch.no_grad()``.
+
+Time per image = the forward passes + averaging + argmax (what the original's eval.py times),
+one warm-up image per run excluded. Runs alternate ours/original, each a fresh process.
+Predictions of the first run of each side are compared: max |score difference| (on a grid of
+every 4th pixel), share of equal pixels, and mIoU against the labels (equal within 1e-4 = pass).
+
+    python benchmarks/bench_inference.py [--models r18d_c1ds] [--images 2] [--repeats 3]
+        [--variants ours upstream ours_cl]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import common
+
+# name -> (encoder, decoder, fc_dim)
+MODELS = {
+    "r18d_c1ds": ("resnet18dilated", "c1_deepsup", 512),
+    "r50d_ppmds": ("resnet50dilated", "ppm_deepsup", 2048),
+    "r50_upernet": ("resnet50", "upernet", 2048),
+}
+# variant -> (implementation, options of our inference path)
+VARIANTS = {
+    "ours": ("ours", {}),
+    "upstream": ("upstream", {}),
+    "ours_cl": ("ours", {"channels_last": True}),
+    "ours_bf16": ("ours", {"channels_last": True, "amp": "bf16"}),
+}
+VARIANT_LABELS = {"ours": "ours (fp32)", "upstream": "original 1.0.0",
+                  "ours_cl": "ours channels_last", "ours_bf16": "ours channels_last+bf16"}
+NUM_CLASS = 150
+SCALES = (300, 400, 500, 600)
+GRID = 4  # scores are compared on every GRID-th pixel (keeps the files small)
+TARGET = 0.7  # ours / original time per image
+MIOU_TOLERANCE = 1e-4
+
+
+def _forward_ours(module: Any, img_list: list, seg_size: tuple[int, int], opts: dict) -> Any:
+    import torch
+
+    from mit_semseg.inference import predict_probs
+
+    return predict_probs(module, img_list, seg_size, torch.device("cpu"),
+                         amp=opts.get("amp", ""))
+
+
+def _forward_upstream(module: Any, img_list: list, seg_size: tuple[int, int]) -> Any:
+    import torch
+
+    with torch.no_grad():
+        scores = torch.zeros(1, NUM_CLASS, *seg_size)
+        for img in img_list:
+            scores = scores + module({"img_data": img}, segSize=seg_size) / len(img_list)
+    return scores[0]
+
+
+def measure(impl: str, job: dict[str, Any]) -> dict[str, Any]:
+    """In the worker process: seconds per image (and, if asked, the predictions)."""
+    import time
+
+    torch = common.worker_setup()
+    opts = VARIANTS[job["variant"]][1]
+    encoder, decoder, fc_dim = MODELS[job["model"]]
+    module = common.build_module(impl, encoder, decoder, fc_dim, NUM_CLASS, job["weights"],
+                                 train=False)
+    if opts.get("channels_last"):
+        from mit_semseg.perf import to_channels_last
+
+        to_channels_last(module)
+    samples = torch.load(job["inputs"])
+    times, outputs = [], []
+    for index, sample in enumerate([samples[0]] + samples):  # the first pass warms up
+        seg_size = tuple(sample["seg_size"])
+        start = time.perf_counter()
+        if impl == "ours":
+            scores = _forward_ours(module, sample["img_data"], seg_size, opts)
+        else:
+            scores = _forward_upstream(module, sample["img_data"], seg_size)
+        pred = scores.argmax(0)
+        elapsed = time.perf_counter() - start
+        if index > 0:
+            times.append(elapsed)
+            outputs.append({"pred": pred, "scores": scores[:, ::GRID, ::GRID].clone()})
+    if job.get("out"):
+        torch.save(outputs, job["out"])
+    return {"image_s": sum(times) / len(times), "images_s": times}
+
+
+def _prepare(tmp: Path, args: argparse.Namespace) -> tuple[Path, list]:
+    """Writes the multi-scale inputs of ``--images`` synthetic images; returns them too."""
+    import torch
+    from yacs.config import CfgNode
+
+    from mit_semseg.data import ValDataset
+    from mit_semseg.data.synthetic import generate
+
+    root = generate(tmp / "data", num_train=1, num_val=args.images, seed=0,
+                    min_size=args.min_size, max_size=args.max_size)
+    opt = CfgNode({"imgSizes": SCALES, "imgMaxSize": 1000, "padding_constant": 8,
+                   "segm_downsampling_rate": 8, "random_flip": False})
+    dataset = ValDataset(str(root), str(Path(root) / "validation.odgt"), opt)
+    samples = []
+    for i in range(len(dataset)):
+        item = dataset[i]
+        label = item["seg_label"][0]
+        samples.append({"img_data": item["img_data"], "seg_size": tuple(label.shape),
+                        "label": label})
+    path = tmp / "inputs.pt"
+    torch.save(samples, path)
+    return path, samples
+
+
+def _calibrate_bn(module: Any, samples: list) -> None:
+    """Running BN statistics from the images (cumulative average over every scale)."""
+    import torch
+
+    for m in module.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.reset_running_stats()
+            m.momentum = None
+    module.train()
+    with torch.no_grad():
+        for sample in samples:
+            for img in sample["img_data"]:
+                # batch of two copies: the PPM's 1x1 pooled branch needs > 1 value per channel
+                maps = module.encoder(img.repeat(2, 1, 1, 1), return_feature_maps=True)
+                module.decoder.logits(maps)
+    module.eval()
+
+
+def _compare(outs: dict[str, list], samples: list) -> tuple[list[str], bool]:
+    """Score/prediction/mIoU agreement of every variant with the original."""
+    import numpy as np
+
+    from mit_semseg.metrics import confusion_matrix, scores_from_confusion
+
+    def miou(outputs: list) -> tuple[float, float]:
+        conf = sum(confusion_matrix(o["pred"].numpy(), s["label"].numpy(), NUM_CLASS)
+                   for o, s in zip(outputs, samples))
+        scores = scores_from_confusion(np.asarray(conf))
+        return scores["miou"], scores["miou_present"]
+
+    ref = outs["upstream"]
+    ref_miou = miou(ref)
+    lines, ok = [], True
+    for variant, outputs in outs.items():
+        if variant == "upstream":
+            continue
+        diff = max((o["scores"] - r["scores"]).abs().max().item()
+                   for o, r in zip(outputs, ref))
+        equal = sum((o["pred"] == r["pred"]).sum().item() for o, r in zip(outputs, ref))
+        total = sum(r["pred"].numel() for r in ref)
+        mine = miou(outputs)
+        miou_diff = max(abs(mine[0] - ref_miou[0]), abs(mine[1] - ref_miou[1]))
+        passed = miou_diff <= MIOU_TOLERANCE
+        if VARIANTS[variant][1].get("amp"):
+            lines.append(f"- {VARIANT_LABELS[variant]} (reduced precision, not expected to "
+                         f"match): max |score diff| {diff:.2e}, equal pixels "
+                         f"{100 * equal / total:.3f}%, |mIoU diff| {miou_diff:.2e}")
+            continue
+        ok = ok and passed
+        lines.append(f"- {VARIANT_LABELS[variant]} vs original: max |score diff| {diff:.2e}, "
+                     f"equal pixels {100 * equal / total:.4f}%, mIoU {mine[0]:.6f} vs "
+                     f"{ref_miou[0]:.6f} (present classes {mine[1]:.6f} vs "
+                     f"{ref_miou[1]:.6f}), |diff| {miou_diff:.1e} -> "
+                     f"{'PASS' if passed else 'FAIL'} (tolerance {MIOU_TOLERANCE:g})")
+    return lines, ok
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    common.add_common_args(parser, repeats=3)
+    parser.add_argument("--models", nargs="+", choices=sorted(MODELS), default=["r18d_c1ds"])
+    parser.add_argument("--variants", nargs="+", choices=sorted(VARIANTS),
+                        default=["ours", "upstream", "ours_cl"])
+    parser.add_argument("--images", type=int, default=2, help="synthetic validation images")
+    parser.add_argument("--min-size", type=int, default=384)
+    parser.add_argument("--max-size", type=int, default=512)
+    args = parser.parse_args()
+    if common.worker_main(measure, args):
+        return
+    if "upstream" not in args.variants or "ours" not in args.variants:
+        sys.exit("--variants must include 'ours' and 'upstream'")
+    upstream = common.find_upstream(args.upstream)
+    sys.path.insert(0, str(common.REPO_ROOT))
+    import torch
+
+    rows, notes, all_ok = [], [], True
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        inputs, samples = _prepare(tmp, args)
+        sizes = ", ".join(f"{s['seg_size'][1]}x{s['seg_size'][0]}" for s in samples)
+        for name in args.models:
+            encoder, decoder, fc_dim = MODELS[name]
+            print(f"{name}: {encoder} + {decoder}, images {sizes}, scales {SCALES}", flush=True)
+            torch.manual_seed(0)
+            reference = common.build_module("ours", encoder, decoder, fc_dim, NUM_CLASS, None,
+                                            train=False)
+            _calibrate_bn(reference, samples)
+            weights = common.save_weights(reference, tmp, name)
+
+            def run(variant: str, name: str = name, weights: dict = weights) -> dict:
+                # the first run of each variant keeps its predictions for the comparison
+                out = tmp / f"{name}_{variant}_out.pt"
+                out = None if out.exists() else str(out)
+                job = {"variant": variant, "model": name, "weights": weights,
+                       "inputs": str(inputs), "out": out}
+                return common.run_worker(__file__, VARIANTS[variant][0], upstream, job,
+                                         args.threads)
+
+            runs = common.alternate(args.repeats, run, impls=args.variants,
+                                    log=lambda v, r: f"{r['image_s']:.3f} s/image")
+            outs = {v: torch.load(tmp / f"{name}_{v}_out.pt") for v in args.variants}
+            lines, ok = _compare(outs, samples)
+            all_ok = all_ok and ok
+            theirs = common.median_of(runs["upstream"], "image_s")
+            for variant in args.variants:
+                mine = common.median_of(runs[variant], "image_s")
+                ratio = mine / theirs
+                rows.append([f"{encoder} + {decoder}", VARIANT_LABELS[variant], f"{mine:.3f}",
+                             "" if variant == "upstream" else f"**{ratio:.2f}x**",
+                             common.fmt_runs(runs[variant], "image_s")])
+                if variant != "upstream":
+                    notes.append(f"- {encoder} + {decoder}, {VARIANT_LABELS[variant]}: "
+                                 f"{ratio:.2f}x "
+                                 f"({common.verdict(ratio, TARGET, lower_is_better=True)})")
+            notes += lines
+    command = (f"python benchmarks/bench_inference.py --models {' '.join(args.models)} "
+               f"--variants {' '.join(args.variants)} --images {args.images} "
+               f"--repeats {args.repeats} --threads {args.threads}")
+    common.report("inference", "Multi-scale inference (`benchmarks/bench_inference.py`)", args,
+                  command, [
+        f"{args.images} synthetic images ({sizes} px), scales {SCALES} (short side, max 1000, "
+        f"multiple of 8), {NUM_CLASS} classes, fp32 unless stated; seconds per image = "
+        "forwards + score averaging + argmax, mean over the images after one warm-up image, "
+        f"median of {args.repeats} alternating runs per variant (each a fresh process).",
+        "",
+        common.markdown_table(["model", "variant", "s/image", "vs original", "runs (s/image)"],
+                              rows),
+        "",
+        f"Target: ours <= {TARGET}x the original's time per image, at equal accuracy.",
+        *notes,
+    ])
+    if not all_ok:
+        sys.exit("bench_inference: an fp32 variant does not match the original within "
+                 f"{MIOU_TOLERANCE} mIoU")
+
+
+if __name__ == "__main__":
+    main()

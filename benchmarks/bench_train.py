@@ -1,0 +1,175 @@
+"""Training step (forward + backward + SGD) time and memory, ours against the original 1.0.0.
+
+For each model pair, both implementations train on the same weights and the same batch
+(``--batch`` images of ``--size`` px, 150 classes, random labels at the decoder's output
+stride). Ours runs through :func:`mit_semseg.training.train_one_epoch` (the loop ``train.py``
+uses) with :func:`~mit_semseg.training.build_optimizers`; the original, whose training loop
+lives in its unpackaged ``train.py``, runs that loop's steps (``zero_grad``, forward,
+``loss.mean().backward()``, one SGD step per net) on its own ``SegmentationModule``.
+
+Each run is a fresh process; ``--warmup`` steps are dropped and the median of the ``--steps``
+timed steps is that run's time. Memory = peak RSS of the process during the steps minus its
+RSS just before the first step (activations, gradients, optimizer state and allocator slack);
+this is measured the same way for both sides. Runs alternate ours/original ``--repeats``
+times; the table shows the medians and every run.
+
+    python benchmarks/bench_train.py [--models r18d_c1ds r50d_ppmds r50_upernet]
+        [--batch 2] [--size 384] [--steps 3] [--warmup 1] [--repeats 3] [--threads 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import common
+
+# name -> (encoder, decoder, fc_dim, output stride of the decoder)
+MODELS = {
+    "r18d_c1ds": ("resnet18dilated", "c1_deepsup", 512, 8),
+    "r50d_ppmds": ("resnet50dilated", "ppm_deepsup", 2048, 8),
+    "r50_upernet": ("resnet50", "upernet", 2048, 4),
+}
+NUM_CLASS = 150
+LR, MOMENTUM, WEIGHT_DECAY = 0.02, 0.9, 1e-4  # the original's config defaults
+TARGET = 0.8  # ours / original time
+
+
+def _current_rss_mib() -> float:
+    with open("/proc/self/status", encoding="utf-8") as f:
+        line = next(ln for ln in f if ln.startswith("VmRSS:"))
+    return int(line.split()[1]) / 1024.0
+
+
+def _train_ours(module: Any, batch: dict, steps: int, opts: dict) -> list[float]:
+    import torch
+
+    from mit_semseg.training import PolySchedule, build_optimizers, train_one_epoch
+
+    if opts.get("channels_last"):
+        from mit_semseg.perf import to_channels_last
+
+        to_channels_last(module)
+    optimizers = build_optimizers(module.encoder, module.decoder, lr_encoder=LR,
+                                  lr_decoder=LR, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
+    schedule = PolySchedule({"encoder": LR, "decoder": LR}, max_iters=steps, power=0.9)
+    stamps = [time.perf_counter()]
+    train_one_epoch(module, [[batch]] * steps, optimizers, schedule, epoch=0, epoch_iters=steps,
+                    device=torch.device("cpu"), amp=opts.get("amp", ""), disp_iter=10**9,
+                    on_step=lambda _: stamps.append(time.perf_counter()))
+    return [b - a for a, b in zip(stamps, stamps[1:])]
+
+
+def _train_upstream(module: Any, batch: dict, steps: int) -> list[float]:
+    import torch
+
+    optimizers = [torch.optim.SGD(net.parameters(), lr=LR, momentum=MOMENTUM,
+                                  weight_decay=WEIGHT_DECAY)
+                  for net in (module.encoder, module.decoder)]
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        module.zero_grad()
+        loss, acc = module(batch)
+        loss.mean().backward()
+        for optimizer in optimizers:
+            optimizer.step()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def measure(impl: str, job: dict[str, Any]) -> dict[str, Any]:
+    """In the worker process: per-step times and the memory of one training run."""
+    torch = common.worker_setup()
+    encoder, decoder, fc_dim, _ = MODELS[job["model"]]
+    module = common.build_module(impl, encoder, decoder, fc_dim, NUM_CLASS, job["weights"],
+                                 train=True)
+    batch = torch.load(job["inputs"])
+    steps = job["warmup"] + job["steps"]
+    rss_before = _current_rss_mib()
+    if impl == "ours":
+        times = _train_ours(module, batch, steps, job.get("opts", {}))
+    else:
+        times = _train_upstream(module, batch, steps)
+    timed = times[job["warmup"]:]
+    return {"step_s": statistics.median(timed), "steps_s": timed,
+            "mem_mib": common.peak_rss_mib() - rss_before}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    common.add_common_args(parser, repeats=3)
+    parser.add_argument("--models", nargs="+", choices=sorted(MODELS), default=list(MODELS))
+    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--size", type=int, default=384, help="square crop size, px")
+    parser.add_argument("--steps", type=int, default=3, help="timed steps per run")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed steps per run")
+    args = parser.parse_args()
+    if common.worker_main(measure, args):
+        return
+    upstream = common.find_upstream(args.upstream)
+    sys.path.insert(0, str(common.REPO_ROOT))
+    import torch
+
+    rows, notes = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in args.models:
+            encoder, decoder, fc_dim, stride = MODELS[name]
+            print(f"{name}: {encoder} + {decoder}, batch {args.batch}, {args.size} px", flush=True)
+            torch.manual_seed(0)
+            reference = common.build_module("ours", encoder, decoder, fc_dim, NUM_CLASS, None,
+                                            train=True)
+            weights = common.save_weights(reference, Path(tmp), name)
+            label_size = args.size // stride
+            inputs = Path(tmp) / f"{name}_batch.pt"
+            torch.save({"img_data": torch.randn(args.batch, 3, args.size, args.size),
+                        "seg_label": torch.randint(-1, NUM_CLASS,
+                                                   (args.batch, label_size, label_size))},
+                       inputs)
+            job = {"model": name, "weights": weights, "inputs": str(inputs),
+                   "steps": args.steps, "warmup": args.warmup}
+            runs = common.alternate(
+                args.repeats,
+                lambda impl, job=job: common.run_worker(__file__, impl, upstream, job,
+                                                        args.threads),
+                log=lambda impl, r: f"{r['step_s']:.3f} s/step, +{r['mem_mib']:.0f} MiB")
+            ours_s = common.median_of(runs["ours"], "step_s")
+            theirs_s = common.median_of(runs["upstream"], "step_s")
+            ours_m = common.median_of(runs["ours"], "mem_mib")
+            theirs_m = common.median_of(runs["upstream"], "mem_mib")
+            ratio = ours_s / theirs_s
+            rows.append([f"{encoder} + {decoder}", f"{ours_s:.3f}", f"{theirs_s:.3f}",
+                         f"**{ratio:.2f}x**", f"{ours_m:.0f}", f"{theirs_m:.0f}",
+                         f"{ours_m / theirs_m:.2f}x",
+                         common.fmt_runs(runs["ours"], "step_s"),
+                         common.fmt_runs(runs["upstream"], "step_s")])
+            notes.append(f"- {encoder} + {decoder}: time ratio {ratio:.2f}x "
+                         f"({common.verdict(ratio, TARGET, lower_is_better=True)})")
+    header = ["model", "ours s/step", "original s/step", "time ours/original",
+              "ours peak MiB", "original peak MiB", "memory ours/original",
+              "ours runs (s/step)", "original runs (s/step)"]
+    command = (f"python benchmarks/bench_train.py --models {' '.join(args.models)} "
+               f"--batch {args.batch} --size {args.size} --steps {args.steps} "
+               f"--warmup {args.warmup} --repeats {args.repeats} --threads {args.threads}")
+    common.report("train", "Training step (`benchmarks/bench_train.py`)", args, command, [
+        f"Forward + backward + SGD step (momentum {MOMENTUM}, weight decay {WEIGHT_DECAY}), "
+        f"batch {args.batch} of {args.size}x{args.size} px, {NUM_CLASS} classes, deep "
+        f"supervision weight 0.4 for `*_deepsup`; same weights and batch on both sides. "
+        f"Median of {args.steps} steps after {args.warmup} warm-up step(s) per run, "
+        f"{args.repeats} alternating runs per side, each a fresh process. Peak MiB = peak RSS "
+        "during the steps minus RSS before the first step.",
+        "",
+        common.markdown_table(header, rows),
+        "",
+        f"Target: ours <= {TARGET}x the original's step time.",
+        *notes,
+    ])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,263 @@
+"""Shared machinery of the ``bench_*.py`` scripts (not a library module).
+
+Every benchmark compares our ``mit_semseg`` with the original 1.0.0 from PyPI. Both packages
+are imported as ``mit_semseg``, so each measurement runs in a fresh subprocess whose
+``PYTHONPATH`` holds exactly one of them (:func:`run_worker`); the parent alternates the two
+implementations over the repeats so that background load hits both alike
+(:func:`alternate`), and reports medians. Results go to one file, ``benchmarks/RESULTS.md``,
+in which each benchmark owns the section between its two markers
+(:func:`update_results_section`).
+
+The original is looked up in ``--upstream``, ``$MIT_SEMSEG_UPSTREAM`` or ``<repo>/.upstream``;
+install it apart with ``pip install --no-deps --target .upstream mit-semseg==1.0.0``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import json
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+RESULTS = REPO_ROOT / "benchmarks" / "RESULTS.md"
+IMPLS = ("ours", "upstream")
+IMPL_LABELS = {"ours": "ours", "upstream": "original 1.0.0"}
+RESULTS_HEADER = (
+    "# Benchmark results\n\n"
+    "Written by the scripts in `benchmarks/` (each replaces only its own section). "
+    "\"original\" is mit-semseg 1.0.0 from PyPI, run in its own process; see "
+    "[docs/benchmarks.md](../docs/benchmarks.md) for what is measured.\n"
+)
+
+
+# ----------------------------------------------------------------------------- parent side
+def add_common_args(parser: argparse.ArgumentParser, repeats: int, threads: int = 2) -> None:
+    """Options every comparison has: where the original is, repeats, torch threads."""
+    parser.add_argument("--upstream", default=None, help="folder holding the original package")
+    parser.add_argument("--repeats", type=int, default=repeats,
+                        help="alternating ours/original runs (the median is reported)")
+    parser.add_argument("--threads", type=int, default=threads,
+                        help="torch intra-op threads in every measuring process")
+    parser.add_argument("--no-write", action="store_true",
+                        help="print only, leave benchmarks/RESULTS.md alone")
+    parser.add_argument("--measure", choices=IMPLS, help=argparse.SUPPRESS)
+    parser.add_argument("--job", help=argparse.SUPPRESS)
+
+
+def find_upstream(explicit: str | None) -> Path:
+    """Folder whose ``mit_semseg`` is the original 1.0.0; exits with instructions if absent."""
+    candidates = [explicit, os.environ.get("MIT_SEMSEG_UPSTREAM"), str(REPO_ROOT / ".upstream")]
+    for candidate in candidates:
+        if candidate and (Path(candidate) / "mit_semseg" / "dataset.py").is_file():
+            return Path(candidate).resolve()
+    sys.exit("the original mit_semseg 1.0.0 was not found: pass --upstream DIR or install it "
+             "with `pip install --no-deps --target .upstream mit-semseg==1.0.0`")
+
+
+def run_worker(script: str | Path, impl: str, upstream: Path, job: dict[str, Any],
+               threads: int, timeout: float = 1800) -> dict[str, Any]:
+    """Runs ``script --measure impl --job JSON`` in a fresh process and returns its JSON answer.
+
+    The child sees only one ``mit_semseg`` (ours or the original) on its path and gets the
+    same thread settings either way; the package it really imported is checked.
+    """
+    root = REPO_ROOT if impl == "ours" else upstream
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env.update(PYTHONPATH=str(root), OMP_NUM_THREADS=str(threads),
+               MKL_NUM_THREADS=str(threads), BENCH_THREADS=str(threads))
+    cmd = [sys.executable, str(script), "--measure", impl, "--job", json.dumps(job)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout,
+                          cwd=str(REPO_ROOT / "benchmarks"))
+    if proc.returncode != 0:
+        raise RuntimeError(f"{Path(script).name} --measure {impl} failed "
+                           f"(exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+    answer = json.loads(proc.stdout.strip().splitlines()[-1])
+    module = Path(answer.get("module", "")).resolve()
+    if not module.is_relative_to(root.resolve()):
+        raise RuntimeError(f"the {impl} worker imported {module}, expected a file under {root}")
+    return answer
+
+
+def alternate(repeats: int, measure: Callable[[str], dict[str, Any]],
+              impls: Sequence[str] = IMPLS, log: Callable[[str, dict], str] | None = None
+              ) -> dict[str, list[dict[str, Any]]]:
+    """``measure(impl)`` for every impl, ``repeats`` times, in alternating order.
+
+    The order flips each repeat (ours, original, original, ours, ...) so that neither side
+    always runs first after the other's process exits.
+    """
+    runs: dict[str, list[dict[str, Any]]] = {impl: [] for impl in impls}
+    for repeat in range(repeats):
+        order = list(impls) if repeat % 2 == 0 else list(reversed(impls))
+        for impl in order:
+            result = measure(impl)
+            runs[impl].append(result)
+            text = log(impl, result) if log else json.dumps(result)
+            print(f"  repeat {repeat + 1}/{repeats} {IMPL_LABELS.get(impl, impl):>14}: {text}",
+                  flush=True)
+    return runs
+
+
+def median_of(runs: Sequence[dict[str, Any]], key: str) -> float:
+    return statistics.median(float(r[key]) for r in runs)
+
+
+def fmt_runs(runs: Sequence[dict[str, Any]], key: str, fmt: str = "{:.3f}") -> str:
+    return ", ".join(fmt.format(r[key]) for r in runs)
+
+
+def verdict(ratio: float, target: float, lower_is_better: bool) -> str:
+    met = ratio <= target if lower_is_better else ratio >= target
+    sign = "<=" if lower_is_better else ">="
+    return f"{'meets' if met else 'MISSES'} the {sign} {target:g}x target"
+
+
+def machine_description(threads: int | None = None) -> str:
+    """CPU model, core count and library versions, for the results file."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            cpu = next(ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    import cv2
+    import numpy
+    import PIL
+    import torch
+
+    text = (f"{cpu}, {os.cpu_count()} logical CPUs, {platform.system()} {platform.release()}; "
+            f"Python {platform.python_version()}, torch {torch.__version__}, "
+            f"numpy {numpy.__version__}, opencv {cv2.__version__}, Pillow {PIL.__version__}")
+    if threads is not None:
+        text += f"; {threads} torch thread(s) per measuring process"
+    try:
+        load = os.getloadavg()
+        text += (f"; load average {load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f} "
+                 "(1/5/15 min) at the end")
+    except OSError:
+        pass
+    return text
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def update_results_section(name: str, body: str, path: Path = RESULTS) -> None:
+    """Replaces (or appends) the section ``name`` of the results file, atomically.
+
+    The section lies between ``<!-- BEGIN name -->`` and ``<!-- END name -->``; other sections
+    are kept byte for byte. A lock file serialises concurrent benchmark scripts.
+    """
+    sys.path.insert(0, str(REPO_ROOT))
+    from mit_semseg.utils import atomic_write_text
+
+    begin, end = f"<!-- BEGIN {name} -->", f"<!-- END {name} -->"
+    block = f"{begin}\n{body.strip()}\n{end}"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        old = path.read_text(encoding="utf-8") if path.exists() else RESULTS_HEADER
+        pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end), re.DOTALL)
+        if pattern.search(old):
+            new = pattern.sub(lambda _: block, old, count=1)
+        else:
+            new = old.rstrip("\n") + "\n\n" + block + "\n"
+        atomic_write_text(path, new)
+
+
+def report(name: str, title: str, args: argparse.Namespace, command: str, lines: Sequence[str]
+           ) -> None:
+    """Prints the report and writes it as section ``name`` of RESULTS.md (unless --no-write)."""
+    body = "\n".join([f"## {title}", "", f"Machine: {machine_description(args.threads)}.", "",
+                      *lines, "", f"Re-run: `{command}`", ""])
+    print("\n" + body)
+    if not args.no_write:
+        update_results_section(name, body)
+        print(f"written to {RESULTS}")
+
+
+# ----------------------------------------------------------------------------- worker side
+def worker_setup() -> Any:
+    """In a measuring process: fix torch's threads from the parent's setting; returns torch."""
+    import torch
+
+    threads = int(os.environ.get("BENCH_THREADS", "0"))
+    if threads > 0:
+        torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    return torch
+
+
+def peak_rss_mib() -> float:
+    """Peak resident set size of this process so far (``ru_maxrss``), MiB."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def build_module(impl: str, encoder: str, decoder: str, fc_dim: int, num_class: int,
+                 weights: dict[str, str] | None, *, train: bool) -> Any:
+    """A ``SegmentationModule`` of whichever ``mit_semseg`` this process imports.
+
+    The original is built from its classes as ``tests/models/upstream_runner.py`` does
+    (ModelBuilder would try to download ImageNet weights), with ``use_softmax`` for
+    inference and deep supervision (weight 0.4) for ``*_deepsup`` decoders in training, as
+    its ``train.py``/``eval.py`` do. ``weights`` = ``{"encoder": path, "decoder": path}``.
+    """
+    import torch
+    from torch import nn
+
+    deep_sup = 0.4 if (train and decoder.endswith("deepsup")) else None
+    if impl == "ours":
+        from mit_semseg.models import build_segmentation_model
+
+        module = build_segmentation_model(encoder, decoder, num_class, fc_dim=fc_dim,
+                                          deep_sup_scale=deep_sup, use_softmax=not train)
+    else:
+        sys.path.append(str(REPO_ROOT / "tests" / "models"))
+        from upstream_runner import build_encoder
+
+        from mit_semseg.models import ModelBuilder, SegmentationModule
+
+        net_enc = build_encoder(encoder)
+        net_dec = ModelBuilder.build_decoder(decoder, fc_dim, num_class, "", not train)
+        module = SegmentationModule(net_enc, net_dec, nn.NLLLoss(ignore_index=-1), deep_sup)
+    if weights:
+        module.encoder.load_state_dict(torch.load(weights["encoder"]), strict=True)
+        module.decoder.load_state_dict(torch.load(weights["decoder"]), strict=True)
+    return module.train(train)
+
+
+def save_weights(module: Any, folder: Path, name: str) -> dict[str, str]:
+    """Writes encoder/decoder state dicts of ``module`` for :func:`build_module` to load."""
+    import torch
+
+    paths = {part: str(folder / f"{name}_{part}.pth") for part in ("encoder", "decoder")}
+    torch.save(module.encoder.state_dict(), paths["encoder"])
+    torch.save(module.decoder.state_dict(), paths["decoder"])
+    return paths
+
+
+def worker_main(measure: Callable[[str, dict[str, Any]], dict[str, Any]],
+                args: argparse.Namespace) -> bool:
+    """If this process is a worker (``--measure``), runs ``measure`` and prints its JSON."""
+    if not args.measure:
+        return False
+    result = measure(args.measure, json.loads(args.job))
+    import mit_semseg
+
+    result["module"] = mit_semseg.__file__
+    print(json.dumps(result))
+    return True
