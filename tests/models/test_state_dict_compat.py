@@ -13,6 +13,7 @@ from mit_semseg.models import (
 )
 from mit_semseg.models.compat import UPSTREAM_BN_EXTRAS
 
+
 def shapes(module):
     return {key: list(value.shape) for key, value in module.state_dict().items()}
 

@@ -26,7 +26,6 @@ no explicit initialisation (PyTorch's defaults), also as in the original.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from functools import partial
 from typing import Callable
 
 import torch
