@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import gc
 import logging
 import os
 import sys
@@ -106,7 +107,16 @@ def build(cfg, ctx: tr.DistContext, devices: list[torch.device], resume_state: d
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
+    ctx = train(parse_args(argv))
+    if ctx.distributed:
+        # the DDP wrapper sits in reference cycles that keep the process group alive; left to
+        # the interpreter's exit, gloo's threads can abort the process (SIGABRT)
+        gc.collect()
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+
+
+def train(args: argparse.Namespace) -> tr.DistContext:
     try:
         cfg, ctx, devices = setup(args)
         resume_path = ckpt.resolve_resume_path(cfg.TRAIN.resume, cfg.DIR)
@@ -180,8 +190,7 @@ def main(argv: list[str] | None = None) -> None:
             plot_training_curves(history, os.path.join(cfg.DIR, "training_curves.png"))
         save_state(done)
     logger.info("Training Done!")
-    if ctx.distributed:
-        torch.distributed.destroy_process_group()
+    return ctx
 
 
 if __name__ == "__main__":

@@ -183,6 +183,7 @@ def load_segmentation_module(
         num_class=num_class,
         weights=str(paths["decoder"]),
         use_softmax=True,
+        in_channels=encoder.out_channels,
     )
     module = SegmentationModule(encoder, decoder, nn.NLLLoss(ignore_index=-1))
     return module.to(device).eval()

@@ -146,7 +146,7 @@ def build_training_module(*, arch_encoder: str, arch_decoder: str, fc_dim: int, 
         pretrained=pretrained and not weights_encoder, norm_layer=norm_layer)
     decoder = ModelBuilder.build_decoder(
         arch=arch_decoder.lower(), fc_dim=fc_dim, num_class=num_class, weights=weights_decoder,
-        use_softmax=False, norm_layer=norm_layer)
+        use_softmax=False, norm_layer=norm_layer, in_channels=encoder.out_channels)
     crit = nn.NLLLoss(ignore_index=-1)
     deep_sup = deep_sup_scale if arch_decoder.lower().endswith("deepsup") else None
     return SegmentationModule(encoder, decoder, crit, deep_sup_scale=deep_sup)

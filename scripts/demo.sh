@@ -54,7 +54,7 @@ IMAGE=$(find "$DATA/images/validation" -type f | sort | sed -n 1p)
 "$PYTHON" test.py --imgs "$IMAGE" --cfg "$CFG" --gpu cpu "${OVERRIDES[@]}" \
     TEST.result "$OUT" TEST.save_label True
 
-MIOU=$("$PYTHON" -c 'import json, sys; print(f"{json.load(open(sys.argv[1]))["mean_iou"]:.4f}")' \
+MIOU=$("$PYTHON" -c 'import json, sys; print("%.4f" % json.load(open(sys.argv[1]))["mean_iou"])' \
     "$CKPT/eval_metrics.json")
 step "done in ${SECONDS}s"
 cat <<EOF

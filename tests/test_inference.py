@@ -164,3 +164,21 @@ def test_output_names_unique_and_readable(tmp_path):
     assert names == ["x__img", "y__img", "y__other", "y__dup_jpg", "y__dup_png"]
     assert output_names([tmp_path / "one" / "pic.jpeg"]) == ["pic"]
     assert output_names([tmp_path / "f" / "a.jpg", tmp_path / "f" / "b.jpg"]) == ["a", "b"]
+
+
+def test_load_segmentation_module_narrow_encoder_with_upernet(tmp_path):
+    from types import SimpleNamespace
+
+    from mit_semseg.models import build_segmentation_model
+
+    trained = build_segmentation_model("resnet18dilated", "upernet", NUM_CLASS)
+    torch.save(trained.encoder.state_dict(), tmp_path / "encoder_epoch_1.pth")
+    torch.save(trained.decoder.state_dict(), tmp_path / "decoder_epoch_1.pth")
+    model_cfg = SimpleNamespace(arch_encoder="resnet18dilated", arch_decoder="upernet",
+                                fc_dim=512)
+    loaded = load_segmentation_module(model_cfg, NUM_CLASS, tmp_path, "epoch_1.pth", CPU)
+    image = torch.randn(1, 3, 40, 56)
+    with torch.no_grad():
+        probs = loaded({"img_data": image}, segSize=(40, 56))
+    assert probs.shape == (1, NUM_CLASS, 40, 56)
+    torch.testing.assert_close(probs.sum(1), torch.ones(1, 40, 56))

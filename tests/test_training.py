@@ -226,3 +226,18 @@ def test_init_distributed_without_torchrun(monkeypatch):
     ctx = tr.init_distributed("auto", use_cuda=False)
     assert (ctx.rank, ctx.world_size, ctx.distributed, ctx.is_main) == (0, 1, False, True)
     assert tr.gather_objects({"a": 1}, ctx) == [{"a": 1}]
+
+
+@pytest.mark.parametrize("arch_encoder, fc_dim", [("resnet18dilated", 512),
+                                                  ("mobilenetv2dilated", 320)])
+def test_training_module_takes_decoder_widths_from_the_encoder(arch_encoder, fc_dim):
+    # The original sized UPerNet for ResNet-50 whatever the encoder; ours reads the widths.
+    module = tr.build_training_module(arch_encoder=arch_encoder, arch_decoder="upernet",
+                                      fc_dim=fc_dim, num_class=5)
+    batch = {"img_data": torch.randn(1, 3, 64, 64),
+             "seg_label": torch.randint(-1, 5, (1, 16, 16))}
+    loss, acc = module(batch)
+    assert loss.ndim == 0 and torch.isfinite(loss)
+    with pytest.raises(ValueError, match="fc_dim"):
+        tr.build_training_module(arch_encoder=arch_encoder, arch_decoder="upernet",
+                                 fc_dim=2048, num_class=5)

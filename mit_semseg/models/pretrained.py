@@ -49,6 +49,9 @@ PRETRAINED_FILES = {
 # Classifier parts of the ImageNet checkpoints that the encoders do not have.
 CLASSIFIER_PREFIXES = {
     "mobilenetv2": ("classifier.", "features.18."),
+    # HRNet's ImageNet classification head (HRNet-Image-Classification layout); the original
+    # skipped these keys by loading with strict=False.
+    "hrnetv2": ("incre_modules.", "downsamp_modules.", "final_layer.", "classifier."),
 }
 DEFAULT_CLASSIFIER_PREFIXES = ("fc.",)
 
@@ -115,7 +118,8 @@ def load_pretrained(encoder: nn.Module, family: str | None = None, *,
     """Load the original's ImageNet weights into ``encoder`` (in place).
 
     The classifier entries of the file (``fc.*``; ``classifier.*`` and ``features.18.*`` for
-    MobileNetV2) are dropped; everything else must match the encoder exactly.
+    MobileNetV2; ``incre_modules.*``, ``downsamp_modules.*``, ``final_layer.*`` and
+    ``classifier.*`` for HRNetV2) are dropped; everything else must match the encoder exactly.
 
     Args:
         encoder: an encoder built by this package.

@@ -114,9 +114,28 @@ def test_fc_dim_must_match_in_channels():
         build_decoder("c1", fc_dim=2048, num_class=NUM_CLASS, in_channels=[64, 128, 256, 512])
 
 
-def test_deep_sup_needs_two_maps():
-    with pytest.raises(ValueError, match="second-to-last"):
-        build_decoder("c1_deepsup", num_class=NUM_CLASS, fc_dim=None, in_channels=[720])
+@pytest.mark.parametrize("decoder_name", ["c1_deepsup", "ppm_deepsup", "upernet_deepsup"])
+def test_deep_sup_on_a_single_map_encoder_reads_that_map(decoder_name):
+    # HRNetV2 gives one map; the original's aux head (conv_out[-2]) failed there in training.
+    decoder = build_decoder(decoder_name, num_class=NUM_CLASS, fc_dim=None, in_channels=[32])
+    decoder.eval()
+    assert decoder.aux_index == -1 and decoder.cbr_deepsup[0].in_channels == 32
+    conv5 = torch.randn(2, 32, 9, 13)
+    with torch.no_grad():
+        aux = decoder.aux_logits([conv5])
+        expected = decoder.conv_last_deepsup(decoder.cbr_deepsup(conv5))
+        assert decoder.logits([conv5]).shape == aux.shape == (2, NUM_CLASS, 9, 13)
+    torch.testing.assert_close(aux, expected)
+    # Two or more maps: the second-to-last one, as in the original.
+    assert build_decoder(decoder_name, num_class=NUM_CLASS, fc_dim=None,
+                         in_channels=[16, 32]).cbr_deepsup[0].in_channels == 16
+
+
+def test_original_layout_deep_sup_on_one_map_is_explained():
+    # Built the original's way (widths from fc_dim: [360, 720]) but fed HRNet's single map.
+    decoder = build_decoder("c1_deepsup", fc_dim=720, num_class=NUM_CLASS).eval()
+    with pytest.raises(ValueError, match="needs encoder map -2, but got 1 .*in_channels="):
+        decoder.aux_logits([torch.randn(1, 720, 4, 4)])
 
 
 def test_decoder_init_is_the_originals():

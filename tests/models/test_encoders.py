@@ -3,8 +3,10 @@ import math
 import pytest
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from mit_semseg.models import ENCODERS, build_encoder
+from mit_semseg.models.encoders.hrnet import HRModule, HRNetV2Encoder
 
 
 def expected_size(size: int, stride: int) -> int:
@@ -27,6 +29,9 @@ def test_declared_channels_and_strides_match_the_maps(name):
 @pytest.mark.parametrize("name", ENCODERS.names())
 def test_output_stride_follows_the_name(name):
     encoder = build_encoder(name)
+    if name.startswith("hrnet"):  # one map, the concatenated branches at stride 4
+        assert encoder.strides == [4]
+        return
     last = 16 if name.endswith("dilated16") else 8 if name.endswith("dilated") else 32
     assert encoder.strides[-1] == last
     assert encoder.strides[:2] == [4, 8]
@@ -41,7 +46,7 @@ def test_output_stride_argument_overrides_the_name():
 
 def test_feature_maps_match_the_original_recorded_shapes(upstream_reference):
     recorded = upstream_reference["encoder_feature_maps"]
-    for name in ("resnet18", "resnet18dilated", "mobilenetv2dilated"):
+    for name in ("resnet18", "resnet18dilated", "mobilenetv2dilated", "hrnetv2"):
         with torch.no_grad():
             maps = build_encoder(name).eval()(torch.randn(1, 3, 64, 96))
         assert [list(m.shape) for m in maps] == recorded[name]
@@ -71,7 +76,7 @@ def test_dilation_pattern_is_the_originals():
     assert _dilations(encoder, names) == ([1, 2, 2, 2, 4, 4], [1, 1, 1, 1, 1, 1])
 
 
-@pytest.mark.parametrize("name", ["resnet18dilated", "mobilenetv2dilated"])
+@pytest.mark.parametrize("name", ["resnet18dilated", "mobilenetv2dilated", "hrnetv2"])
 def test_norm_layer_is_injected(name):
     encoder = build_encoder(name, norm_layer=lambda c: nn.GroupNorm(4, c))
     assert not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in encoder.modules())
@@ -92,3 +97,56 @@ def test_return_feature_maps_false_gives_the_last_map_only():
     with torch.no_grad():
         last, = encoder(x, return_feature_maps=False)
         assert torch.equal(last, encoder(x)[-1])
+
+
+def test_hrnet_returns_one_map_either_way():
+    encoder = HRNetV2Encoder(widths=(4, 8), stage_modules=(1,), blocks_per_branch=1,
+                             stem_blocks=1).eval()
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        maps = encoder(x)
+        assert len(maps) == 1 and maps[0].shape == (1, 12, 8, 8)
+        assert torch.equal(encoder(x, return_feature_maps=False)[0], maps[0])
+
+
+def test_hrnet_is_parametrised_by_widths_and_depths():
+    # W48 is the registered default; other widths/depths are plain arguments.
+    assert build_encoder("hrnetv2").out_channels == [48 + 96 + 192 + 384]
+    small = ENCODERS.build("hrnetv2", widths=(6, 12, 24), stage_modules=(2, 1),
+                           blocks_per_branch=1, stem_blocks=2)
+    assert small.out_channels == [42] and small.strides == [4]
+    assert len(small.layer1) == 2 and len(small.stage2) == 2 and len(small.stage3) == 1
+    assert not hasattr(small, "stage4")
+    assert len(small.stage3[0].branches[2]) == 1
+    assert small.stage3[0].branches[2][0].conv1.in_channels == 24
+    with torch.no_grad():
+        assert small.eval()(torch.randn(2, 3, 45, 45))[0].shape == (2, 42, 12, 12)
+    with pytest.raises(ValueError, match="stage_modules"):
+        HRNetV2Encoder(widths=(6, 12, 24), stage_modules=(1,))
+    with pytest.raises(ValueError, match="output_stride of 4"):
+        build_encoder("hrnetv2", output_stride=8)
+
+
+def test_hrnet_exchange_sums_resized_branches():
+    torch.manual_seed(0)
+    module = HRModule([4, 8, 16], num_blocks=1, norm_layer=nn.BatchNorm2d).eval()
+    xs = [torch.randn(2, 4, 12, 12), torch.randn(2, 8, 6, 6), torch.randn(2, 16, 3, 3)]
+    with torch.no_grad():
+        out = module([x.clone() for x in xs])
+        b = [branch(x) for branch, x in zip(module.branches, xs)]
+        fuse = module.fuse_layers
+
+        def up(x, size):
+            return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+
+        # Highest resolution: itself + lower ones after 1x1 conv-norm and upsampling.
+        expected0 = b[0] + up(fuse[0][1](b[1]), (12, 12)) + up(fuse[0][2](b[2]), (12, 12))
+        # Lowest resolution: two stride-2 steps from branch 0 (ReLU only between them).
+        chain = fuse[2][0]
+        assert len(chain) == 2 and isinstance(chain[0][2], nn.ReLU) and len(chain[1]) == 2
+        assert chain[0][0].stride == (2, 2) and chain[0][0].out_channels == 4
+        expected2 = chain(b[0]) + fuse[2][1](b[1]) + b[2]
+    assert [o.shape[1:] for o in out] == [x.shape[1:] for x in xs]
+    torch.testing.assert_close(out[0], expected0.relu())
+    torch.testing.assert_close(out[2], expected2.relu())
+    assert fuse[0][0] is None and fuse[1][1] is None and fuse[2][2] is None

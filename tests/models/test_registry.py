@@ -15,7 +15,7 @@ from mit_semseg.models.registry import Registry
 EXPECTED_ENCODERS = sorted(
     [f"{family}{suffix}" for family in ("resnet18", "resnet50", "resnet101", "resnext101")
      for suffix in ("", "dilated", "dilated16")]
-    + ["mobilenetv2dilated", "mobilenetv2dilated16"]
+    + ["mobilenetv2dilated", "mobilenetv2dilated16", "hrnetv2"]
 )
 EXPECTED_DECODERS = sorted(
     ["c1", "c1_deepsup", "ppm", "ppm_deepsup", "upernet", "upernet_lite", "upernet_deepsup"]
@@ -32,7 +32,7 @@ def test_decoder_names_are_pinned():
 
 def test_original_arch_strings_are_all_registered():
     original = ["mobilenetv2dilated", "resnet18", "resnet18dilated", "resnet50",
-                "resnet50dilated", "resnet101", "resnet101dilated", "resnext101"]
+                "resnet50dilated", "resnet101", "resnet101dilated", "resnext101", "hrnetv2"]
     assert all(name in ENCODERS for name in original)
     assert all(name in DECODERS for name in ["c1", "c1_deepsup", "ppm", "ppm_deepsup",
                                              "upernet", "upernet_lite"])

@@ -27,6 +27,7 @@ CASES = [
     ("mnv2_c1ds", "mobilenetv2dilated", "c1_deepsup", 320, 8),
     ("r50_upernet", "resnet50", "upernet", 2048, 4),
     ("rx101_c1", "resnext101", "c1", 2048, 32),
+    ("hrnetv2_c1", "hrnetv2", "c1", 720, 4),
 ]
 
 

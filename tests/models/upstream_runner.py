@@ -15,9 +15,11 @@ import torch.nn as nn
 
 
 def build_encoder(arch):
-    from mit_semseg.models import mobilenet, models, resnet, resnext
+    from mit_semseg.models import hrnet, mobilenet, models, resnet, resnext
 
     # Built from the classes (not ModelBuilder) because ModelBuilder downloads ImageNet weights.
+    if arch == "hrnetv2":
+        return hrnet.hrnetv2(pretrained=False)
     if arch == "mobilenetv2dilated":
         return models.MobileNetV2Dilated(mobilenet.mobilenetv2(pretrained=False), dilate_scale=8)
     family = arch.replace("dilated", "")

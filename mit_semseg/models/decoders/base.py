@@ -25,7 +25,8 @@ class SegmentationDecoder(nn.Module):
         num_class: number of output classes.
         in_channels: widths of the encoder maps.
         use_softmax: what :meth:`forward` returns (see there).
-        deep_sup: build the auxiliary head on the second-to-last encoder map.
+        deep_sup: build the auxiliary head on the second-to-last encoder map (on the only map
+            for a single-map encoder such as HRNetV2, see :attr:`aux_index`).
     """
 
     def __init__(self, num_class: int, in_channels: Sequence[int], use_softmax: bool,
@@ -36,14 +37,21 @@ class SegmentationDecoder(nn.Module):
         self.use_softmax = bool(use_softmax)
         self.deep_sup = bool(deep_sup)
 
+    @property
+    def aux_index(self) -> int:
+        """Which encoder map the auxiliary head reads: the second-to-last one, or the only one.
+
+        The original always read ``conv_out[-2]`` and so failed in training with HRNetV2 (one
+        map). Supervising that single map through its own light head still gives the encoder
+        a direct training signal that bypasses the main head (e.g. PPM), so deep supervision
+        stays usable instead of being an error.
+        """
+        return -2 if len(self.in_channels) >= 2 else -1
+
     def _build_deep_sup_head(self, mid_planes: int, norm_layer: NormLayer,
                              dropout: float | None) -> None:
-        if len(self.in_channels) < 2:
-            raise ValueError(
-                "deep supervision reads the second-to-last encoder map, but the encoder gives "
-                f"only {len(self.in_channels)} map(s) (in_channels {self.in_channels})"
-            )
-        self.cbr_deepsup = conv3x3_bn_relu(self.in_channels[-2], mid_planes, 1, norm_layer)
+        in_planes = self.in_channels[self.aux_index]
+        self.cbr_deepsup = conv3x3_bn_relu(in_planes, mid_planes, 1, norm_layer)
         if dropout is not None:
             self.dropout_deepsup = nn.Dropout2d(dropout)
         self.conv_last_deepsup = nn.Conv2d(mid_planes, self.num_class, 1)
@@ -55,7 +63,8 @@ class SegmentationDecoder(nn.Module):
         if not -len(conv_out) <= index < len(conv_out):
             raise ValueError(
                 f"{type(self).__name__} needs encoder map {index}, but got {len(conv_out)} "
-                "map(s); deep supervision needs an encoder with at least two maps"
+                f"map(s); it was built for in_channels {self.in_channels}, build it with "
+                "in_channels=encoder.out_channels"
             )
         x = conv_out[index]
         expected = self.in_channels[index]
@@ -72,10 +81,11 @@ class SegmentationDecoder(nn.Module):
         raise NotImplementedError
 
     def aux_logits(self, conv_out: Sequence[torch.Tensor]) -> torch.Tensor:
-        """Deep-supervision class scores from ``conv_out[-2]`` (at that map's resolution)."""
+        """Deep-supervision class scores from ``conv_out[aux_index]`` (at that map's
+        resolution)."""
         if not self.deep_sup:
             raise RuntimeError(f"{type(self).__name__} was built without deep supervision")
-        x = self.cbr_deepsup(self._check_map(conv_out, -2))
+        x = self.cbr_deepsup(self._check_map(conv_out, self.aux_index))
         if hasattr(self, "dropout_deepsup"):
             x = self.dropout_deepsup(x)
         return self.conv_last_deepsup(x)

@@ -1,7 +1,8 @@
 """C1 decoder: one 3x3 conv-norm-ReLU and a 1x1 classifier on the last encoder map.
 
 Registered as ``c1`` and ``c1_deepsup`` (adds ``cbr_deepsup`` + ``conv_last_deepsup`` on the
-second-to-last map). Output stride = the encoder's last stride.
+second-to-last map, or on the only map of a single-map encoder such as ``hrnetv2``).
+Output stride = the encoder's last stride.
 """
 
 from __future__ import annotations

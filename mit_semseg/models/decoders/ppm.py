@@ -1,7 +1,8 @@
 """PPM decoder (PSPNet head) on the last encoder map.
 
 Registered as ``ppm`` and ``ppm_deepsup`` (adds ``cbr_deepsup``, ``dropout_deepsup`` and
-``conv_last_deepsup`` on the second-to-last map). Output stride = the encoder's last stride.
+``conv_last_deepsup`` on the second-to-last map, or on the only map of a single-map encoder
+such as ``hrnetv2``). Output stride = the encoder's last stride.
 """
 
 from __future__ import annotations

@@ -1,10 +1,11 @@
 """UPerNet decoder: a pyramid pooling module on the last map plus an FPN over all maps.
 
 Registered as ``upernet`` (FPN width 512), ``upernet_lite`` (256) and ``upernet_deepsup``
-(width 512 plus ``cbr_deepsup`` + ``conv_last_deepsup`` on the second-to-last map). The lateral
-widths come from the encoder (``in_channels``), so it works with every encoder; the original
-fixed them to ResNet-50's (256, 512, 1024, 2048), which is still the default when only
-``fc_dim`` is given. Output stride = the encoder's first stride (4 for all encoders here).
+(width 512 plus ``cbr_deepsup`` + ``conv_last_deepsup`` on the second-to-last map, or on the
+only map of a single-map encoder). The lateral widths come from the encoder (``in_channels``),
+so it works with every encoder; the original fixed them to ResNet-50's (256, 512, 1024, 2048),
+which is still the default when only ``fc_dim`` is given.
+Output stride = the encoder's first stride (4 for all encoders here).
 """
 
 from __future__ import annotations

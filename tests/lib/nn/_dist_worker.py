@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import datetime
+import gc
 
 import torch
 import torch.distributed as dist
@@ -128,6 +129,10 @@ def run_checks(rank: int, world: int, port: int) -> None:
         _bn_split_check(rank, (6, 3, 2, 3, 3), [3, 3], nn.BatchNorm3d)
         _ddp_training_check(rank, world)
         _eval_without_collectives(rank)
+        # DDP wrappers sit in reference cycles that keep the gloo process group alive; freed
+        # at interpreter exit instead, gloo's threads can abort the process (SIGABRT).
+        gc.collect()
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
