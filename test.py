@@ -107,7 +107,8 @@ def main(argv: list[str] | None = None) -> int:
         try:
             sample = dataset[index]  # decodes and rescales; grayscale/RGBA/16-bit -> RGB
             img = sample["img_ori"]
-            probs = predict_probs(module, sample["img_data"], img.shape[:2], device, window=window)
+            probs = predict_probs(module, sample["img_data"], img.shape[:2], device,
+                                  window=window, amp=cfg.TEST.amp)
             pred = probs.argmax(0).cpu().numpy()
             save_image(out_path, prediction_panel(img, pred, palette, names))
             if cfg.TEST.save_label:

@@ -11,8 +11,8 @@ same full batch; only the normalisation layer and the way the batch is split dif
                         of threads + split/gather alone);
 * ``SyncBN, k thr``     the same with SynchronizedBatchNorm2d (adds the rendezvous).
 
-Times are medians over ``--repeats`` runs of ``--iters`` iterations each. Results go to stdout
-and to ``benchmarks/results/syncbn.md`` (written atomically).
+Times are medians over ``--repeats`` runs of ``--iters`` iterations each. The table goes to
+stdout and to the ``syncbn`` section of ``benchmarks/RESULTS.md``.
 
     python benchmarks/bench_syncbn.py --replicas 2 --iters 20 --size 32
 """
@@ -21,15 +21,13 @@ from __future__ import annotations
 
 import argparse
 import functools
-import os
-import platform
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Callable
 
+import common
 import torch
 from torch import nn
 
@@ -40,8 +38,6 @@ from mit_semseg.lib.nn import (  # noqa: E402 - after the path tweak for a sourc
     DistributedSyncBatchNorm,
     SynchronizedBatchNorm2d,
 )
-
-RESULTS = Path(__file__).resolve().parent / "results" / "syncbn.md"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -54,7 +50,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--channels", type=int, default=32, help="feature channels")
     parser.add_argument("--threads", type=int, default=1,
                         help="intra-op threads per replica (1 avoids OpenMP oversubscription)")
-    parser.add_argument("--out", type=Path, default=RESULTS, help="markdown report path")
+    parser.add_argument("--no-write", action="store_true",
+                        help="print only, leave benchmarks/RESULTS.md alone")
     return parser.parse_args(argv)
 
 
@@ -79,26 +76,6 @@ def time_config(model: nn.Module, x: torch.Tensor, iters: int) -> tuple[float, f
             p.grad = None
         model(x).square().mean().backward()
     return (time.perf_counter() - start_wall) / iters, (time.process_time() - start_cpu) / iters
-
-
-def machine_description() -> str:
-    return (
-        f"{platform.platform()}, {platform.processor() or platform.machine()}, "
-        f"{os.cpu_count()} CPUs, torch {torch.__version__} ({torch.get_num_threads()} "
-        f"intra-op threads), Python {platform.python_version()}"
-    )
-
-
-def write_atomically(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -136,10 +113,6 @@ def main(argv: list[str] | None = None) -> None:
     base, cpu_base = medians["plain BN"], cpu_medians["plain BN"]
     threaded = f"plain BN, {k} CPU replicas"
     lines = [
-        "# SyncBN overhead benchmark",
-        "",
-        f"Machine: {machine_description()}",
-        "",
         f"Workload: 4x (conv3x3 + BN) stack, {args.channels} channels, batch {args.batch}, "
         f"{args.size}x{args.size}, forward + backward; median of {args.repeats} repeats x "
         f"{args.iters} iterations.",
@@ -158,17 +131,14 @@ def main(argv: list[str] | None = None) -> None:
     lines += [
         "",
         f"SyncBN synchronisation overhead ({k} CPU replicas vs plain BN on the same replicas): "
-        f"**{ratio:.2f}x** wall clock, {cpu_ratio:.2f}x CPU time. Load average at the end: "
-        f"{os.getloadavg()[0]:.2f} (timings are only comparable on an otherwise idle machine).",
-        "",
-        f"Re-run: `python benchmarks/bench_syncbn.py --replicas {k} --iters {args.iters} "
-        f"--repeats {args.repeats} --size {args.size} --batch {args.batch} "
-        f"--channels {args.channels} --threads {args.threads}`",
-        "",
+        f"**{ratio:.2f}x** wall clock, {cpu_ratio:.2f}x CPU time (timings are only comparable "
+        "on an otherwise idle machine).",
     ]
-    report = "\n".join(lines)
-    sys.stdout.write(report)
-    write_atomically(args.out, report)
+    command = (f"python benchmarks/bench_syncbn.py --replicas {k} --iters {args.iters} "
+               f"--repeats {args.repeats} --size {args.size} --batch {args.batch} "
+               f"--channels {args.channels} --threads {args.threads}")
+    common.report("syncbn", "SyncBN overhead (`benchmarks/bench_syncbn.py`)", args, command,
+                  lines)
 
 
 if __name__ == "__main__":

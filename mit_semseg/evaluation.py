@@ -106,6 +106,7 @@ def evaluate(
     device: torch.device,
     flip: bool = False,
     window: Window | None = None,
+    amp: str = "",
     progress: bool = False,
     visualize_dir: str | Path | None = None,
     palette: np.ndarray | None = None,
@@ -121,6 +122,7 @@ def evaluate(
         device: where to run.
         flip: average with horizontally flipped inputs.
         window: sliding-window size or ``(size, stride)``; ``None`` = whole images.
+        amp: reduced-precision inference (see :func:`predict_probs`); ``""`` = fp32.
         progress: show a tqdm progress bar.
         visualize_dir: if given, write ``[image | ground truth | prediction]`` PNGs there.
         palette: ``(N, 3)`` colours, required with ``visualize_dir``.
@@ -146,7 +148,8 @@ def evaluate(
         _sync(device)
         start = time.perf_counter()
         probs = predict_probs(
-            segmentation_module, sample["img_data"], label.shape, device, flip=flip, window=window
+            segmentation_module, sample["img_data"], label.shape, device, flip=flip,
+            window=window, amp=amp,
         )
         pred = probs.argmax(0).cpu().numpy()  # .cpu() waits for the device
         seconds += time.perf_counter() - start
@@ -351,6 +354,7 @@ def evaluate_shard(
         num_class,
         device,
         flip=cfg.VAL.flip,
+        amp=cfg.VAL.amp,
         progress=progress,
         visualize_dir=visualize_dir,
         palette=ade_palette(num_class) if visualize_dir is not None else None,

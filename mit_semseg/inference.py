@@ -131,10 +131,13 @@ def predict_probs(
                     probs = segmentation_module({"img_data": x}, segSize=seg_size)
                 if flipped:
                     probs = probs.flip(-1)
-                # divide each term (instead of the sum) like the original, so that a
-                # single-scale, no-flip run reproduces its numbers bit for bit
-                term = probs.float() / passes
-                scores = term if scores is None else scores + term
+                # weigh each term (instead of the sum) like the original, so that a
+                # single-scale, no-flip run reproduces its numbers bit for bit; in place,
+                # because these full-resolution maps are the largest tensors of the pass
+                if scores is None:
+                    scores = probs.float().div_(passes)
+                else:
+                    scores.add_(probs, alpha=1.0 / passes)
     assert scores is not None
     return scores[0]
 
@@ -156,7 +159,9 @@ def load_segmentation_module(
         device: where to put the module.
 
     Returns:
-        a :class:`~mit_semseg.models.SegmentationModule` in eval mode on ``device``.
+        a :class:`~mit_semseg.models.SegmentationModule` in eval mode on ``device``; with
+        ``model_cfg.fast_inference``, BatchNorm is folded into the convolutions and the
+        layout is channels-last (:func:`mit_semseg.perf.optimize_for_inference`).
 
     Raises:
         FileNotFoundError: naming each missing checkpoint file.
@@ -185,8 +190,12 @@ def load_segmentation_module(
         use_softmax=True,
         in_channels=encoder.out_channels,
     )
-    module = SegmentationModule(encoder, decoder, nn.NLLLoss(ignore_index=-1))
-    return module.to(device).eval()
+    module = SegmentationModule(encoder, decoder, nn.NLLLoss(ignore_index=-1)).to(device).eval()
+    if getattr(model_cfg, "fast_inference", False):
+        from mit_semseg.perf import optimize_for_inference
+
+        optimize_for_inference(module, device)
+    return module
 
 
 def collect_images(inputs: Sequence[str | os.PathLike]) -> tuple[list[Path], list[str]]:

@@ -182,3 +182,26 @@ def test_load_segmentation_module_narrow_encoder_with_upernet(tmp_path):
         probs = loaded({"img_data": image}, segSize=(40, 56))
     assert probs.shape == (1, NUM_CLASS, 40, 56)
     torch.testing.assert_close(probs.sum(1), torch.ones(1, 40, 56))
+
+
+def test_fast_inference_folds_batchnorm_and_predicts_the_same(tmp_path):
+    from types import SimpleNamespace
+
+    from mit_semseg.models import build_segmentation_model
+
+    trained = build_segmentation_model("resnet18dilated", "ppm_deepsup", NUM_CLASS)
+    torch.save(trained.encoder.state_dict(), tmp_path / "encoder_epoch_1.pth")
+    torch.save(trained.decoder.state_dict(), tmp_path / "decoder_epoch_1.pth")
+    probs, modules = {}, {}
+    image = [torch.randn(1, 3, 48, 64), torch.randn(1, 3, 64, 80)]
+    for fast in (False, True):
+        model_cfg = SimpleNamespace(arch_encoder="resnet18dilated", arch_decoder="ppm_deepsup",
+                                    fc_dim=512, fast_inference=fast)
+        modules[fast] = load_segmentation_module(model_cfg, NUM_CLASS, tmp_path, "epoch_1.pth",
+                                                 CPU)
+        probs[fast] = predict_probs(modules[fast], image, (50, 70), CPU)
+    assert not modules[True].training
+    batchnorms = {fast: sum(isinstance(m, nn.BatchNorm2d) for m in modules[fast].modules())
+                  for fast in (False, True)}
+    assert batchnorms[True] == 1 < batchnorms[False]  # only the unused deep-supervision one
+    torch.testing.assert_close(probs[True], probs[False], rtol=0, atol=1e-5)

@@ -135,8 +135,10 @@ def validate_config(node: CfgNode, source: str = "config") -> None:
     _check(0 <= t.beta1 < 1, "TRAIN.beta1", f"must be in [0, 1), got {t.beta1}", source)
     for key in ("workers", "checkpoint_every"):
         _check(t[key] >= 0, f"TRAIN.{key}", f"must be >= 0, got {t[key]}", source)
-    _check(t.amp in _AMP_CHOICES, "TRAIN.amp", f"must be one of {_AMP_CHOICES}, got {t.amp!r}",
-           source)
+    for section in ("TRAIN", "VAL", "TEST"):
+        amp = node[section].amp
+        _check(amp in _AMP_CHOICES, f"{section}.amp",
+               f"must be one of {_AMP_CHOICES}, got {amp!r}", source)
     _check(
         node.DIST.backend in _BACKEND_CHOICES, "DIST.backend",
         f"must be one of {_BACKEND_CHOICES}, got {node.DIST.backend!r}", source,

@@ -66,6 +66,11 @@ _C.MODEL.weights_decoder = ""
 # Channels of the encoder's last feature map (the decoder's input width). Checked against the
 # encoder's declared out_channels.
 _C.MODEL.fc_dim = 2048
+# Inference only (eval.py, eval_multipro.py, test.py): fold BatchNorm into the convolutions and
+# use the channels-last layout (mit_semseg.perf.optimize_for_inference); faster on CPU, see
+# benchmarks/RESULTS.md. Probabilities equal the plain model's up to float rounding (~1e-6).
+# False = the original's exact arithmetic.
+_C.MODEL.fast_inference = True
 
 # -----------------------------------------------------------------------------
 # Training
@@ -141,6 +146,10 @@ _C.VAL.checkpoint = "epoch_20.pth"
 _C.VAL.flip = False
 # DataLoader worker processes for evaluation.
 _C.VAL.workers = 5
+# Reduced-precision inference. Options: "" (fp32), "bf16" (CPU or CUDA; fast on CPUs with
+# AMX/AVX-512 bf16 units), "fp16" (CUDA only). Changes the numbers slightly (benchmarks/RESULTS.md
+# measures by how much on a trained model).
+_C.VAL.amp = ""
 
 # -----------------------------------------------------------------------------
 # Testing / inference (test.py)
@@ -160,3 +169,5 @@ _C.TEST.window_stride = 0
 _C.TEST.save_label = False
 # DataLoader worker processes for inference.
 _C.TEST.workers = 5
+# Reduced-precision inference, as VAL.amp.
+_C.TEST.amp = ""

@@ -135,6 +135,8 @@ def test_missing_file_and_odd_overrides(tmp_path):
         (["DATASET.padding_constant", "4"], "DATASET.padding_constant"),
         (["DATASET.imgSizes", "()"], "DATASET.imgSizes"),
         (["TRAIN.amp", "fp8"], "TRAIN.amp"),
+        (["VAL.amp", "int8"], "VAL.amp"),
+        (["TEST.amp", "bf8"], "TEST.amp"),
         (["DEVICE", "gpu"], "DEVICE"),
         (["DIST.backend", "mpi"], "DIST.backend"),
         (["TRAIN.start_epoch", "20"], "TRAIN.start_epoch"),

@@ -9,7 +9,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..compat import attach_upstream_bn_buffers
-from .blocks import NormLayer, conv3x3_bn_relu, upsample
+from .blocks import NormLayer, conv3x3_bn_relu, softmax_over_classes, upsample
 
 __all__ = ["SegmentationDecoder"]
 
@@ -96,7 +96,7 @@ class SegmentationDecoder(nn.Module):
         x = self.logits(conv_out)
         if seg_size is not None:
             x = upsample(x, seg_size)
-        return F.softmax(x, dim=1)
+        return softmax_over_classes(x)
 
     def log_probs(self, conv_out: Sequence[torch.Tensor]):
         """Log-softmax at feature resolution; a ``(main, aux)`` pair for deep supervision."""

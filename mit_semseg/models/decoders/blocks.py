@@ -99,3 +99,17 @@ def resolve_in_channels(fc_dim: int | None, in_channels: Sequence[int] | None,
             f"(encoder out_channels {widths}); set MODEL.fc_dim to {widths[-1]}"
         )
     return widths
+
+
+def softmax_over_classes(x: torch.Tensor) -> torch.Tensor:
+    """``F.softmax(x, dim=1)`` that keeps a channels-last ``x`` channels-last.
+
+    On CPU, softmax over dim 1 of a channels-last tensor first copies it to the default
+    layout; seen as NHWC, the class axis is the contiguous last one and needs no copy.
+    Half-precision logits (autocast) give float32 probabilities, so that they sum to 1.
+    """
+    dtype = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else None
+    if (x.dim() == 4 and not x.is_contiguous()
+            and x.is_contiguous(memory_format=torch.channels_last)):
+        return F.softmax(x.permute(0, 2, 3, 1), dim=-1, dtype=dtype).permute(0, 3, 1, 2)
+    return F.softmax(x, dim=1, dtype=dtype)
