@@ -27,7 +27,7 @@ import torch  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 from mit_semseg.inference import predict_probs  # noqa: E402
-from mit_semseg.perf import to_channels_last  # noqa: E402
+from mit_semseg.perf import optimize_for_inference  # noqa: E402
 
 CPU = torch.device("cpu")
 
@@ -62,8 +62,6 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=512)
     parser.add_argument("--height", type=int, default=384)
     parser.add_argument("--mm-size", type=int, default=2048)
-    parser.add_argument("--channels-last", action="store_true",
-                        help="also measure with mit_semseg.perf.to_channels_last")
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -75,10 +73,9 @@ def main() -> None:
         encoder, decoder, fc_dim = MODELS[name]
         module = common.build_module("ours", encoder, decoder, fc_dim, NUM_CLASS, None,
                                      train=False)
-        layouts = ["contiguous", "channels_last"] if args.channels_last else ["contiguous"]
-        for layout in layouts:
-            if layout == "channels_last":
-                to_channels_last(module)
+        for layout in ("plain", "fast_inference"):
+            if layout == "fast_inference":
+                optimize_for_inference(module, CPU)
             with FlopCounterMode(display=False) as counter:
                 predict_probs(module, inputs, seg_size, CPU)
             flops = counter.get_total_flops()
@@ -97,8 +94,7 @@ def main() -> None:
               ", ".join(f"{t:.3f}" for t in times)]
              for model, layout, flops, seconds, times in rows]
     command = (f"python benchmarks/bench_flops.py --models {' '.join(args.models)} "
-               f"--repeats {args.repeats} --threads {args.threads}"
-               + (" --channels-last" if args.channels_last else ""))
+               f"--repeats {args.repeats} --threads {args.threads}")
     common.report("flops", "Achieved FLOP/s vs dense matmul (`benchmarks/bench_flops.py`)",
                   args, command, [
         f"Our fp32 multi-scale inference ({len(SCALES)} scales {SCALES}) of one "
@@ -108,7 +104,10 @@ def main() -> None:
         f"(interleaved with the model runs) = **{peak / 1e9:.1f} GFLOP/s** "
         f"(runs: {', '.join(f'{r / 1e9:.1f}' for r in mm_runs)}).",
         "",
-        common.markdown_table(["model", "layout", "GFLOP/image", "s/image", "GFLOP/s",
+        "`plain` = the model as built; `fast_inference` = BatchNorm folded and channels-last "
+        "(the default of `eval.py`).",
+        "",
+        common.markdown_table(["model", "module", "GFLOP/image", "s/image", "GFLOP/s",
                                "of matmul peak", "runs (s)"], table),
     ])
 

@@ -5,9 +5,11 @@ once by our ``ValDataset`` at the original's test scales (short side 300, 400, 5
 ``imgMaxSize`` 1000, sides rounded to multiples of 8), and fed identically to both sides, with
 the same weights (150 classes; BatchNorm statistics calibrated on the images so predictions
 are not degenerate). Ours runs :func:`mit_semseg.inference.predict_probs` (the path of our
-``eval.py``) and an argmax; the original runs its ``eval.py`` loop on its own
-``SegmentationModule``: for every scale a forward with ``segSize`` = image size, summing
-``probs / len(imgSizes)`` into a zero score map, then argmax, under ``torch.no_grad()``.
+``eval.py``) and an argmax, on the module as ``eval.py`` prepares it (``MODEL.fast_inference``
+on: BatchNorm folded, channels-last) unless the variant says otherwise; the original runs its
+``eval.py`` loop on its own ``SegmentationModule``: for every scale a forward with
+``segSize`` = image size, summing ``probs / len(imgSizes)`` into a zero score map, then
+argmax, under ``torch.no_grad()``.
 
 Time per image = the forward passes + averaging + argmax (what the original's eval.py times),
 one warm-up image per run excluded. Runs alternate ours/original, each a fresh process.
@@ -15,7 +17,7 @@ Predictions of the first run of each side are compared: max |score difference| (
 every 4th pixel), share of equal pixels, and mIoU against the labels (equal within 1e-4 = pass).
 
     python benchmarks/bench_inference.py [--models r18d_c1ds] [--images 2] [--repeats 3]
-        [--variants ours upstream ours_cl]
+        [--variants ours upstream ours_plain ours_bf16]
 """
 
 from __future__ import annotations
@@ -36,13 +38,14 @@ MODELS = {
 }
 # variant -> (implementation, options of our inference path)
 VARIANTS = {
-    "ours": ("ours", {}),
+    "ours": ("ours", {"fast": True}),
     "upstream": ("upstream", {}),
-    "ours_cl": ("ours", {"channels_last": True}),
-    "ours_bf16": ("ours", {"channels_last": True, "amp": "bf16"}),
+    "ours_plain": ("ours", {}),
+    "ours_bf16": ("ours", {"fast": True, "amp": "bf16"}),
 }
-VARIANT_LABELS = {"ours": "ours (fp32)", "upstream": "original 1.0.0",
-                  "ours_cl": "ours channels_last", "ours_bf16": "ours channels_last+bf16"}
+VARIANT_LABELS = {"ours": "ours (fp32, default fast_inference)", "upstream": "original 1.0.0",
+                  "ours_plain": "ours (fp32, fast_inference False)",
+                  "ours_bf16": "ours (fast_inference + bf16 autocast)"}
 NUM_CLASS = 150
 SCALES = (300, 400, 500, 600)
 GRID = 4  # scores are compared on every GRID-th pixel (keeps the files small)
@@ -78,10 +81,10 @@ def measure(impl: str, job: dict[str, Any]) -> dict[str, Any]:
     encoder, decoder, fc_dim = MODELS[job["model"]]
     module = common.build_module(impl, encoder, decoder, fc_dim, NUM_CLASS, job["weights"],
                                  train=False)
-    if opts.get("channels_last"):
-        from mit_semseg.perf import to_channels_last
+    if opts.get("fast"):
+        from mit_semseg.perf import optimize_for_inference
 
-        to_channels_last(module)
+        optimize_for_inference(module, torch.device("cpu"))
     samples = torch.load(job["inputs"])
     times, outputs = [], []
     for index, sample in enumerate([samples[0]] + samples):  # the first pass warms up
@@ -187,7 +190,7 @@ def main() -> None:
     common.add_common_args(parser, repeats=3)
     parser.add_argument("--models", nargs="+", choices=sorted(MODELS), default=["r18d_c1ds"])
     parser.add_argument("--variants", nargs="+", choices=sorted(VARIANTS),
-                        default=["ours", "upstream", "ours_cl"])
+                        default=["ours", "upstream", "ours_plain", "ours_bf16"])
     parser.add_argument("--images", type=int, default=2, help="synthetic validation images")
     parser.add_argument("--min-size", type=int, default=384)
     parser.add_argument("--max-size", type=int, default=512)

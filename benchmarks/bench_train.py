@@ -13,7 +13,11 @@ RSS just before the first step (activations, gradients, optimizer state and allo
 this is measured the same way for both sides. Runs alternate ours/original ``--repeats``
 times; the table shows the medians and every run.
 
+Variant ``ours_bf16`` is ours with ``TRAIN.amp bf16`` (autocast; fast on CPUs with AMX or
+AVX-512 bf16 units, numbers change slightly).
+
     python benchmarks/bench_train.py [--models r18d_c1ds r50d_ppmds r50_upernet]
+        [--variants ours upstream ours_bf16]
         [--batch 2] [--size 384] [--steps 3] [--warmup 1] [--repeats 3] [--threads 2]
 """
 
@@ -35,6 +39,11 @@ MODELS = {
     "r50d_ppmds": ("resnet50dilated", "ppm_deepsup", 2048, 8),
     "r50_upernet": ("resnet50", "upernet", 2048, 4),
 }
+# variant -> (implementation, options of our training loop)
+VARIANTS = {"ours": ("ours", {}), "upstream": ("upstream", {}),
+            "ours_bf16": ("ours", {"amp": "bf16"})}
+VARIANT_LABELS = {"ours": "ours (fp32)", "upstream": "original 1.0.0",
+                  "ours_bf16": "ours (bf16 autocast)"}
 NUM_CLASS = 150
 LR, MOMENTUM, WEIGHT_DECAY = 0.02, 0.9, 1e-4  # the original's config defaults
 TARGET = 0.8  # ours / original time
@@ -93,7 +102,7 @@ def measure(impl: str, job: dict[str, Any]) -> dict[str, Any]:
     steps = job["warmup"] + job["steps"]
     rss_before = _current_rss_mib()
     if impl == "ours":
-        times = _train_ours(module, batch, steps, job.get("opts", {}))
+        times = _train_ours(module, batch, steps, VARIANTS[job["variant"]][1])
     else:
         times = _train_upstream(module, batch, steps)
     timed = times[job["warmup"]:]
@@ -105,6 +114,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     common.add_common_args(parser, repeats=3)
     parser.add_argument("--models", nargs="+", choices=sorted(MODELS), default=list(MODELS))
+    parser.add_argument("--variants", nargs="+", choices=sorted(VARIANTS),
+                        default=["ours", "upstream", "ours_bf16"])
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--size", type=int, default=384, help="square crop size, px")
     parser.add_argument("--steps", type=int, default=3, help="timed steps per run")
@@ -135,27 +146,31 @@ def main() -> None:
                    "steps": args.steps, "warmup": args.warmup}
             runs = common.alternate(
                 args.repeats,
-                lambda impl, job=job: common.run_worker(__file__, impl, upstream, job,
-                                                        args.threads),
-                log=lambda impl, r: f"{r['step_s']:.3f} s/step, +{r['mem_mib']:.0f} MiB")
-            ours_s = common.median_of(runs["ours"], "step_s")
+                lambda v, job=job: common.run_worker(__file__, VARIANTS[v][0], upstream,
+                                                     dict(job, variant=v), args.threads),
+                impls=args.variants,
+                log=lambda v, r: f"{r['step_s']:.3f} s/step, +{r['mem_mib']:.0f} MiB")
             theirs_s = common.median_of(runs["upstream"], "step_s")
-            ours_m = common.median_of(runs["ours"], "mem_mib")
             theirs_m = common.median_of(runs["upstream"], "mem_mib")
-            ratio = ours_s / theirs_s
-            rows.append([f"{encoder} + {decoder}", f"{ours_s:.3f}", f"{theirs_s:.3f}",
-                         f"**{ratio:.2f}x**", f"{ours_m:.0f}", f"{theirs_m:.0f}",
-                         f"{ours_m / theirs_m:.2f}x",
-                         common.fmt_runs(runs["ours"], "step_s"),
-                         common.fmt_runs(runs["upstream"], "step_s")])
-            notes.append(f"- {encoder} + {decoder}: time ratio {ratio:.2f}x "
-                         f"({common.verdict(ratio, TARGET, lower_is_better=True)})")
-    header = ["model", "ours s/step", "original s/step", "time ours/original",
-              "ours peak MiB", "original peak MiB", "memory ours/original",
-              "ours runs (s/step)", "original runs (s/step)"]
+            for variant in args.variants:
+                mine_s = common.median_of(runs[variant], "step_s")
+                mine_m = common.median_of(runs[variant], "mem_mib")
+                ratio = mine_s / theirs_s
+                is_theirs = variant == "upstream"
+                rows.append([f"{encoder} + {decoder}", VARIANT_LABELS[variant], f"{mine_s:.3f}",
+                             "" if is_theirs else f"**{ratio:.2f}x**", f"{mine_m:.0f}",
+                             "" if is_theirs else f"{mine_m / theirs_m:.2f}x",
+                             common.fmt_runs(runs[variant], "step_s")])
+                if not is_theirs:
+                    notes.append(f"- {encoder} + {decoder}, {VARIANT_LABELS[variant]}: time "
+                                 f"ratio {ratio:.2f}x "
+                                 f"({common.verdict(ratio, TARGET, lower_is_better=True)})")
+    header = ["model", "variant", "s/step", "time vs original", "peak MiB",
+              "memory vs original", "runs (s/step)"]
     command = (f"python benchmarks/bench_train.py --models {' '.join(args.models)} "
-               f"--batch {args.batch} --size {args.size} --steps {args.steps} "
-               f"--warmup {args.warmup} --repeats {args.repeats} --threads {args.threads}")
+               f"--variants {' '.join(args.variants)} --batch {args.batch} --size {args.size} "
+               f"--steps {args.steps} --warmup {args.warmup} --repeats {args.repeats} "
+               f"--threads {args.threads}")
     common.report("train", "Training step (`benchmarks/bench_train.py`)", args, command, [
         f"Forward + backward + SGD step (momentum {MOMENTUM}, weight decay {WEIGHT_DECAY}), "
         f"batch {args.batch} of {args.size}x{args.size} px, {NUM_CLASS} classes, deep "
