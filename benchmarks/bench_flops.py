@@ -5,7 +5,8 @@ In one process (``--threads`` torch threads): the FLOPs of our multi-scale infer
 with :class:`torch.utils.flop_counter.FlopCounterMode` (convolutions and matmuls, 2 FLOPs per
 multiply-add; upsampling, softmax, BatchNorm and ReLU are not counted), the same inference is
 timed, and a large fp32 ``torch.mm`` (``--mm-size``) is timed as the machine's practical dense
-limit. The measurements alternate (matmul, model, matmul, ...) and medians are reported.
+limit. The measurements alternate (matmul, plain module, matmul, fast module, then the
+reverse order) and medians are reported.
 
     python benchmarks/bench_flops.py [--models r18d_c1ds] [--repeats 3] [--threads 2]
 """
@@ -13,6 +14,7 @@ limit. The measurements alternate (matmul, model, matmul, ...) and medians are r
 from __future__ import annotations
 
 import argparse
+import copy
 import math
 import statistics
 import sys
@@ -71,23 +73,28 @@ def main() -> None:
     rows, mm_runs = [], []
     for name in args.models:
         encoder, decoder, fc_dim = MODELS[name]
-        module = common.build_module("ours", encoder, decoder, fc_dim, NUM_CLASS, None,
-                                     train=False)
-        for layout in ("plain", "fast_inference"):
-            if layout == "fast_inference":
-                optimize_for_inference(module, CPU)
+        plain = common.build_module("ours", encoder, decoder, fc_dim, NUM_CLASS, None,
+                                    train=False)
+        modules = {"plain": plain,
+                   "fast_inference": optimize_for_inference(copy.deepcopy(plain), CPU)}
+        flops, times = {}, {layout: [] for layout in modules}
+        for layout, module in modules.items():  # the counting pass also warms up
             with FlopCounterMode(display=False) as counter:
                 predict_probs(module, inputs, seg_size, CPU)
-            flops = counter.get_total_flops()
-            times = []
-            for _ in range(args.repeats):
+            flops[layout] = counter.get_total_flops()
+        for repeat in range(args.repeats):
+            order = list(modules) if repeat % 2 == 0 else list(reversed(modules))
+            for layout in order:
                 mm_runs.append(matmul_flops(args.mm_size))
                 start = time.perf_counter()
-                predict_probs(module, inputs, seg_size, CPU)
-                times.append(time.perf_counter() - start)
-            seconds = statistics.median(times)
-            rows.append((f"{encoder} + {decoder}", layout, flops, seconds, times))
-            print(f"{name} {layout}: {flops / 1e9:.1f} GFLOP in {seconds:.3f} s", flush=True)
+                predict_probs(modules[layout], inputs, seg_size, CPU)
+                times[layout].append(time.perf_counter() - start)
+        for layout in modules:
+            seconds = statistics.median(times[layout])
+            rows.append((f"{encoder} + {decoder}", layout, flops[layout], seconds,
+                         times[layout]))
+            print(f"{name} {layout}: {flops[layout] / 1e9:.1f} GFLOP in {seconds:.3f} s",
+                  flush=True)
     peak = statistics.median(mm_runs)
     table = [[model, layout, f"{flops / 1e9:.1f}", f"{seconds:.3f}",
               f"{flops / seconds / 1e9:.1f}", f"**{100 * flops / seconds / peak:.0f}%**",
