@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import gc
 import logging
 import os
 import sys
@@ -23,6 +22,7 @@ import torch
 from mit_semseg import checkpoint as ckpt
 from mit_semseg import training as tr
 from mit_semseg.config import ConfigError, load_config
+from mit_semseg.lib.nn.distributed import cleanup_distributed
 from mit_semseg.plotting import plot_training_curves
 from mit_semseg.utils import NotSupportedCliException, resolve_devices, setup_logging
 
@@ -109,11 +109,7 @@ def build(cfg, ctx: tr.DistContext, devices: list[torch.device], resume_state: d
 def main(argv: list[str] | None = None) -> None:
     ctx = train(parse_args(argv))
     if ctx.distributed:
-        # the DDP wrapper sits in reference cycles that keep the process group alive; left to
-        # the interpreter's exit, gloo's threads can abort the process (SIGABRT)
-        gc.collect()
-        torch.distributed.barrier()
-        torch.distributed.destroy_process_group()
+        cleanup_distributed()
 
 
 def train(args: argparse.Namespace) -> tr.DistContext:

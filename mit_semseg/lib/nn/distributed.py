@@ -18,6 +18,7 @@ must call every synchronised layer the same number of times (as with ``nn.SyncBa
 from __future__ import annotations
 
 import datetime
+import gc
 import logging
 import os
 from dataclasses import dataclass
@@ -334,6 +335,15 @@ def all_reduce_mean(tensor: Tensor) -> Tensor:
 
 
 def cleanup_distributed() -> None:
-    """Destroy the default process group if one exists."""
+    """Destroy the default process group if one exists, once every rank got here.
+
+    DDP wrappers sit in reference cycles that keep the process group alive; freed only at
+    interpreter exit, after the group is gone, gloo's threads can abort the process (SIGABRT).
+    So cycles are collected first, and the barrier keeps a fast rank from tearing the group
+    down under a slow one. Call it when the work succeeded; after an error, destroy the group
+    directly (a barrier could wait for a rank that died).
+    """
     if is_dist_initialized():
+        gc.collect()
+        barrier()
         dist.destroy_process_group()

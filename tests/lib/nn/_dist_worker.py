@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import copy
 import datetime
-import gc
 
 import torch
 import torch.distributed as dist
@@ -16,6 +15,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from mit_semseg.lib.nn import DistributedSyncBatchNorm, convert_sync_batchnorm
+from mit_semseg.lib.nn.distributed import cleanup_distributed
 
 from ._helpers import assert_close, randomize_bn
 
@@ -129,12 +129,10 @@ def run_checks(rank: int, world: int, port: int) -> None:
         _bn_split_check(rank, (6, 3, 2, 3, 3), [3, 3], nn.BatchNorm3d)
         _ddp_training_check(rank, world)
         _eval_without_collectives(rank)
-        # DDP wrappers sit in reference cycles that keep the gloo process group alive; freed
-        # at interpreter exit instead, gloo's threads can abort the process (SIGABRT).
-        gc.collect()
-        dist.barrier()
+        cleanup_distributed()
     finally:
-        dist.destroy_process_group()
+        if dist.is_initialized():  # a check failed: no barrier, the other rank may be gone
+            dist.destroy_process_group()
 
 
 def fail_on_rank_one(rank: int, world: int, port: int) -> None:
