@@ -1,4 +1,5 @@
-"""Opt-in speed settings for CPU (and GPU) runs; the defaults elsewhere stay plain fp32.
+"""Speed settings for CPU (and GPU) runs. Only those that keep the numbers up to float rounding
+are ever on by default (``MODEL.fast_inference``); reduced precision is always opt-in.
 
 * :func:`to_channels_last` stores conv weights as NHWC. oneDNN (CPU) and cuDNN then run
   every convolution channels-last, which avoids layout reorders on each call; outputs equal

@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .decoders.blocks import softmax_over_classes, upsample
+from .decoders.blocks import upsample
 
 __all__ = ["SegmentationModule", "pixel_accuracy"]
 
@@ -87,7 +87,7 @@ class SegmentationModule(nn.Module):
     def predict(self, images: torch.Tensor, seg_size: Sequence[int]) -> torch.Tensor:
         """Class probabilities (B, num_class, *seg_size): logits upsampled, then softmax."""
         maps = self.encoder(images, return_feature_maps=True)
-        return softmax_over_classes(upsample(self.decoder.logits(maps), seg_size))
+        return self.decoder.predict(maps, seg_size)
 
     def forward(self, feed_dict: Mapping[str, Any] | Sequence[Mapping[str, Any]], *,
                 segSize: Sequence[int] | None = None):  # noqa: N803
