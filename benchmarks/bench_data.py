@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import tempfile
 import time
 
@@ -75,8 +74,7 @@ def main() -> None:
     args = parser.parse_args()
     if common.worker_main(measure, args):
         return
-    upstream = common.find_upstream(args.upstream)
-    sys.path.insert(0, str(common.REPO_ROOT))
+    upstream = common.prepare_parent(args)
     from mit_semseg.data.synthetic import generate
 
     with tempfile.TemporaryDirectory() as root:

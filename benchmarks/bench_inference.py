@@ -197,10 +197,7 @@ def main() -> None:
     args = parser.parse_args()
     if common.worker_main(measure, args):
         return
-    if "upstream" not in args.variants or "ours" not in args.variants:
-        sys.exit("--variants must include 'ours' and 'upstream'")
-    upstream = common.find_upstream(args.upstream)
-    sys.path.insert(0, str(common.REPO_ROOT))
+    upstream = common.prepare_parent(args)
     import torch
 
     rows, notes, all_ok = [], [], True

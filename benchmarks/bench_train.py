@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -123,8 +122,7 @@ def main() -> None:
     args = parser.parse_args()
     if common.worker_main(measure, args):
         return
-    upstream = common.find_upstream(args.upstream)
-    sys.path.insert(0, str(common.REPO_ROOT))
+    upstream = common.prepare_parent(args)
     import torch
 
     rows, notes = [], []

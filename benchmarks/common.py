@@ -63,6 +63,17 @@ def find_upstream(explicit: str | None) -> Path:
              "with `pip install --no-deps --target .upstream mit-semseg==1.0.0`")
 
 
+def prepare_parent(args: argparse.Namespace) -> Path:
+    """In the measuring parent: checks that ``--variants`` (if the script has it) compares
+    ours with the original, makes our package importable, and returns the original's folder."""
+    variants = getattr(args, "variants", None)
+    if variants is not None and not {"ours", "upstream"} <= set(variants):
+        sys.exit("--variants must include 'ours' and 'upstream'")
+    upstream = find_upstream(args.upstream)
+    sys.path.insert(0, str(REPO_ROOT))
+    return upstream
+
+
 def run_worker(script: str | Path, impl: str, upstream: Path, job: dict[str, Any],
                threads: int, timeout: float = 1800) -> dict[str, Any]:
     """Runs ``script --measure impl --job JSON`` in a fresh process and returns its JSON answer.
