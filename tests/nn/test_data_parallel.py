@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from mit_semseg.lib.nn import (
+from mit_semseg.nn import (
     SynchronizedBatchNorm2d,
     UserScatteredDataParallel,
     async_copy_to,

@@ -1,4 +1,4 @@
-"""Synchronised BatchNorm and small helpers for ``torch.distributed`` (DDP, ``torchrun``).
+"""Synchronised BatchNorm for ``torch.distributed`` (DDP, ``torchrun``).
 
 ``nn.SyncBatchNorm`` only accepts GPU tensors, and DDP refuses CPU modules containing it (or
 any subclass of it). :class:`DistributedSyncBatchNorm` is therefore a plain ``_BatchNorm``
@@ -13,15 +13,11 @@ on CPU as well as with nccl on GPUs:
 Without an initialised process group (or with a single rank) it behaves as a local
 BatchNorm. Eval mode issues no collectives. Ranks may hold empty batches, but every rank
 must call every synchronised layer the same number of times (as with ``nn.SyncBatchNorm``).
+Joining and leaving the process group: :mod:`mit_semseg.engine.distributed`.
 """
 
 from __future__ import annotations
 
-import datetime
-import gc
-import logging
-import os
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -42,23 +38,7 @@ from .sync_batchnorm import (
     update_running_stats,
 )
 
-__all__ = [
-    "DistributedInfo",
-    "DistributedSyncBatchNorm",
-    "all_reduce_mean",
-    "all_reduce_sum",
-    "barrier",
-    "cleanup_distributed",
-    "convert_sync_batchnorm",
-    "get_rank",
-    "get_world_size",
-    "init_distributed",
-    "is_dist_initialized",
-    "is_main_process",
-    "revert_sync_batchnorm",
-]
-
-logger = logging.getLogger(__name__)
+__all__ = ["DistributedSyncBatchNorm", "convert_sync_batchnorm", "revert_sync_batchnorm"]
 
 
 class _AllGatherStats(torch.autograd.Function):
@@ -217,133 +197,3 @@ def revert_sync_batchnorm(module: nn.Module) -> nn.Module:
         if reverted is not child:
             setattr(module, name, reverted)
     return module
-
-
-# --------------------------------------------------------------------------- process helpers
-
-
-@dataclass(frozen=True)
-class DistributedInfo:
-    """Where this process sits in a (possibly single-process) job."""
-
-    rank: int
-    world_size: int
-    local_rank: int
-    device: torch.device
-
-    @property
-    def is_distributed(self) -> bool:
-        return self.world_size > 1
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-
-def _env_int(name: str, default: int) -> int:
-    value = os.environ.get(name)
-    if value is None or value == "":
-        return default
-    try:
-        return int(value)
-    except ValueError as exc:
-        raise ValueError(f"environment variable {name}={value!r} is not an integer") from exc
-
-
-def init_distributed(
-    backend: str | None = None, timeout_s: float = 1800.0, use_cuda: bool | None = None
-) -> DistributedInfo:
-    """Initialise ``torch.distributed`` from the variables ``torchrun`` sets.
-
-    Reads ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK`` (and ``MASTER_ADDR``/``MASTER_PORT`` through
-    the ``env://`` init method). Without them (or with ``WORLD_SIZE=1``) nothing is
-    initialised and a single-process description is returned.
-
-    Args:
-        backend: ``"nccl"`` or ``"gloo"``; default nccl when CUDA is used, else gloo.
-        timeout_s: collective timeout, so a dead rank cannot hang the others forever.
-        use_cuda: run on ``cuda:LOCAL_RANK``; default: when CUDA is available.
-
-    Returns:
-        The rank, world size, local rank and the device this process should use.
-    """
-    rank = _env_int("RANK", 0)
-    world_size = _env_int("WORLD_SIZE", 1)
-    local_rank = _env_int("LOCAL_RANK", 0)
-    if use_cuda is None:
-        use_cuda = torch.cuda.is_available()
-    if use_cuda:
-        if local_rank >= torch.cuda.device_count():
-            raise RuntimeError(
-                f"LOCAL_RANK={local_rank} but only {torch.cuda.device_count()} CUDA device(s)"
-            )
-        device = torch.device("cuda", local_rank)
-        torch.cuda.set_device(device)
-    else:
-        device = torch.device("cpu")
-    if world_size > 1 and not dist.is_initialized():
-        missing = [v for v in ("MASTER_ADDR", "MASTER_PORT") if v not in os.environ]
-        if missing:
-            raise RuntimeError(f"WORLD_SIZE={world_size} but {missing} not set; use torchrun")
-        backend = backend or ("nccl" if use_cuda else "gloo")
-        dist.init_process_group(
-            backend, init_method="env://", rank=rank, world_size=world_size,
-            timeout=datetime.timedelta(seconds=timeout_s),
-        )
-        logger.info("initialised %s process group: rank %d of %d", backend, rank, world_size)
-    return DistributedInfo(rank, world_size, local_rank, device)
-
-
-def is_dist_initialized() -> bool:
-    """True inside an initialised ``torch.distributed`` job."""
-    return dist.is_available() and dist.is_initialized()
-
-
-def get_rank() -> int:
-    """Global rank (0 outside distributed jobs)."""
-    return dist.get_rank() if is_dist_initialized() else 0
-
-
-def get_world_size() -> int:
-    """Number of processes (1 outside distributed jobs)."""
-    return dist.get_world_size() if is_dist_initialized() else 1
-
-
-def is_main_process() -> bool:
-    """True on rank 0 (and outside distributed jobs): the process that logs and saves."""
-    return get_rank() == 0
-
-
-def barrier() -> None:
-    """Wait for all ranks (no-op outside distributed jobs)."""
-    if get_world_size() > 1:
-        dist.barrier()
-
-
-def all_reduce_sum(tensor: Tensor) -> Tensor:
-    """Sum of ``tensor`` over all ranks, as a new tensor (a copy outside distributed jobs)."""
-    out = tensor.detach().clone()
-    if get_world_size() > 1:
-        dist.all_reduce(out, op=dist.ReduceOp.SUM)
-    return out
-
-
-def all_reduce_mean(tensor: Tensor) -> Tensor:
-    """Mean of ``tensor`` over all ranks, as a new floating-point tensor."""
-    out = all_reduce_sum(tensor)
-    return out / get_world_size() if out.is_floating_point() else out.double() / get_world_size()
-
-
-def cleanup_distributed() -> None:
-    """Destroy the default process group if one exists, once every rank got here.
-
-    DDP wrappers sit in reference cycles that keep the process group alive; freed only at
-    interpreter exit, after the group is gone, gloo's threads can abort the process (SIGABRT).
-    So cycles are collected first, and the barrier keeps a fast rank from tearing the group
-    down under a slow one. Call it when the work succeeded; after an error, destroy the group
-    directly (a barrier could wait for a rank that died).
-    """
-    if is_dist_initialized():
-        gc.collect()
-        barrier()
-        dist.destroy_process_group()

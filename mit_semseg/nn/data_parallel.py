@@ -60,7 +60,7 @@ class UserScatteredDataParallel(DataParallelWithCallback):
     """Data parallel module whose forward takes a list with one input dict per replica.
 
     ``model([dict_0, dict_1, ...])`` calls replica ``i`` as ``module(dict_i)`` and gathers
-    the outputs with :func:`~mit_semseg.lib.nn.scatter_gather.dict_gather` semantics.
+    the outputs with :func:`~mit_semseg.nn.scatter_gather.dict_gather` semantics.
     SyncBN layers inside are synchronised across replicas.
 
     * CUDA: one dict per entry of ``device_ids`` at most; each dict is copied to its GPU on a

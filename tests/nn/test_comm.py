@@ -9,8 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-from mit_semseg.lib.nn import DataParallelWithCallback, SyncError, SynchronizedBatchNorm2d
-from mit_semseg.lib.nn.comm import SyncMaster
+from mit_semseg.nn import DataParallelWithCallback, SyncError, SynchronizedBatchNorm2d
+from mit_semseg.nn.comm import SyncMaster
 
 
 class FailsOnReplica(nn.Module):

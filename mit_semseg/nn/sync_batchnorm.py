@@ -2,7 +2,7 @@
 
 ``SynchronizedBatchNorm{1,2,3}d`` are drop-in replacements for ``nn.BatchNorm{1,2,3}d``
 (they *are* subclasses of them, with the same ``state_dict`` keys). When the module is
-replicated by :class:`~mit_semseg.lib.nn.replicate.DataParallelWithCallback` (on GPUs or on
+replicated by :class:`~mit_semseg.nn.replicate.DataParallelWithCallback` (on GPUs or on
 CPU threads) or by an ``nn.DataParallel`` patched with ``patch_replication_callback``, every
 replica normalises with the mean and variance of the *whole* batch, i.e. the concatenation
 of all replicas' sub-batches, and gradients flow through those shared statistics.
@@ -334,7 +334,7 @@ def convert_model(module: nn.Module, **sync_kwargs: Any) -> nn.Module:
     """Replace every ``nn.BatchNorm{1,2,3}d`` in ``module`` by its synchronised counterpart.
 
     Parameters and buffers are shared with the originals. An ``nn.DataParallel`` is rewrapped
-    as :class:`~mit_semseg.lib.nn.replicate.DataParallelWithCallback` on the same devices.
+    as :class:`~mit_semseg.nn.replicate.DataParallelWithCallback` on the same devices.
 
     Args:
         module: network (or ``nn.DataParallel``) to convert; converted in place where possible.

@@ -6,14 +6,14 @@ import pytest
 import torch
 from torch import nn
 
-from mit_semseg.lib.nn import (
+from mit_semseg.nn import (
     DataParallelWithCallback,
     SynchronizedBatchNorm2d,
     execute_replication_callbacks,
     patch_replication_callback,
 )
-from mit_semseg.lib.nn.replicate import parallel_apply, replicate_on_cpu
-from mit_semseg.lib.nn.scatter_gather import split_batch
+from mit_semseg.nn.replicate import parallel_apply, replicate_on_cpu
+from mit_semseg.nn.scatter_gather import split_batch
 
 from ._helpers import assert_close, randomize_bn, run_step
 

@@ -3,7 +3,7 @@
 After a network is replicated, :func:`execute_replication_callbacks` calls
 ``__data_parallel_replicate__(ctx, copy_id)`` on every copy of every module that defines it,
 with one shared ``ctx`` per module position and copy 0 first. That is how the copies of a
-:class:`~mit_semseg.lib.nn.sync_batchnorm.SynchronizedBatchNorm2d` find each other.
+:class:`~mit_semseg.nn.sync_batchnorm.SynchronizedBatchNorm2d` find each other.
 
 :func:`parallel_apply` runs one thread per replica (on GPUs or on CPU). When a replica raises,
 every synchronisation point of that forward is aborted, so its peers fail within
@@ -126,7 +126,7 @@ def parallel_apply(
     the thread runs under that device and its current stream. If a replica raises, all
     synchronisation contexts attached by :func:`execute_replication_callbacks` are aborted,
     every thread ends, and the first error that is not a mere consequence (a
-    :class:`~mit_semseg.lib.nn.comm.SyncError`) is re-raised.
+    :class:`~mit_semseg.nn.comm.SyncError`) is re-raised.
 
     Args:
         modules: replicas.
@@ -229,7 +229,7 @@ class DataParallelWithCallback(nn.DataParallel):
     * CPU (``num_cpu_replicas=k``): inputs are split along ``dim`` into at most ``k`` chunks
       (sizes differ by at most one), the module is replicated on CPU sharing its parameters,
       and every replica runs in its own thread. Outputs are gathered with
-      :func:`~mit_semseg.lib.nn.scatter_gather.dict_gather` (0-dim tensors become vectors).
+      :func:`~mit_semseg.nn.scatter_gather.dict_gather` (0-dim tensors become vectors).
 
     Without CUDA and without ``num_cpu_replicas`` it is a pass-through to the module, as
     ``nn.DataParallel`` is, and no synchronisation happens.

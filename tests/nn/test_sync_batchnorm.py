@@ -9,14 +9,14 @@ import pytest
 import torch
 from torch import nn
 
-from mit_semseg.lib.nn import (
+from mit_semseg.nn import (
     DataParallelWithCallback,
     SynchronizedBatchNorm1d,
     SynchronizedBatchNorm2d,
     SynchronizedBatchNorm3d,
     convert_model,
 )
-from mit_semseg.lib.nn.sync_batchnorm import combine_moments, local_moments
+from mit_semseg.nn.sync_batchnorm import combine_moments, local_moments
 
 from ._helpers import PLAIN_BN, assert_close, compare_bn_state, randomize_bn, run_step, twin
 

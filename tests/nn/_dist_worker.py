@@ -14,8 +14,8 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from mit_semseg.lib.nn import DistributedSyncBatchNorm, convert_sync_batchnorm
-from mit_semseg.lib.nn.distributed import cleanup_distributed
+from mit_semseg.engine.distributed import cleanup_distributed
+from mit_semseg.nn import DistributedSyncBatchNorm, convert_sync_batchnorm
 
 from ._helpers import assert_close, randomize_bn
 

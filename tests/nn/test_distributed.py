@@ -1,4 +1,4 @@
-"""DistributedSyncBatchNorm with 2 gloo processes on 127.0.0.1, and the single-process helpers."""
+"""DistributedSyncBatchNorm with 2 gloo processes on 127.0.0.1, and without a process group."""
 
 from __future__ import annotations
 
@@ -10,17 +10,11 @@ import torch
 import torch.multiprocessing as mp
 from torch import nn
 
-from mit_semseg.lib.nn import (
+from mit_semseg.nn import (
     DistributedSyncBatchNorm,
     SynchronizedBatchNorm2d,
     convert_sync_batchnorm,
     revert_sync_batchnorm,
-)
-from mit_semseg.lib.nn.distributed import (
-    all_reduce_sum,
-    get_world_size,
-    init_distributed,
-    is_main_process,
 )
 
 from . import _dist_worker
@@ -83,16 +77,3 @@ def test_convert_and_revert_share_state_and_keys():
     assert kinds == [nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d]
     assert reverted[1].weight is weight and reverted[2][1].affine is False
     assert list(reverted.state_dict()) == keys
-
-
-def test_process_helpers_outside_distributed_jobs(monkeypatch):
-    for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
-        monkeypatch.delenv(var, raising=False)
-    info = init_distributed(use_cuda=False)
-    assert (info.rank, info.world_size, info.is_distributed, info.is_main) == (0, 1, False, True)
-    assert get_world_size() == 1 and is_main_process()
-    t = torch.tensor([1.0, 2.0])
-    assert torch.equal(all_reduce_sum(t), t)
-    monkeypatch.setenv("WORLD_SIZE", "two")
-    with pytest.raises(ValueError, match="WORLD_SIZE"):
-        init_distributed(use_cuda=False)
