@@ -1,4 +1,4 @@
-"""mit_semseg.checkpoint: per-epoch files, the resumable state, RNG capture, atomicity."""
+"""mit_semseg.engine.checkpoint: per-epoch files, the resumable state, RNG capture, atomicity."""
 
 import os
 import random
@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from mit_semseg import checkpoint as ckpt
+from mit_semseg.engine import checkpoint as ckpt
 
 
 def _net() -> nn.Module:

@@ -27,13 +27,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from .utils import atomic_write, atomic_write_text
+from mit_semseg.files import TEMP_SUFFIX, atomic_write_bytes
 
 __all__ = [
     "LAST_CHECKPOINT",
     "TRAINING_STATE_FORMAT",
     "atomic_save",
-    "atomic_write_text",
     "capture_rng_state",
     "epoch_checkpoint_paths",
     "load_training_state",
@@ -57,7 +56,7 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> None:
     """``torch.save(obj, path)`` that never leaves a half-written ``path``."""
     buffer = io.BytesIO()
     torch.save(obj, buffer)
-    atomic_write(path, lambda f: f.write(buffer.getbuffer()))
+    atomic_write_bytes(path, buffer.getbuffer())
 
 
 def unwrap_model(module: nn.Module) -> nn.Module:
@@ -198,7 +197,7 @@ def resolve_resume_path(resume: str, out_dir: str) -> str | None:
 
 def remove_stale_temp_files(out_dir: str) -> list[str]:
     """Delete temporary files left by a run killed while it was writing a checkpoint."""
-    stale = glob.glob(os.path.join(out_dir, ".*.pth.*.tmp"))
+    stale = glob.glob(os.path.join(out_dir, ".*.pth.*" + TEMP_SUFFIX))
     for path in stale:
         os.remove(path)
         logger.info("Removed unfinished temporary file %s", path)

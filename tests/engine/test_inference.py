@@ -5,7 +5,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mit_semseg.inference import (
+from mit_semseg.engine.inference import (
+    TrainedModel,
     collect_images,
     load_segmentation_module,
     output_names,
@@ -126,7 +127,8 @@ def test_bad_window_and_empty_input():
 def test_load_missing_checkpoint_names_files(tmp_path):
     (tmp_path / "encoder_epoch_3.pth").write_bytes(b"")
     with pytest.raises(FileNotFoundError, match="decoder_epoch_3.pth") as info:
-        load_segmentation_module(None, NUM_CLASS, tmp_path, "epoch_3.pth", CPU)
+        load_segmentation_module(
+            TrainedModel("resnet18dilated", "c1", NUM_CLASS, tmp_path, "epoch_3.pth"), CPU)
     assert "encoder_epoch_3.pth" not in str(info.value)
 
 
@@ -167,16 +169,14 @@ def test_output_names_unique_and_readable(tmp_path):
 
 
 def test_load_segmentation_module_narrow_encoder_with_upernet(tmp_path):
-    from types import SimpleNamespace
-
     from mit_semseg.models import build_segmentation_model
 
     trained = build_segmentation_model("resnet18dilated", "upernet", NUM_CLASS)
     torch.save(trained.encoder.state_dict(), tmp_path / "encoder_epoch_1.pth")
     torch.save(trained.decoder.state_dict(), tmp_path / "decoder_epoch_1.pth")
-    model_cfg = SimpleNamespace(arch_encoder="resnet18dilated", arch_decoder="upernet",
-                                fc_dim=512)
-    loaded = load_segmentation_module(model_cfg, NUM_CLASS, tmp_path, "epoch_1.pth", CPU)
+    model = TrainedModel("resnet18dilated", "upernet", NUM_CLASS, tmp_path, "epoch_1.pth",
+                         fc_dim=512, fast_inference=False)
+    loaded = load_segmentation_module(model, CPU)
     image = torch.randn(1, 3, 40, 56)
     with torch.no_grad():
         probs = loaded({"img_data": image}, segSize=(40, 56))
@@ -185,8 +185,6 @@ def test_load_segmentation_module_narrow_encoder_with_upernet(tmp_path):
 
 
 def test_fast_inference_folds_batchnorm_and_predicts_the_same(tmp_path):
-    from types import SimpleNamespace
-
     from mit_semseg.models import build_segmentation_model
 
     trained = build_segmentation_model("resnet18dilated", "ppm_deepsup", NUM_CLASS)
@@ -195,13 +193,39 @@ def test_fast_inference_folds_batchnorm_and_predicts_the_same(tmp_path):
     probs, modules = {}, {}
     image = [torch.randn(1, 3, 48, 64), torch.randn(1, 3, 64, 80)]
     for fast in (False, True):
-        model_cfg = SimpleNamespace(arch_encoder="resnet18dilated", arch_decoder="ppm_deepsup",
-                                    fc_dim=512, fast_inference=fast)
-        modules[fast] = load_segmentation_module(model_cfg, NUM_CLASS, tmp_path, "epoch_1.pth",
-                                                 CPU)
+        model = TrainedModel("resnet18dilated", "ppm_deepsup", NUM_CLASS, tmp_path,
+                             "epoch_1.pth", fc_dim=512, fast_inference=fast)
+        modules[fast] = load_segmentation_module(model, CPU)
         probs[fast] = predict_probs(modules[fast], image, (50, 70), CPU)
     assert not modules[True].training
     batchnorms = {fast: sum(isinstance(m, nn.BatchNorm2d) for m in modules[fast].modules())
                   for fast in (False, True)}
     assert batchnorms[True] == 1 < batchnorms[False]  # only the unused deep-supervision one
     torch.testing.assert_close(probs[True], probs[False], rtol=0, atol=1e-5)
+
+
+def _save_c1_weights(folder):
+    from mit_semseg.models import build_segmentation_model
+
+    trained = build_segmentation_model("resnet18dilated", "c1", NUM_CLASS)
+    torch.save(trained.encoder.state_dict(), folder / "encoder_epoch_1.pth")
+    torch.save(trained.decoder.state_dict(), folder / "decoder_epoch_1.pth")
+
+
+def test_fast_inference_is_on_unless_switched_off(tmp_path):
+    # the library default follows the config's MODEL.fast_inference (it once fell back to off)
+    from mit_semseg.config import get_cfg_defaults
+
+    _save_c1_weights(tmp_path)
+    model = TrainedModel("resnet18dilated", "c1", NUM_CLASS, tmp_path, "epoch_1.pth")
+    assert model.fast_inference is get_cfg_defaults().MODEL.fast_inference is True
+    loaded = load_segmentation_module(model, CPU)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in loaded.modules())
+
+
+def test_load_rejects_a_wrong_fc_dim(tmp_path):
+    _save_c1_weights(tmp_path)
+    model = TrainedModel("resnet18dilated", "c1", NUM_CLASS, tmp_path, "epoch_1.pth",
+                         fc_dim=2048)
+    with pytest.raises(ValueError, match="fc_dim=2048 .* 512"):
+        load_segmentation_module(model, CPU)

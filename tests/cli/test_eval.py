@@ -62,6 +62,10 @@ def test_eval_bad_device_and_bad_key(tiny_run, in_process):  # noqa: F811
     assert code == 2 and "tpu" in out
     code, out = in_process("eval.py", "--cfg", str(CFG), "--gpu", "cpu", "VAL.chekpoint", "x")
     assert code == 2 and "VAL.chekpoint" in out
+    code, out = in_process("eval.py", "--cfg", str(CFG), "--gpus", "cpu",
+                           *tiny_run.overrides(**{"VAL.amp": "fp16"}))
+    assert code == 2
+    assert "eval.py: error: VAL.amp 'fp16' needs a CUDA device; use VAL.amp bf16" in out
 
 
 _ORIGINAL_EVAL = """

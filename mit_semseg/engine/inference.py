@@ -13,14 +13,18 @@ import logging
 import math
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Union
+from typing import Union
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mit_semseg.engine.precision import autocast
+
 __all__ = [
+    "TrainedModel",
     "Window",
     "collect_images",
     "output_names",
@@ -113,14 +117,12 @@ def predict_probs(
     Returns:
         ``(C, H, W)`` float tensor on ``device``: the mean of all the probability maps.
     """
-    from mit_semseg.training import amp_autocast
-
     if len(img_list) == 0:
         raise ValueError("img_list is empty: need at least one scale")
     seg_size = (int(seg_size[0]), int(seg_size[1]))
     passes = len(img_list) * (2 if flip else 1)
     scores: torch.Tensor | None = None
-    with torch.inference_mode(), amp_autocast(torch.device(device), amp):
+    with torch.inference_mode(), autocast(device, amp):
         for img in img_list:
             img = img.to(device, non_blocking=True)
             for flipped in (False, True) if flip else (False,):
@@ -142,56 +144,62 @@ def predict_probs(
     return scores[0]
 
 
-def load_segmentation_module(
-    model_cfg: Any,
-    num_class: int,
-    weights_dir: str | Path,
-    checkpoint: str,
-    device: torch.device,
-) -> nn.Module:
-    """Builds encoder + decoder from ``weights_dir/{encoder,decoder}_<checkpoint>`` for inference.
+@dataclass(frozen=True)
+class TrainedModel:
+    """A trained model on disk: its architecture and its two weight files.
 
-    Args:
-        model_cfg: the ``cfg.MODEL`` node (``arch_encoder``, ``arch_decoder``, ``fc_dim``).
-        num_class: ``cfg.DATASET.num_class``.
-        weights_dir: folder with the checkpoint files (``cfg.DIR``).
-        checkpoint: file suffix such as ``epoch_20.pth`` (``VAL.checkpoint`` / ``TEST.checkpoint``).
-        device: where to put the module.
+    Attributes:
+        arch_encoder: encoder name (``MODEL.arch_encoder``).
+        arch_decoder: decoder name (``MODEL.arch_decoder``).
+        num_class: number of classes (``DATASET.num_class``).
+        weights_dir: folder of the checkpoint files (``DIR``).
+        checkpoint: file suffix such as ``epoch_20.pth`` (``VAL.checkpoint`` /
+            ``TEST.checkpoint``): the weights are ``weights_dir/{encoder,decoder}_<checkpoint>``.
+        fc_dim: the encoder's last width as the config states it (``MODEL.fc_dim``), checked
+            against the encoder; ``None`` skips the check.
+        fast_inference: fold BatchNorm into the convolutions and use the channels-last layout
+            (``MODEL.fast_inference``, :func:`mit_semseg.perf.optimize_for_inference`).
+    """
+
+    arch_encoder: str
+    arch_decoder: str
+    num_class: int
+    weights_dir: str | Path
+    checkpoint: str
+    fc_dim: int | None = None
+    fast_inference: bool = True
+
+    def weight_files(self) -> dict[str, Path]:
+        """``{"encoder": path, "decoder": path}``."""
+        return {part: Path(self.weights_dir) / f"{part}_{self.checkpoint}"
+                for part in ("encoder", "decoder")}
+
+
+def load_segmentation_module(model: TrainedModel, device: torch.device) -> nn.Module:
+    """Build ``model`` from its weight files, for inference on ``device``.
 
     Returns:
-        a :class:`~mit_semseg.models.SegmentationModule` in eval mode on ``device``; with
-        ``model_cfg.fast_inference``, BatchNorm is folded into the convolutions and the
-        layout is channels-last (:func:`mit_semseg.perf.optimize_for_inference`).
+        a :class:`~mit_semseg.models.SegmentationModule` in eval mode on ``device``.
 
     Raises:
         FileNotFoundError: naming each missing checkpoint file.
+        ValueError: ``model.fc_dim`` does not match the encoder.
     """
-    weights_dir = Path(weights_dir)
-    paths = {part: weights_dir / f"{part}_{checkpoint}" for part in ("encoder", "decoder")}
+    paths = model.weight_files()
     missing = [str(p) for p in paths.values() if not p.is_file()]
     if missing:
         raise FileNotFoundError(
             f"checkpoint file(s) not found: {', '.join(missing)} (set DIR to the training "
             "output folder and VAL.checkpoint / TEST.checkpoint to e.g. epoch_20.pth)"
         )
-    from mit_semseg.models import ModelBuilder, SegmentationModule
+    from mit_semseg.models import build_segmentation_model
 
     logger.info("loading %s and %s", paths["encoder"], paths["decoder"])
-    encoder = ModelBuilder.build_encoder(
-        arch=model_cfg.arch_encoder.lower(),
-        fc_dim=model_cfg.fc_dim,
-        weights=str(paths["encoder"]),
-    )
-    decoder = ModelBuilder.build_decoder(
-        arch=model_cfg.arch_decoder.lower(),
-        fc_dim=model_cfg.fc_dim,
-        num_class=num_class,
-        weights=str(paths["decoder"]),
-        use_softmax=True,
-        in_channels=encoder.out_channels,
-    )
-    module = SegmentationModule(encoder, decoder, nn.NLLLoss(ignore_index=-1)).to(device).eval()
-    if getattr(model_cfg, "fast_inference", False):
+    module = build_segmentation_model(
+        model.arch_encoder, model.arch_decoder, model.num_class, fc_dim=model.fc_dim,
+        weights_encoder=str(paths["encoder"]), weights_decoder=str(paths["decoder"]),
+    ).to(device).eval()
+    if model.fast_inference:
         from mit_semseg.perf import optimize_for_inference
 
         optimize_for_inference(module, device)

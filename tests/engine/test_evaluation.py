@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mit_semseg.evaluation import (
+from mit_semseg.engine.evaluation import (
     EvalResult,
     evaluate,
     format_class_table,
@@ -124,7 +124,7 @@ def test_write_results_files(tmp_path):
     rows = list(csv.DictReader(paths["class_iou"].open()))
     assert [r["name"] for r in rows] == names and rows[3]["present"] == "False"
     assert cv2.imread(str(paths["confusion_png"])) is not None
-    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".part")]
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
 
 
 def test_text_formats():

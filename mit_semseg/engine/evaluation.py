@@ -27,12 +27,18 @@ import numpy as np
 import torch
 from torch import nn
 
-from mit_semseg.inference import Window, predict_probs
+from mit_semseg.engine.inference import (
+    TrainedModel,
+    Window,
+    load_segmentation_module,
+    predict_probs,
+)
+from mit_semseg.files import atomic_write, atomic_write_text
 from mit_semseg.metrics import confusion_matrix, scores_from_confusion
-from mit_semseg.utils import atomic_write, atomic_write_text
 from mit_semseg.visualize import confusion_matrix_figure, eval_panel, save_image
 
 __all__ = [
+    "EvalJob",
     "EvalResult",
     "evaluate_shard",
     "report_results",
@@ -307,21 +313,61 @@ def _keep_list(batch: list[Any]) -> list[Any]:
     return batch
 
 
+@dataclass(frozen=True)
+class EvalJob:
+    """What ``eval.py`` / ``eval_multipro.py`` evaluate, and how (translated from the config).
+
+    Attributes:
+        model: the trained model (its ``weights_dir`` also receives the result files).
+        root_dataset: folder the paths of ``list_val`` are relative to (``DATASET.root_dataset``).
+        list_val: the validation ``.odgt`` list (``DATASET.list_val``).
+        scales: short sides of the test scales (``DATASET.imgSizes``).
+        max_size: cap on the long side (``DATASET.imgMaxSize``).
+        padding_constant: scaled sides are multiples of this (``DATASET.padding_constant``).
+        flip: also average the flipped images (``VAL.flip``).
+        amp: reduced-precision inference (``VAL.amp``), see :func:`predict_probs`.
+        workers: loader worker processes (``VAL.workers``).
+        visualize: write ``[image | ground truth | prediction]`` PNGs to
+            ``weights_dir/result/`` (``VAL.visualize``).
+    """
+
+    model: TrainedModel
+    root_dataset: str
+    list_val: str
+    scales: tuple[int, ...]
+    max_size: int
+    padding_constant: int
+    flip: bool = False
+    amp: str = ""
+    workers: int = 0
+    visualize: bool = False
+
+    @property
+    def out_dir(self) -> Path:
+        return Path(self.model.weights_dir)
+
+    def dataset(self, start: int = -1, end: int = -1) -> Any:
+        """The :class:`~mit_semseg.data.ValDataset` of records ``[start, end)`` (all: -1, -1)."""
+        from mit_semseg.data import ValDataset
+
+        options = {"imgSizes": self.scales, "imgMaxSize": self.max_size,
+                   "padding_constant": self.padding_constant, "num_class": self.model.num_class}
+        return ValDataset(self.root_dataset, self.list_val, options, start_idx=start,
+                          end_idx=end)
+
+
 def evaluate_shard(
-    cfg: Any,
+    job: EvalJob,
     device: torch.device,
     start: int = -1,
     end: int = -1,
     progress: bool = False,
     on_image: Callable[[], None] | None = None,
 ) -> EvalResult:
-    """Evaluates records ``[start, end)`` of ``cfg.DATASET.list_val`` (all with ``-1, -1``).
-
-    Loads ``cfg.DIR/{encoder,decoder}_<cfg.VAL.checkpoint>``; writes visualisations to
-    ``cfg.DIR/result/`` when ``cfg.VAL.visualize``; flips when ``cfg.VAL.flip``.
+    """Evaluates records ``[start, end)`` of ``job.list_val`` (all with ``-1, -1``).
 
     Args:
-        cfg: the run configuration (a frozen yacs node).
+        job: the model, data and options.
         device: where to run.
         start: first record (inclusive), -1 = from the beginning.
         end: last record (exclusive), -1 = to the end.
@@ -330,31 +376,26 @@ def evaluate_shard(
     """
     from torch.utils.data import DataLoader
 
-    from mit_semseg.data import ValDataset
     from mit_semseg.data.palette import ade_palette
-    from mit_semseg.inference import load_segmentation_module
 
-    num_class = cfg.DATASET.num_class
-    module = load_segmentation_module(cfg.MODEL, num_class, cfg.DIR, cfg.VAL.checkpoint, device)
-    dataset = ValDataset(
-        cfg.DATASET.root_dataset, cfg.DATASET.list_val, cfg.DATASET, start_idx=start, end_idx=end
-    )
+    num_class = job.model.num_class
+    module = load_segmentation_module(job.model, device)
     loader = DataLoader(
-        dataset,
+        job.dataset(start, end),
         batch_size=1,
         shuffle=False,
         collate_fn=_keep_list,
-        num_workers=cfg.VAL.workers,
+        num_workers=job.workers,
         pin_memory=device.type == "cuda",
     )
-    visualize_dir = Path(cfg.DIR) / "result" if cfg.VAL.visualize else None
+    visualize_dir = job.out_dir / "result" if job.visualize else None
     return evaluate(
         module,
         loader,
         num_class,
         device,
-        flip=cfg.VAL.flip,
-        amp=cfg.VAL.amp,
+        flip=job.flip,
+        amp=job.amp,
         progress=progress,
         visualize_dir=visualize_dir,
         palette=ade_palette(num_class) if visualize_dir is not None else None,
@@ -363,24 +404,24 @@ def evaluate_shard(
 
 
 def report_results(
-    cfg: Any, result: EvalResult, extra: dict[str, Any] | None = None
+    job: EvalJob, result: EvalResult, extra: dict[str, Any] | None = None
 ) -> tuple[dict[str, Any], str]:
-    """Writes the result files into ``cfg.DIR`` and builds the printed report.
+    """Writes the result files into ``job.out_dir`` and builds the printed report.
 
     Returns:
         ``(scores, text)``: :func:`~mit_semseg.metrics.scores_from_confusion` output and the
         per-class table followed by the ``[Eval Summary]`` lines.
     """
-    names = resolve_class_names(cfg.DATASET.num_class, cfg.DATASET.root_dataset)
+    names = resolve_class_names(job.model.num_class, job.root_dataset)
     scores = scores_from_confusion(result.confusion)
     info = {
-        "checkpoint": str(Path(cfg.DIR) / f"{{encoder,decoder}}_{cfg.VAL.checkpoint}"),
-        "list_val": cfg.DATASET.list_val,
-        "scales": list(cfg.DATASET.imgSizes),
-        "flip": bool(cfg.VAL.flip),
+        "checkpoint": str(job.out_dir / f"{{encoder,decoder}}_{job.model.checkpoint}"),
+        "list_val": job.list_val,
+        "scales": list(job.scales),
+        "flip": bool(job.flip),
         **(extra or {}),
     }
-    paths = write_results(cfg.DIR, result, names, extra=info)
+    paths = write_results(job.out_dir, result, names, extra=info)
     per_image = result.seconds / max(result.num_images, 1)
     lines = [
         format_class_table(scores, names),
