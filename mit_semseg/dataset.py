@@ -1,5 +1,3 @@
 """The original's ``mit_semseg.dataset`` import path (see :mod:`mit_semseg.compat`)."""
 
-from mit_semseg.compat import BaseDataset, TestDataset, TrainDataset, ValDataset
-
-__all__ = ["BaseDataset", "TestDataset", "TrainDataset", "ValDataset"]
+from mit_semseg.compat import BaseDataset, TestDataset, TrainDataset, ValDataset  # noqa: F401
