@@ -28,7 +28,7 @@ sys.path.insert(0, str(common.REPO_ROOT))
 import torch  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
-from mit_semseg.inference import predict_probs  # noqa: E402
+from mit_semseg.engine.inference import predict_probs  # noqa: E402
 from mit_semseg.perf import optimize_for_inference  # noqa: E402
 
 CPU = torch.device("cpu")

@@ -4,7 +4,7 @@ Inputs are synthetic ADE-like validation images (``--min-size``..``--max-size`` 
 once by our ``ValDataset`` at the original's test scales (short side 300, 400, 500, 600,
 ``imgMaxSize`` 1000, sides rounded to multiples of 8), and fed identically to both sides, with
 the same weights (150 classes; BatchNorm statistics calibrated on the images so predictions
-are not degenerate). Ours runs :func:`mit_semseg.inference.predict_probs` (the path of our
+are not degenerate). Ours runs :func:`mit_semseg.engine.inference.predict_probs` (the path of our
 ``eval.py``) and an argmax, on the module as ``eval.py`` prepares it (``MODEL.fast_inference``
 on: BatchNorm folded, channels-last) unless the variant says otherwise; the original runs its
 ``eval.py`` loop on its own ``SegmentationModule``: for every scale a forward with
@@ -56,7 +56,7 @@ MIOU_TOLERANCE = 1e-4
 def _forward_ours(module: Any, img_list: list, seg_size: tuple[int, int], opts: dict) -> Any:
     import torch
 
-    from mit_semseg.inference import predict_probs
+    from mit_semseg.engine.inference import predict_probs
 
     return predict_probs(module, img_list, seg_size, torch.device("cpu"),
                          amp=opts.get("amp", ""))

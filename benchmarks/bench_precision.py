@@ -27,8 +27,9 @@ sys.path.insert(0, str(common.REPO_ROOT))
 
 import torch  # noqa: E402
 
+from mit_semseg.cli.eval import eval_job  # noqa: E402
 from mit_semseg.config import load_config  # noqa: E402
-from mit_semseg.evaluation import evaluate_shard  # noqa: E402
+from mit_semseg.engine.evaluation import evaluate_shard  # noqa: E402
 from mit_semseg.metrics import scores_from_confusion  # noqa: E402
 
 DEMO_CFG = "config/synthetic-mobilenetv2dilated-c1_deepsup.yaml"
@@ -74,7 +75,7 @@ def main() -> None:
     for repeat in range(args.repeats):
         labels = list(VARIANTS) if repeat % 2 == 0 else list(reversed(VARIANTS))
         for label in labels:
-            result = evaluate_shard(configs[label], cpu)
+            result = evaluate_shard(eval_job(configs[label]), cpu)
             times[label].append(result.seconds / result.num_images)
             scores.setdefault(label, scores_from_confusion(result.confusion))
             print(f"  repeat {repeat + 1}/{args.repeats} {label}: "

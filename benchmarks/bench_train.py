@@ -2,10 +2,10 @@
 
 For each model pair, both implementations train on the same weights and the same batch
 (``--batch`` images of ``--size`` px, 150 classes, random labels at the decoder's output
-stride). Ours runs through :func:`mit_semseg.training.train_one_epoch` (the loop ``train.py``
-uses) with :func:`~mit_semseg.training.build_optimizers`; the original, whose training loop
-lives in its unpackaged ``train.py``, runs that loop's steps (``zero_grad``, forward,
-``loss.mean().backward()``, one SGD step per net) on its own ``SegmentationModule``.
+stride). Ours runs through :func:`mit_semseg.engine.trainer.train_one_epoch` (the loop
+``train.py`` uses) with :func:`~mit_semseg.engine.optim.build_optimizers`; the original, whose
+training loop lives in its unpackaged ``train.py``, runs that loop's steps (``zero_grad``,
+forward, ``loss.mean().backward()``, one SGD step per net) on its own ``SegmentationModule``.
 
 Each run is a fresh process; ``--warmup`` steps are dropped and the median of the ``--steps``
 timed steps is that run's time. Memory = peak RSS of the process during the steps minus its
@@ -57,7 +57,9 @@ def _current_rss_mib() -> float:
 def _train_ours(module: Any, batch: dict, steps: int, opts: dict) -> list[float]:
     import torch
 
-    from mit_semseg.training import PolySchedule, build_optimizers, train_one_epoch
+    from mit_semseg.engine.optim import PolySchedule, build_optimizers
+    from mit_semseg.engine.precision import grad_scaler
+    from mit_semseg.engine.trainer import TrainState, train_one_epoch
 
     if opts.get("channels_last"):
         from mit_semseg.perf import to_channels_last
@@ -66,9 +68,12 @@ def _train_ours(module: Any, batch: dict, steps: int, opts: dict) -> list[float]
     optimizers = build_optimizers(module.encoder, module.decoder, lr_encoder=LR,
                                   lr_decoder=LR, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
     schedule = PolySchedule({"encoder": LR, "decoder": LR}, max_iters=steps, power=0.9)
+    cpu, amp = torch.device("cpu"), opts.get("amp", "")
+    state = TrainState(module=module, optimizers=optimizers, schedule=schedule,
+                       scaler=grad_scaler(cpu, amp), epoch_iters=steps, device=cpu, amp=amp,
+                       disp_iter=10**9)
     stamps = [time.perf_counter()]
-    train_one_epoch(module, [[batch]] * steps, optimizers, schedule, epoch=0, epoch_iters=steps,
-                    device=torch.device("cpu"), amp=opts.get("amp", ""), disp_iter=10**9,
+    train_one_epoch(state, [[batch]] * steps,
                     on_step=lambda _: stamps.append(time.perf_counter()))
     return [b - a for a, b in zip(stamps, stamps[1:])]
 

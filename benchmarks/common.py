@@ -172,7 +172,7 @@ def update_results_section(name: str, body: str, path: Path = RESULTS) -> None:
     are kept byte for byte. A lock file serialises concurrent benchmark scripts.
     """
     sys.path.insert(0, str(REPO_ROOT))
-    from mit_semseg.utils import atomic_write_text
+    from mit_semseg.files import atomic_write_text
 
     begin, end = f"<!-- BEGIN {name} -->", f"<!-- END {name} -->"
     block = f"{begin}\n{body.strip()}\n{end}"

@@ -1,8 +1,3 @@
-"""Compatibility path of the original package: ``from mit_semseg.dataset import TestDataset``.
+"""The original's ``mit_semseg.dataset`` import path (see :mod:`mit_semseg.compat`)."""
 
-The implementation lives in :mod:`mit_semseg.data`.
-"""
-
-from mit_semseg.data.datasets import BaseDataset, TestDataset, TrainDataset, ValDataset
-
-__all__ = ["BaseDataset", "TestDataset", "TrainDataset", "ValDataset"]
+from mit_semseg.compat import BaseDataset, TestDataset, TrainDataset, ValDataset  # noqa: F401

@@ -9,7 +9,7 @@ are ever on by default (``MODEL.fast_inference``); reduced precision is always o
 * :func:`optimize_for_inference` applies both; ``MODEL.fast_inference`` turns it on for
   ``eval.py``, ``eval_multipro.py`` and ``test.py``.
 * Reduced precision (``amp="bf16"``) is an argument of
-  :func:`mit_semseg.inference.predict_probs` and ``TRAIN.amp`` for training; it changes the
+  :func:`mit_semseg.engine.inference.predict_probs` and ``TRAIN.amp`` for training; it changes the
   numbers, so it is never a default.
 * :func:`compile_module` wraps :func:`torch.compile` with shapes marked dynamic (multi-scale
   inputs differ in size), for long runs where its start-up cost pays off.

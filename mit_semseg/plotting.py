@@ -7,13 +7,13 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from .utils import atomic_write
+from .files import atomic_write
 
 __all__ = ["plot_training_curves"]
 
 
 def plot_training_curves(history: Mapping[str, Any], path: str | os.PathLike) -> None:
-    """Draw ``history['train']`` (see :func:`mit_semseg.training.new_history`) to ``path``.
+    """Draw ``history['train']`` (see :func:`mit_semseg.engine.trainer.new_history`) to ``path``.
 
     Three panels share the iteration axis: loss, pixel accuracy (%) and both learning rates.
     The file is written atomically; nothing is drawn on screen.

@@ -15,7 +15,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from mit_semseg.utils import atomic_write
+from mit_semseg.files import atomic_write
 
 __all__ = [
     "class_fractions",

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from mit_semseg.inference import predict_probs
+from mit_semseg.engine.inference import predict_probs
 from mit_semseg.models import DECODERS, ENCODERS, build_segmentation_model
 from mit_semseg.models.decoders.blocks import softmax_over_classes
 from mit_semseg.perf import (

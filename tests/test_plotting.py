@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from matplotlib.image import imread
 
+from mit_semseg.engine.trainer import new_history
 from mit_semseg.plotting import plot_training_curves
-from mit_semseg.training import new_history
 
 
 def test_plot_writes_a_png(tmp_path):

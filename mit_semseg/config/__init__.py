@@ -145,8 +145,10 @@ def validate_config(node: CfgNode, source: str = "config") -> None:
     )
     for section in ("VAL", "TEST"):
         n = node[section]
-        _check(n.batch_size > 0, f"{section}.batch_size", f"must be > 0, got {n.batch_size}",
-               source)
+        # read by nothing: kept so that config.yaml files dumped by the original load, which
+        # evaluated one image per forward pass (images differ in size) and set it to 1
+        _check(n.batch_size == 1, f"{section}.batch_size",
+               f"must be 1 (images are evaluated one at a time), got {n.batch_size}", source)
         _check(n.workers >= 0, f"{section}.workers", f"must be >= 0, got {n.workers}", source)
     for key in ("window_size", "window_stride"):
         value = node.TEST[key]

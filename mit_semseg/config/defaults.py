@@ -135,7 +135,8 @@ _C.DIST.sync_bn = True
 # Validation (eval.py, eval_multipro.py)
 # -----------------------------------------------------------------------------
 _C.VAL = CN()
-# Images per forward pass; only 1 is supported (images differ in size).
+# Images per forward pass. Only 1 (images differ in size); any other value is an error. Kept
+# because the original's defaults had it, so config.yaml files its train.py dumped set it.
 _C.VAL.batch_size = 1
 # Write [image | ground truth | prediction] PNGs to DIR/result/.
 _C.VAL.visualize = False
@@ -155,7 +156,7 @@ _C.VAL.amp = ""
 # Testing / inference (test.py)
 # -----------------------------------------------------------------------------
 _C.TEST = CN()
-# Images per forward pass; only 1 is supported.
+# Images per forward pass; only 1, as VAL.batch_size.
 _C.TEST.batch_size = 1
 # Checkpoint suffix to run: weights are DIR/encoder_<checkpoint>, DIR/decoder_<checkpoint>.
 _C.TEST.checkpoint = "epoch_20.pth"

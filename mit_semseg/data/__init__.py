@@ -6,7 +6,7 @@ Public API::
 """
 
 from mit_semseg.data.datasets import BaseDataset, TestDataset, TrainDataset, ValDataset
-from mit_semseg.data.loader import TrainSampler, build_train_loader, shard_indices, worker_init_fn
+from mit_semseg.data.loader import TrainSampler, build_train_loader, worker_init_fn
 from mit_semseg.data.odgt import OdgtError, build_odgt, list_images, read_odgt, write_odgt
 from mit_semseg.data.palette import ade_palette, class_names, load_class_info
 from mit_semseg.data.transforms import ImageReadError
@@ -26,7 +26,6 @@ __all__ = [
     "list_images",
     "load_class_info",
     "read_odgt",
-    "shard_indices",
     "worker_init_fn",
     "write_odgt",
 ]

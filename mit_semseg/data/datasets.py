@@ -126,11 +126,6 @@ class BaseDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return self.num_sample
 
-    @staticmethod
-    def round2nearest_multiple(x: int, p: int) -> int:
-        """Smallest multiple of ``p`` that is ``>= x`` (the original's helper name)."""
-        return round_up(x, p)
-
     def _image_path(self, record: Mapping[str, Any]) -> str:
         return record["fpath_img"]
 

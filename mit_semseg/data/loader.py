@@ -1,18 +1,24 @@
-"""Training data loader: one list of per-device batch dicts per step, reproducible from a seed.
+"""Training data: the per-device batch streams, their loaders and their seeding.
 
-The loader's batch size equals the number of devices of the process, and each element is a
-whole per-device batch built by :class:`~mit_semseg.data.datasets.TrainDataset`. The sampler
-hands out item indices step by step; since an item is a pure function of
-``(dataset seed, index)``, the data of a step does not depend on the number of workers, and a
-run resumed at step ``k`` (``start_iter=k``) sees exactly the batches an uninterrupted run
-sees. Under ``torch.distributed``, pass ``rank`` and ``world_size``: ranks then take
-interleaved indices, so they never load the same item.
+Stream design (what makes ``--resume`` exact and torchrun equal to one process): every device
+-- a GPU of a DataParallel process, a CPU replica, or a torchrun rank -- has a *global device
+index* ``g`` and draws its per-device batches from its own loader, seeded from
+``(seed, epoch, g)`` alone (:func:`device_batches`). A single process with K devices therefore
+sees exactly the batches that K torchrun processes see, and a resumed run rebuilds the epoch's
+loaders from the same seeds, starting at the first step not yet consumed.
+
+A loader (:func:`build_train_loader`) yields, per step, a list of per-device batch dicts, each
+a whole batch built by :class:`~mit_semseg.data.datasets.TrainDataset`. Its sampler hands out
+item indices step by step; since an item is a pure function of ``(dataset seed, index)``, the
+data of a step does not depend on the number of workers, and a loader started at step ``k``
+(``start_iter=k``) yields exactly what an uninterrupted one yields from step ``k`` on.
 """
 
 from __future__ import annotations
 
+import contextlib
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import cv2
@@ -20,12 +26,14 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Sampler
 
-from mit_semseg.lib.nn import user_scattered_collate
+from mit_semseg.nn import user_scattered_collate
 
 __all__ = [
     "TrainSampler",
     "build_train_loader",
-    "shard_indices",
+    "data_seed",
+    "device_batches",
+    "seed_everything",
     "worker_init_fn",
 ]
 
@@ -46,37 +54,23 @@ def worker_init_fn(worker_id: int) -> None:
 
 
 class TrainSampler(Sampler[int]):
-    """Indices of the training stream: step ``s`` of rank ``r`` takes ``num_devices`` items.
+    """Indices of the training stream: step ``s`` takes items ``s * num_devices + d`` for
+    ``d < num_devices``, from step ``start_iter`` on; it ends after step ``num_steps - 1``, or
+    never if ``num_steps`` is None."""
 
-    Step ``s`` of rank ``r`` yields indices ``((s * world_size) + r) * num_devices + d`` for
-    ``d < num_devices``, starting at ``start_iter``; it ends after ``num_steps`` steps, or
-    never if ``num_steps`` is None.
-    """
-
-    def __init__(
-        self,
-        num_devices: int = 1,
-        start_iter: int = 0,
-        rank: int = 0,
-        world_size: int = 1,
-        num_steps: int | None = None,
-    ) -> None:
-        if num_devices < 1 or world_size < 1 or not 0 <= rank < world_size or start_iter < 0:
-            raise ValueError(
-                f"invalid sampler setup: num_devices={num_devices}, rank={rank}, "
-                f"world_size={world_size}, start_iter={start_iter}"
-            )
+    def __init__(self, num_devices: int = 1, start_iter: int = 0,
+                 num_steps: int | None = None) -> None:
+        if num_devices < 1 or start_iter < 0:
+            raise ValueError(f"invalid sampler setup: num_devices={num_devices}, "
+                             f"start_iter={start_iter}")
         self.num_devices = num_devices
         self.start_iter = start_iter
-        self.rank = rank
-        self.world_size = world_size
         self.num_steps = num_steps
 
     def __iter__(self) -> Iterator[int]:
         step = self.start_iter
         while self.num_steps is None or step < self.num_steps:
-            first = (step * self.world_size + self.rank) * self.num_devices
-            yield from range(first, first + self.num_devices)
+            yield from range(step * self.num_devices, (step + 1) * self.num_devices)
             step += 1
 
     def __len__(self) -> int:
@@ -92,8 +86,6 @@ def build_train_loader(
     seed: int | None = None,
     *,
     start_iter: int = 0,
-    rank: int = 0,
-    world_size: int = 1,
     num_steps: int | None = None,
     pin_memory: bool = False,
     prefetch_factor: int | None = None,
@@ -108,8 +100,6 @@ def build_train_loader(
             (so worker numpy/``random`` seeds are reproducible too); None keeps the dataset's
             seed and lets torch draw the worker seeds.
         start_iter: first step to yield (resume at step ``start_iter``).
-        rank, world_size: this process's place in a distributed run; each rank gets distinct
-            items from the same seeded stream.
         num_steps: stop after this step (exclusive); endless if None.
         pin_memory: pin batches for faster host-to-GPU copies.
         prefetch_factor: batches prefetched per worker (torch default if None).
@@ -120,7 +110,7 @@ def build_train_loader(
             dataset.set_seed(seed)
         generator = torch.Generator()
         generator.manual_seed(int(seed) % 2**63)
-    sampler = TrainSampler(num_devices, start_iter, rank, world_size, num_steps)
+    sampler = TrainSampler(num_devices, start_iter, num_steps)
     extra: dict[str, Any] = {}
     if workers > 0 and prefetch_factor is not None:
         extra["prefetch_factor"] = prefetch_factor
@@ -138,13 +128,96 @@ def build_train_loader(
     )
 
 
-def shard_indices(num_items: int, rank: int, world_size: int) -> range:
-    """Contiguous share of ``range(num_items)`` for ``rank`` out of ``world_size``.
+def seed_everything(seed: int) -> None:
+    """Seed Python's, NumPy's and torch's global generators (all devices)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
 
-    Shares differ in size by at most one and cover every item exactly once; a rank with
-    nothing to do (more ranks than items) gets an empty range rather than an error.
+
+def data_seed(seed: int, epoch: int, device_index: int) -> int:
+    """Seed of the data loader of one device for one epoch (independent of anything else)."""
+    return int(np.random.SeedSequence([seed, epoch, device_index]).generate_state(1)[0])
+
+
+class _PrivateRng:
+    """Python/NumPy/torch-CPU generator states that are swapped in around a loader's work.
+
+    Datasets draw their augmentations from the global generators when they run in the main
+    process (``workers=0``), and a DataLoader draws its base seed from torch's global generator
+    when it is started. Swapping in a private state makes each device's stream depend on its
+    own seed only, and leaves the training process' generators (dropout) untouched.
     """
-    if world_size < 1 or not 0 <= rank < world_size or num_items < 0:
-        raise ValueError(f"invalid shard: num_items={num_items}, rank={rank}, "
-                         f"world_size={world_size}")
-    return range(num_items * rank // world_size, num_items * (rank + 1) // world_size)
+
+    def __init__(self, seed: int) -> None:
+        with self._swapped_out():
+            seed_everything(seed)
+            self.state = self._capture()
+
+    @staticmethod
+    def _capture() -> tuple:
+        return random.getstate(), np.random.get_state(), torch.get_rng_state()
+
+    @staticmethod
+    def _restore(state: tuple) -> None:
+        random.setstate(state[0])
+        np.random.set_state(state[1])
+        torch.set_rng_state(state[2])
+
+    @contextlib.contextmanager
+    def _swapped_out(self) -> Iterator[None]:
+        outer = self._capture()
+        try:
+            yield
+        finally:
+            self._restore(outer)
+
+    @contextlib.contextmanager
+    def active(self) -> Iterator[None]:
+        with self._swapped_out():
+            self._restore(self.state)
+            try:
+                yield
+            finally:
+                self.state = self._capture()
+
+
+def _next_per_device(streams: list[tuple[Iterator[Any], _PrivateRng]]
+                     ) -> list[dict[str, Any]] | None:
+    """One batch dict from each device's stream, or None when a stream has ended."""
+    batch = []
+    for iterator, rng in streams:
+        with rng.active():
+            item = next(iterator, None)
+        if item is None:
+            return None
+        batch.append(item[0] if isinstance(item, (list, tuple)) else item)
+    return batch
+
+
+def device_batches(make_loader: Callable[[int, int, int], Iterable[Any]], seed: int,
+                   device_indices: list[int], epoch: int, start_step: int = 0
+                   ) -> Iterator[list[dict[str, Any]]]:
+    """Yield, per step, one per-device batch dict for each of ``device_indices``.
+
+    Each device's stream is a function of ``(seed, epoch, device index)`` alone (see the module
+    docstring), whatever the process layout, the number of loader workers or the state of the
+    global random generators, which this function leaves untouched.
+
+    Args:
+        make_loader: ``make_loader(seed, local_index, start_step)`` returns an iterable of
+            one device's per-device batches (each a dict, or a one-element list holding the
+            dict), seeded with ``seed`` and starting at step ``start_step`` of that stream.
+        seed: the run's base seed (``TRAIN.seed``).
+        device_indices: the global device indices this process trains on.
+        epoch: 0-based epoch; together with the device index it fixes the loader's seed.
+        start_step: steps of this epoch already consumed (resuming a run).
+    """
+    streams = []
+    for local_index, global_index in enumerate(device_indices):
+        stream_seed = data_seed(seed, epoch, global_index)
+        rng = _PrivateRng(stream_seed)
+        with rng.active():
+            streams.append((iter(make_loader(stream_seed, local_index, start_step)), rng))
+    while (batch := _next_per_device(streams)) is not None:
+        yield batch

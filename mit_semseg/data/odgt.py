@@ -15,10 +15,11 @@ import argparse
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+from mit_semseg.files import atomic_write_text
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -30,7 +31,6 @@ __all__ = [
     "list_images",
     "read_odgt",
     "write_odgt",
-    "write_text_atomic",
 ]
 
 logger = logging.getLogger(__name__)
@@ -123,24 +123,10 @@ def records_from(
     return records, origins
 
 
-def write_text_atomic(path: str | os.PathLike, text: str) -> None:
-    """Writes ``text`` to ``path`` through a temporary file and ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
 def write_odgt(path: str | os.PathLike, records: Iterable[Mapping[str, Any]]) -> None:
     """Writes records as an ``.odgt`` file (one compact JSON object per line), atomically."""
     text = "".join(json.dumps(dict(r), ensure_ascii=False) + "\n" for r in records)
-    write_text_atomic(path, text)
+    atomic_write_text(path, text)
 
 
 def _is_image(path: Path) -> bool:

@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +31,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from mit_semseg.data.odgt import write_odgt, write_text_atomic
+from mit_semseg.data.odgt import write_odgt
+from mit_semseg.files import atomic_write_bytes, atomic_write_text
 
 __all__ = ["CLASSES", "SYNTHETIC_NUM_CLASS", "generate", "render_scene"]
 
@@ -142,17 +142,6 @@ def render_scene(
     return np.clip(image, 0, 255).round().astype(np.uint8), label
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
 def _encode(ext: str, array: np.ndarray, params: Sequence[int] = ()) -> bytes:
     ok, buffer = cv2.imencode(ext, array, list(params))
     if not ok:
@@ -196,14 +185,14 @@ def generate(
             img_rel = f"images/{split}/{name}.jpg"
             seg_rel = f"annotations/{split}/{name}.png"
             bgr = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
-            _write_atomic(out / img_rel, _encode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY,
+            atomic_write_bytes(out / img_rel, _encode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY,
                                                               _JPEG_QUALITY]))
-            _write_atomic(out / seg_rel, _encode(".png", label))
+            atomic_write_bytes(out / seg_rel, _encode(".png", label))
             records.append({"fpath_img": img_rel, "fpath_segm": seg_rel,
                             "width": width, "height": height})
         write_odgt(out / f"{split}.odgt", records)
     table = "Idx,Name\n" + "".join(f"{i},{c.name}\n" for i, c in enumerate(CLASSES, start=1))
-    write_text_atomic(out / "object_info.csv", table)
+    atomic_write_text(out / "object_info.csv", table)
     logger.info("synthetic dataset: %d train + %d val images in %s", num_train, num_val, out)
     return out
 

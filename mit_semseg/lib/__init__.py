@@ -1,1 +1,1 @@
-"""Building blocks shared by models and scripts (synchronised BatchNorm, parallel wrappers)."""
+"""The original package's ``mit_semseg.lib`` path; only ``lib.nn`` remains (see ``nn``)."""

@@ -128,10 +128,10 @@ def build_decoder(arch: str = "ppm_deepsup", fc_dim: int | None = None, num_clas
     return decoder
 
 
-def build_segmentation_model(arch_encoder: str, arch_decoder: str, num_class: int,
+def build_segmentation_model(arch_encoder: str, arch_decoder: str, num_class: int, *,
                              fc_dim: int | None = None, weights_encoder: str = "",
                              weights_decoder: str = "", pretrained: bool = False,
-                             deep_sup_scale: float | None = None,
+                             deep_sup_scale: float | None = 0.4,
                              norm_layer: NormLayer = nn.BatchNorm2d,
                              use_softmax: bool = False) -> SegmentationModule:
     """Encoder + decoder (widths taken from the encoder) + ``NLLLoss(ignore_index=-1)``.
@@ -144,7 +144,7 @@ def build_segmentation_model(arch_encoder: str, arch_decoder: str, num_class: in
         weights_encoder: encoder state-dict file, or empty.
         weights_decoder: decoder state-dict file, or empty.
         pretrained: ImageNet weights for the encoder when no ``weights_encoder`` is given.
-        deep_sup_scale: auxiliary loss weight (needs a ``*_deepsup`` decoder), or ``None``.
+        deep_sup_scale: auxiliary loss weight, used when the decoder has deep supervision.
         norm_layer: normalisation layer constructor for both parts.
         use_softmax: passed to the decoder (affects only its own ``forward``).
 
@@ -162,8 +162,9 @@ def build_segmentation_model(arch_encoder: str, arch_decoder: str, num_class: in
     decoder = build_decoder(arch_decoder, fc_dim=widths[-1], num_class=num_class,
                             weights=weights_decoder, use_softmax=use_softmax,
                             norm_layer=norm_layer, in_channels=widths)
+    deep_sup = deep_sup_scale if getattr(decoder, "deep_sup", False) else None
     return SegmentationModule(encoder, decoder, nn.NLLLoss(ignore_index=-1),
-                              deep_sup_scale=deep_sup_scale)
+                              deep_sup_scale=deep_sup)
 
 
 class ModelBuilder:

@@ -143,11 +143,21 @@ def test_missing_file_and_odd_overrides(tmp_path):
         (["TRAIN.optim", "Adam"], "TRAIN.optim"),
         (["TRAIN.epoch_iters", "0"], "TRAIN.epoch_iters"),
         (["TEST.window_size", "-1"], "TEST.window_size"),
+        (["VAL.batch_size", "4"], "VAL.batch_size"),
+        (["TEST.batch_size", "2"], "TEST.batch_size"),
     ],
 )
 def test_invalid_values_are_rejected(opts, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         load_config(None, opts)
+
+
+def test_original_batch_size_keys_accept_only_one():
+    # read by nothing; config.yaml files dumped by the original's train.py set them to 1
+    c = load_config(None, ["VAL.batch_size", "1", "TEST.batch_size", "1"])
+    assert (c.VAL.batch_size, c.TEST.batch_size) == (1, 1)
+    with pytest.raises(ConfigError, match=r"VAL\.batch_size must be 1 .*got 8"):
+        load_config(None, ["VAL.batch_size", "8"])
 
 
 def test_valid_device_strings():

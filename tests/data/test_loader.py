@@ -1,3 +1,4 @@
+import itertools
 import random
 
 import numpy as np
@@ -5,8 +6,8 @@ import pytest
 import torch
 from conftest import make_opt
 
-from mit_semseg.data import TrainDataset, build_train_loader, shard_indices
-from mit_semseg.data.loader import TrainSampler, worker_init_fn
+from mit_semseg.data import TrainDataset, build_train_loader
+from mit_semseg.data.loader import TrainSampler, data_seed, device_batches, worker_init_fn
 
 
 class _Draws(torch.utils.data.Dataset):
@@ -90,24 +91,63 @@ def test_resume_at_step_k_continues_the_stream(synthetic_root):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
-def test_ranks_get_distinct_items():
-    steps = 4
-    single = list(TrainSampler(num_devices=2, num_steps=steps * 2))
-    ranks = [list(TrainSampler(num_devices=2, rank=r, world_size=2, num_steps=steps))
-             for r in range(2)]
-    assert not set(ranks[0]) & set(ranks[1])
-    assert sorted(ranks[0] + ranks[1]) == sorted(single)
-    assert ranks[0][:4] == [0, 1, 4, 5] and ranks[1][:4] == [2, 3, 6, 7]
+def test_sampler_steps_take_consecutive_items():
+    assert list(TrainSampler(num_devices=2, num_steps=3)) == [0, 1, 2, 3, 4, 5]
+    assert list(TrainSampler(num_devices=2, start_iter=1, num_steps=3)) == [2, 3, 4, 5]
     assert len(TrainSampler(num_devices=2, start_iter=1, num_steps=3)) == 4
+    assert list(itertools.islice(TrainSampler(num_devices=1), 3)) == [0, 1, 2]
     with pytest.raises(ValueError):
-        TrainSampler(rank=2, world_size=2)
+        TrainSampler(num_devices=0)
+    with pytest.raises(TypeError, match="endless"):
+        len(TrainSampler())
 
 
-@pytest.mark.parametrize("num_items,world", [(10, 3), (2, 5), (0, 2), (7, 7)])
-def test_shard_indices_contiguous_cover_and_may_be_empty(num_items, world):
-    shards = [shard_indices(num_items, r, world) for r in range(world)]
-    assert [i for s in shards for i in s] == list(range(num_items))
-    sizes = [len(s) for s in shards]
-    assert max(sizes) - min(sizes) <= 1
-    with pytest.raises(ValueError):
-        shard_indices(num_items, world, world)
+def test_data_seed_depends_on_every_input():
+    seeds = {data_seed(s, e, d) for s, e, d in itertools.product((1, 2), (0, 1), (0, 1))}
+    assert len(seeds) == 8
+    assert data_seed(304, 3, 1) == data_seed(304, 3, 1)
+
+
+def _make_stream(seed, local_index, start_step):
+    """Like a workers=0 DataLoader: draws from the *global* generators as it goes."""
+    torch.rand(1)  # a DataLoader draws its base seed from torch's global generator
+
+    def batches():
+        for step in itertools.count():
+            x = {"x": torch.tensor([float(np.random.rand()), random.random()])}
+            if step >= start_step:
+                yield x
+    return batches()
+
+
+def _x_per_step(stream, n):
+    return [[d["x"] for d in step] for step in itertools.islice(stream, n)]
+
+
+def test_device_batches_symmetric_across_processes_and_resumable():
+    both = _x_per_step(device_batches(_make_stream, 7, [0, 1], 2), 5)
+    rank0 = _x_per_step(device_batches(_make_stream, 7, [0], 2), 5)
+    rank1 = _x_per_step(device_batches(_make_stream, 7, [1], 2), 5)
+    for step in range(5):
+        assert torch.equal(both[step][0], rank0[step][0])
+        assert torch.equal(both[step][1], rank1[step][0])
+        assert not torch.equal(both[step][0], both[step][1])
+    resumed = _x_per_step(device_batches(_make_stream, 7, [0, 1], 2, start_step=3), 2)
+    assert all(torch.equal(a, b) for x, y in zip(resumed, both[3:]) for a, b in zip(x, y))
+    other_epoch = _x_per_step(device_batches(_make_stream, 7, [0, 1], 3), 1)
+    assert not torch.equal(other_epoch[0][0], both[0][0])
+
+
+def test_device_batches_independent_of_and_invisible_to_global_rng():
+    seed_a = _x_per_step(device_batches(_make_stream, 1, [0], 0), 3)
+    torch.manual_seed(5)
+    np.random.seed(5)
+    random.seed(5)
+    expected = (torch.rand(2), np.random.rand(), random.random())
+    torch.manual_seed(5)
+    np.random.seed(5)
+    random.seed(5)
+    seed_b = _x_per_step(device_batches(_make_stream, 1, [0], 0, start_step=1), 2)
+    assert (torch.equal(torch.rand(2), expected[0]) and np.random.rand() == expected[1]
+            and random.random() == expected[2])
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(seed_a[1:], seed_b))

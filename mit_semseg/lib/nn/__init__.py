@@ -1,52 +1,5 @@
-"""Synchronised BatchNorm and data-parallel wrappers (import path of the original package).
+"""The original package's import path for :mod:`mit_semseg.nn` (``from mit_semseg.lib.nn import
+SynchronizedBatchNorm2d, user_scattered_collate``); new code imports :mod:`mit_semseg.nn`."""
 
-* :class:`SynchronizedBatchNorm1d` / ``2d`` / ``3d``: BatchNorm synchronised across the
-  replicas of :class:`DataParallelWithCallback` / :class:`UserScatteredDataParallel` (GPUs or
-  CPU threads).
-* :class:`DistributedSyncBatchNorm` and :func:`convert_sync_batchnorm`: the same across
-  ``torch.distributed`` processes (DDP), on gloo/CPU and nccl/GPU.
-"""
-
-from .comm import SyncError
-from .data_parallel import (
-    UserScatteredDataParallel,
-    async_copy_to,
-    dict_gather,
-    user_scattered_collate,
-)
-from .distributed import (
-    DistributedSyncBatchNorm,
-    convert_sync_batchnorm,
-    revert_sync_batchnorm,
-)
-from .replicate import (
-    CallbackContext,
-    DataParallelWithCallback,
-    execute_replication_callbacks,
-    patch_replication_callback,
-)
-from .sync_batchnorm import (
-    SynchronizedBatchNorm1d,
-    SynchronizedBatchNorm2d,
-    SynchronizedBatchNorm3d,
-    convert_model,
-)
-
-__all__ = [
-    "CallbackContext",
-    "DataParallelWithCallback",
-    "DistributedSyncBatchNorm",
-    "SyncError",
-    "SynchronizedBatchNorm1d",
-    "SynchronizedBatchNorm2d",
-    "SynchronizedBatchNorm3d",
-    "UserScatteredDataParallel",
-    "async_copy_to",
-    "convert_model",
-    "convert_sync_batchnorm",
-    "dict_gather",
-    "execute_replication_callbacks",
-    "patch_replication_callback",
-    "revert_sync_batchnorm",
-    "user_scattered_collate",
-]
+from mit_semseg.nn import *  # noqa: F403
+from mit_semseg.nn import __all__  # noqa: F401

@@ -1,0 +1,1 @@
+"""The command-line programs (``train.py``, ``eval.py``, ``eval_multipro.py``, ``test.py``)."""

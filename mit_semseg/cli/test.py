@@ -1,0 +1,142 @@
+"""Segment images with a trained model and save pictures of the predictions (``test.py``).
+
+Example::
+
+    python test.py --imgs photo.jpg more_photos/ list.txt \\
+        --cfg config/ade20k-resnet50dilated-ppm_deepsup.yaml --gpus cpu \\
+        DIR ckpt/ade20k-resnet50dilated-ppm_deepsup TEST.result out/ TEST.save_label True
+
+``--imgs`` takes image files, folders (searched recursively for all common image extensions)
+and list files (``.txt``/``.lst``/``.odgt``: one path or ``{"fpath_img": ...}`` record per line,
+relative to the list's folder). For every image ``TEST.result/<name>.png`` shows
+``[input | colourised prediction | legend of the main classes with pixel shares]``; with
+``TEST.save_label True`` the raw prediction is also saved as ``TEST.result/labels/<name>.png``
+(value = class index + 1 as in ADE20K annotations; uint8, or uint16 above 255 classes).
+``<name>`` is the image's path relative to the inputs' common folder, ``/`` replaced by ``__``.
+
+Grayscale, RGBA, 16-bit and tiny images are converted; unreadable files (missing, empty,
+corrupt) are reported by name and skipped. Exit code: 0 if every image was processed, 1 if some
+could not be, 2 on a setup error (bad config, missing checkpoint, no input images).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from mit_semseg.cli import common
+from mit_semseg.config import load_config
+from mit_semseg.data import ImageReadError, TestDataset, ade_palette
+from mit_semseg.engine.evaluation import resolve_class_names
+from mit_semseg.engine.inference import (
+    Window,
+    collect_images,
+    load_segmentation_module,
+    output_names,
+    predict_probs,
+)
+from mit_semseg.engine.precision import check_amp
+from mit_semseg.visualize import class_fractions, prediction_panel, save_image
+
+PROG = "test.py"
+logger = logging.getLogger("test")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = common.script_parser(PROG, "Semantic segmentation inference",
+                                  devices_help='device: a GPU index such as 0, or "cpu"')
+    parser.add_argument("--imgs", required=True, nargs="+", metavar="PATH",
+                        help="images, folders or list files")
+    return parser.parse_args(argv)
+
+
+@dataclass(frozen=True)
+class _Outputs:
+    """Where and how the pictures (and label maps) of one run are written."""
+
+    result_dir: Path
+    palette: np.ndarray
+    class_names: list[str]
+    save_label: bool
+
+    def write(self, name: str, image: np.ndarray, pred: np.ndarray,
+              inputs: set[Path]) -> Path:
+        out_path = self.result_dir / f"{name}.png"
+        if out_path.resolve() in inputs:  # never overwrite an input image
+            out_path = self.result_dir / f"{name}_seg.png"
+        save_image(out_path, prediction_panel(image, pred, self.palette, self.class_names))
+        if self.save_label:
+            dtype = np.uint8 if len(self.class_names) < 256 else np.uint16
+            save_image(self.result_dir / "labels" / f"{name}.png", (pred + 1).astype(dtype))
+        return out_path
+
+
+def _window(cfg: Any) -> Window | None:
+    if cfg.TEST.window_size <= 0:
+        return None
+    return cfg.TEST.window_size, cfg.TEST.window_stride or cfg.TEST.window_size * 2 // 3
+
+
+def _segment_all(cfg: Any, module: nn.Module, device: torch.device, images: list[Path]) -> int:
+    """Predict and write every image; return how many failed (each is logged by name)."""
+    from tqdm import tqdm
+
+    num_class = cfg.DATASET.num_class
+    outputs = _Outputs(Path(cfg.TEST.result), ade_palette(num_class),
+                       resolve_class_names(num_class, cfg.DATASET.root_dataset),
+                       cfg.TEST.save_label)
+    window = _window(cfg)
+    inputs = {p.resolve() for p in images}
+    dataset = TestDataset([{"fpath_img": str(p)} for p in images], cfg.DATASET)
+    failed = 0
+    for index, name in enumerate(tqdm(output_names(images), desc="test", unit="img")):
+        path = images[index]
+        try:
+            sample = dataset[index]  # decodes and rescales; grayscale/RGBA/16-bit -> RGB
+            image = sample["img_ori"]
+            probs = predict_probs(module, sample["img_data"], image.shape[:2], device,
+                                  window=window, amp=cfg.TEST.amp)
+            pred = probs.argmax(0).cpu().numpy()
+            out_path = outputs.write(name, image, pred, inputs)
+        except (ImageReadError, FileNotFoundError) as exc:
+            logger.error("skipped: %s", exc)
+            failed += 1
+            continue
+        except Exception as exc:  # one bad image must not stop the batch
+            logger.error("skipped: %s: %s: %s", path, type(exc).__name__, exc)
+            logger.debug("traceback", exc_info=True)
+            failed += 1
+            continue
+        shares = ", ".join(f"{outputs.class_names[c]}: {100 * f:.2f}%"
+                           for c, f in class_fractions(pred, num_class) if f > 1e-3)
+        logger.info("Predictions in [%s] -> %s: %s", path, out_path, shares)
+    return failed
+
+
+def main(argv: list[str] | None = None) -> int:
+    common.setup_logging()
+    try:
+        args = parse_args(argv)
+        cfg = load_config(args.cfg, args.opts)
+        device = common.single_device(args.gpus or cfg.DEVICE)
+        check_amp(cfg.TEST.amp, device, "TEST.amp")
+        images, problems = collect_images(args.imgs)
+        for problem in problems:
+            logger.error("%s", problem)
+        if not images:
+            raise FileNotFoundError("no input images found in --imgs " + " ".join(args.imgs))
+        module = load_segmentation_module(common.trained_model(cfg, cfg.TEST.checkpoint), device)
+    except common.SETUP_ERRORS as exc:
+        return common.usage_error(PROG, exc)
+    failed = len(problems) + _segment_all(cfg, module, device, images)
+    done = len(images) + len(problems) - failed
+    logger.info("Inference done! %d image(s) written to %s, %d failed", done,
+                Path(cfg.TEST.result), failed)
+    return common.EXIT_SOME_FAILED if failed else 0

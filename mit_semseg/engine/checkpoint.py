@@ -1,0 +1,204 @@
+"""Checkpoint files: the original's per-epoch weights plus a resumable training state.
+
+Files in the output folder ``DIR`` (``N`` is the 1-based epoch):
+
+* ``encoder_epoch_N.pth`` / ``decoder_epoch_N.pth``: plain ``state_dict`` of each net, CPU
+  tensors, no ``module.`` prefix, the same keys as the original package (loadable by it).
+* ``history_epoch_N.pth``: ``{'train': {'epoch': [...], 'loss': [...], 'acc': [...], ...}}``,
+  the original's format with extra lists (iteration, learning rates).
+* ``checkpoint_last.pth``: everything needed to continue a killed run exactly: both nets, both
+  optimizers, the AMP gradient scaler, the number of finished iterations, the history and the
+  random-number-generator states of every process.
+
+Every file is written atomically, so a run killed while saving leaves the previous version.
+"""
+
+from __future__ import annotations
+
+import glob
+import io
+import logging
+import os
+import random
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from mit_semseg.files import TEMP_SUFFIX, atomic_write_bytes
+
+__all__ = [
+    "LAST_CHECKPOINT",
+    "TRAINING_STATE_FORMAT",
+    "atomic_save",
+    "capture_rng_state",
+    "epoch_checkpoint_paths",
+    "load_training_state",
+    "remove_stale_temp_files",
+    "resolve_resume_path",
+    "restore_rng_state",
+    "save_epoch_checkpoint",
+    "save_training_state",
+    "state_dict_cpu",
+    "unwrap_model",
+]
+
+logger = logging.getLogger(__name__)
+
+LAST_CHECKPOINT = "checkpoint_last.pth"
+TRAINING_STATE_FORMAT = "mit_semseg.training_state.v1"
+_REQUIRED = ("format", "epoch", "iteration", "encoder", "decoder", "optimizers", "rng", "history")
+
+
+def atomic_save(obj: Any, path: str | os.PathLike) -> None:
+    """``torch.save(obj, path)`` that never leaves a half-written ``path``."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    atomic_write_bytes(path, buffer.getbuffer())
+
+
+def unwrap_model(module: nn.Module) -> nn.Module:
+    """The network inside DataParallel / DistributedDataParallel wrappers (nested too)."""
+    while isinstance(getattr(module, "module", None), nn.Module) and (
+        isinstance(module, (nn.DataParallel, nn.parallel.DistributedDataParallel))
+        or type(module).__name__.endswith("DataParallel")  # our own dict-scattering wrappers
+    ):
+        module = module.module
+    return module
+
+
+def state_dict_cpu(module: nn.Module) -> dict[str, torch.Tensor]:
+    """``state_dict`` of the unwrapped module with tensors copied to the CPU."""
+    return {k: v.detach().cpu() for k, v in unwrap_model(module).state_dict().items()}
+
+
+def epoch_checkpoint_paths(out_dir: str, epoch: int) -> dict[str, str]:
+    """Paths of the three per-epoch files (``encoder``, ``decoder``, ``history``)."""
+    return {
+        name: os.path.join(out_dir, f"{name}_epoch_{epoch}.pth")
+        for name in ("encoder", "decoder", "history")
+    }
+
+
+def save_epoch_checkpoint(out_dir: str, epoch: int, encoder: nn.Module, decoder: nn.Module,
+                          history: Mapping[str, Any]) -> dict[str, str]:
+    """Write ``{encoder,decoder,history}_epoch_<epoch>.pth`` (original names and format)."""
+    paths = epoch_checkpoint_paths(out_dir, epoch)
+    atomic_save(dict(history), paths["history"])
+    atomic_save(state_dict_cpu(encoder), paths["encoder"])
+    atomic_save(state_dict_cpu(decoder), paths["decoder"])
+    logger.info("Saved %s", ", ".join(os.path.basename(p) for p in paths.values()))
+    return paths
+
+
+def capture_rng_state() -> dict[str, Any]:
+    """The states of Python's, NumPy's and torch's (CPU and CUDA) global generators."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        # lists, not an ndarray, so that the file loads with torch.load(weights_only=True)
+        "numpy": (kind, keys.tolist(), pos, has_gauss, cached),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+    return state
+
+
+def restore_rng_state(state: Mapping[str, Any]) -> None:
+    """Inverse of :func:`capture_rng_state`."""
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_training_state(
+    path: str | os.PathLike,
+    *,
+    encoder: nn.Module,
+    decoder: nn.Module,
+    optimizers: Mapping[str, torch.optim.Optimizer],
+    epoch: int,
+    iteration: int,
+    history: Mapping[str, Any],
+    rng: list[dict[str, Any]],
+    scaler: torch.amp.GradScaler | None = None,
+    world_size: int = 1,
+    config: str = "",
+) -> None:
+    """Write the resumable state (see the module docstring) atomically to ``path``.
+
+    Args:
+        epoch: 0-based epoch in progress (``iteration // epoch_iters``).
+        iteration: number of finished optimisation steps since the start of training.
+        rng: one :func:`capture_rng_state` per process, indexed by rank.
+        config: the frozen config as YAML text (for reference; not used to resume).
+    """
+    atomic_save(
+        {
+            "format": TRAINING_STATE_FORMAT,
+            "epoch": int(epoch),
+            "iteration": int(iteration),
+            "encoder": state_dict_cpu(encoder),
+            "decoder": state_dict_cpu(decoder),
+            "optimizers": {name: opt.state_dict() for name, opt in optimizers.items()},
+            "scaler": scaler.state_dict() if scaler is not None and scaler.is_enabled() else None,
+            "history": dict(history),
+            "rng": list(rng),
+            "world_size": int(world_size),
+            "config": config,
+        },
+        path,
+    )
+
+
+def load_training_state(path: str | os.PathLike) -> dict[str, Any]:
+    """Read and check a file written by :func:`save_training_state` (tensors on the CPU).
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        ValueError: the file is not a training state (e.g. an ``encoder_epoch_N.pth``).
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"resume checkpoint not found: {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ValueError(f"cannot read resume checkpoint {path}: {exc}") from exc
+    missing = [k for k in _REQUIRED if not isinstance(state, dict) or k not in state]
+    if missing or state.get("format") != TRAINING_STATE_FORMAT:
+        raise ValueError(
+            f"{path} is not a resumable training checkpoint (missing {missing or 'format tag'}); "
+            f"resume from a {LAST_CHECKPOINT} written by train.py, or load plain weights with "
+            "MODEL.weights_encoder / MODEL.weights_decoder"
+        )
+    return state
+
+
+def resolve_resume_path(resume: str, out_dir: str) -> str | None:
+    """Map ``TRAIN.resume`` / ``--resume`` to a file: ``""`` -> None, ``"auto"`` -> the last
+    checkpoint in ``out_dir`` if any (else None), otherwise the given path, which must exist.
+    """
+    if not resume:
+        return None
+    if resume == "auto":
+        candidate = os.path.join(out_dir, LAST_CHECKPOINT)
+        return candidate if os.path.isfile(candidate) else None
+    if not os.path.isfile(resume):
+        raise FileNotFoundError(f"resume checkpoint not found: {resume}")
+    return resume
+
+
+def remove_stale_temp_files(out_dir: str) -> list[str]:
+    """Delete temporary files left by a run killed while it was writing a checkpoint."""
+    stale = glob.glob(os.path.join(out_dir, ".*.pth.*" + TEMP_SUFFIX))
+    for path in stale:
+        os.remove(path)
+        logger.info("Removed unfinished temporary file %s", path)
+    return stale

@@ -1,0 +1,133 @@
+"""The process group of a ``torchrun`` job, as one small object used by train, eval and tests.
+
+:func:`init_distributed` reads the variables ``torchrun`` sets (``RANK``, ``WORLD_SIZE``,
+``LOCAL_RANK``, ``MASTER_ADDR``/``MASTER_PORT``) and joins the group; without them, or with
+``WORLD_SIZE=1``, it returns the single-process context (rank 0 of 1), whose collectives are
+no-ops. :func:`cleanup_distributed` leaves the group at the end of a successful run.
+
+The synchronised BatchNorm layer for DDP is a model component and lives in
+:mod:`mit_semseg.nn.distributed`.
+"""
+
+from __future__ import annotations
+
+import datetime
+import gc
+import logging
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+__all__ = ["DistContext", "cleanup_distributed", "init_distributed"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DistContext:
+    """Where this process stands in a ``torchrun`` job (rank 0 of 1 when not distributed).
+
+    The collectives (:meth:`gather`, :meth:`mean`, :meth:`barrier`) must be called by every rank
+    in the same order; in a single process they return their input.
+    """
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0: the process that logs and writes files."""
+        return self.rank == 0
+
+    def gather(self, obj: Any) -> list[Any]:
+        """One picklable object per rank, indexed by rank (``[obj]`` when not distributed)."""
+        if not self.distributed:
+            return [obj]
+        out: list[Any] = [None] * self.world_size
+        dist.all_gather_object(out, obj)
+        return out
+
+    def mean(self, values: torch.Tensor) -> torch.Tensor:
+        """Element-wise mean of a floating-point tensor over the ranks (a new tensor)."""
+        values = values.detach().clone()
+        if self.distributed:
+            dist.all_reduce(values)
+            values /= self.world_size
+        return values
+
+    def barrier(self) -> None:
+        """Wait until every rank got here."""
+        if self.distributed:
+            dist.barrier()
+
+
+def _env_int(name: str, default: int | None = None) -> int:
+    value = os.environ.get(name, "")
+    if value == "":
+        if default is None:
+            raise ValueError(f"environment variable {name} is not set; start the job with torchrun")
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"environment variable {name}={value!r} is not an integer") from None
+
+
+def init_distributed(backend: str = "auto", use_cuda: bool = False,
+                     timeout_s: float = 1800.0) -> DistContext:
+    """Join the ``torchrun`` process group when ``WORLD_SIZE`` > 1.
+
+    Args:
+        backend: ``"auto"`` (nccl with CUDA, gloo otherwise), ``"nccl"`` or ``"gloo"``.
+        use_cuda: the processes run on CUDA devices; each then uses ``cuda:LOCAL_RANK``.
+        timeout_s: collective timeout, so that a dead rank cannot hang the others forever.
+
+    Raises:
+        ValueError: a variable is not an integer, or nccl without CUDA.
+        RuntimeError: ``LOCAL_RANK`` has no GPU, or ``MASTER_ADDR``/``MASTER_PORT`` are missing.
+    """
+    world_size = _env_int("WORLD_SIZE", 1)
+    if world_size <= 1:
+        return DistContext()
+    rank = _env_int("RANK")
+    local_rank = _env_int("LOCAL_RANK", rank)
+    if backend == "auto":
+        backend = "nccl" if use_cuda else "gloo"
+    if backend == "nccl" and not use_cuda:
+        raise ValueError("DIST.backend 'nccl' needs CUDA devices; use 'gloo' on the CPU")
+    if use_cuda and local_rank >= torch.cuda.device_count():
+        raise RuntimeError(
+            f"LOCAL_RANK={local_rank} but only {torch.cuda.device_count()} CUDA device(s)")
+    if not dist.is_initialized():
+        missing = [v for v in ("MASTER_ADDR", "MASTER_PORT") if v not in os.environ]
+        if missing:
+            raise RuntimeError(f"WORLD_SIZE={world_size} but {missing} not set; use torchrun")
+        if use_cuda:
+            torch.cuda.set_device(local_rank)
+        dist.init_process_group(backend, init_method="env://", rank=rank, world_size=world_size,
+                                timeout=datetime.timedelta(seconds=timeout_s))
+        logger.info("joined the %s process group: rank %d of %d", backend, rank, world_size)
+    return DistContext(rank=rank, world_size=world_size, local_rank=local_rank)
+
+
+def cleanup_distributed() -> None:
+    """Leave the default process group, if any, once every rank got here.
+
+    DDP wrappers sit in reference cycles that keep the process group alive; freed only at
+    interpreter exit, after the group is gone, gloo's threads can abort the process (SIGABRT).
+    So cycles are collected first, and the barrier keeps a fast rank from tearing the group
+    down under a slow one. Call it when the work succeeded; after an error, destroy the group
+    directly (a barrier could wait for a rank that died).
+    """
+    if dist.is_available() and dist.is_initialized():
+        gc.collect()
+        dist.barrier()
+        dist.destroy_process_group()

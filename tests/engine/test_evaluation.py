@@ -1,0 +1,148 @@
+import csv
+import json
+
+import cv2
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mit_semseg.engine.evaluation import (
+    EvalResult,
+    evaluate,
+    format_class_table,
+    format_summary,
+    iter_samples,
+    resolve_class_names,
+    shard_ranges,
+    write_results,
+)
+from mit_semseg.metrics import confusion_matrix, scores_from_confusion
+
+NUM_CLASS = 4
+CPU = torch.device("cpu")
+PALETTE = np.array([[255, 0, 0], [0, 255, 0], [0, 0, 255], [9, 9, 9]], np.uint8)
+
+
+class ChannelArgmaxSeg(nn.Module):
+    """Predicts class = argmax over the first NUM_CLASS input channels (deterministic, exact)."""
+
+    def forward(self, feed, *, segSize):
+        x = feed["img_data"][:, :NUM_CLASS]
+        return F.interpolate(x * 10, size=segSize, mode="nearest").softmax(1)
+
+
+def _samples(n, seed=0, size=(6, 8)):
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        scores = rng.normal(size=(1, NUM_CLASS, *size)).astype(np.float32)
+        label = rng.integers(-1, NUM_CLASS, size=(1, *size))
+        out.append(
+            {
+                "img_ori": rng.integers(0, 255, size=(*size, 3), dtype=np.uint8),
+                "img_data": [torch.from_numpy(scores)],
+                "seg_label": torch.from_numpy(label),
+                "info": f"folder/img_{i}.jpg",
+            }
+        )
+    return out
+
+
+def _expected_conf(samples):
+    conf = np.zeros((NUM_CLASS, NUM_CLASS), np.int64)
+    for s in samples:
+        pred = s["img_data"][0][0].numpy().argmax(0)
+        label = s["seg_label"][0].numpy()
+        for p, lab in zip(pred.ravel(), label.ravel()):
+            if lab >= 0:
+                conf[lab, p] += 1
+    return conf
+
+
+def test_evaluate_accumulates_exact_confusion(tmp_path):
+    samples = _samples(5)
+    calls = []
+    result = evaluate(
+        ChannelArgmaxSeg(),
+        samples,
+        NUM_CLASS,
+        CPU,
+        visualize_dir=tmp_path / "result",
+        palette=PALETTE,
+        on_image=lambda: calls.append(1),
+    )
+    np.testing.assert_array_equal(result.confusion, _expected_conf(samples))
+    assert result.num_images == 5 and len(calls) == 5 and result.seconds > 0
+    files = sorted(p.name for p in (tmp_path / "result").iterdir())
+    assert files == [f"img_{i}.png" for i in range(5)]
+    panel = cv2.imread(str(tmp_path / "result" / "img_0.png"))
+    assert panel.shape == (6, 24, 3)
+
+
+def test_sharded_results_add_up_to_the_whole():
+    samples = _samples(7, seed=1)
+    whole = evaluate(ChannelArgmaxSeg(), samples, NUM_CLASS, CPU)
+    parts = [
+        evaluate(ChannelArgmaxSeg(), samples[a:b], NUM_CLASS, CPU) for a, b in shard_ranges(7, 3)
+    ]
+    total = parts[0] + parts[1] + parts[2]
+    np.testing.assert_array_equal(total.confusion, whole.confusion)
+    assert total.num_images == 7
+
+
+def test_iter_samples_unwraps_lists():
+    samples = _samples(3)
+    assert list(iter_samples([[samples[0]], samples[1], [samples[2]]])) == samples
+
+
+@pytest.mark.parametrize("n,k", [(10, 3), (3, 5), (1, 1), (0, 2), (8, 8)])
+def test_shard_ranges_contiguous_non_empty(n, k):
+    ranges = shard_ranges(n, k)
+    assert all(b > a for a, b in ranges)
+    assert [i for a, b in ranges for i in range(a, b)] == list(range(n))
+    assert len(ranges) == min(n, k)
+    sizes = [b - a for a, b in ranges]
+    assert not sizes or max(sizes) - min(sizes) <= 1
+
+
+def test_write_results_files(tmp_path):
+    conf = np.array([[5, 1, 0, 0], [2, 3, 0, 0], [0, 0, 4, 0], [0, 0, 0, 0]], np.int64)
+    names = ["wall", "floor", "sky", "cat"]
+    paths = write_results(tmp_path, EvalResult(conf, 2, 0.5), names, extra={"checkpoint": "e"})
+    metrics = json.loads(paths["metrics"].read_text())
+    scores = scores_from_confusion(conf)
+    assert metrics["mean_iou"] == pytest.approx(scores["miou"])
+    assert metrics["pixel_accuracy"] == pytest.approx(12 / 15)
+    assert metrics["overall"] == pytest.approx((scores["miou"] + 12 / 15) / 2)
+    assert metrics["mean_iou_present_classes"] == pytest.approx(scores["iou"][:3].mean())
+    assert metrics["per_class"][1]["name"] == "floor"
+    assert metrics["per_class"][1]["iou"] == pytest.approx(3 / 6)
+    assert metrics["checkpoint"] == "e" and metrics["num_images"] == 2
+    np.testing.assert_array_equal(np.load(paths["confusion"]), conf)
+    rows = list(csv.DictReader(paths["class_iou"].open()))
+    assert [r["name"] for r in rows] == names and rows[3]["present"] == "False"
+    assert cv2.imread(str(paths["confusion_png"])) is not None
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_text_formats():
+    conf = confusion_matrix(np.array([0, 1, 1]), np.array([0, 1, 0]), 3)
+    scores = scores_from_confusion(conf)
+    table = format_class_table(scores, ["a", "b", "c"]).splitlines()
+    assert table[0].startswith("class [0], IoU: 0.5000") and "a" in table[0]
+    assert table[2].endswith("(absent)")
+    summary = format_summary(scores, 0.25)
+    assert summary == (
+        f"Mean IoU: {scores['miou']:.4f}, Accuracy: 66.67%, "
+        f"Overall: {scores['overall']:.4f}, Inference Time: 0.2500s"
+    )
+
+
+def test_resolve_class_names(tmp_path):
+    (tmp_path / "object_info.csv").write_text("Idx,Name\n1,cat;kitty\n2,dog\n")
+    assert resolve_class_names(3, tmp_path) == ["cat", "dog", "class_2"]
+    ade = resolve_class_names(150, tmp_path / "missing")
+    assert ade[0] == "wall" and ade[2] == "sky" and len(ade) == 150
+    assert resolve_class_names(2, None) == ["class_0", "class_1"]
