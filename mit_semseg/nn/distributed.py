@@ -32,6 +32,7 @@ from .sync_batchnorm import (
     batch_norm_with_stats,
     check_eps_mode,
     combine_moments,
+    combined_stats_backward,
     copy_batchnorm_state,
     inverse_std,
     local_moments,
@@ -41,25 +42,47 @@ from .sync_batchnorm import (
 __all__ = ["DistributedSyncBatchNorm", "convert_sync_batchnorm", "revert_sync_batchnorm"]
 
 
-class _AllGatherStats(torch.autograd.Function):
-    """Differentiable all_gather of one equally-sized tensor per rank -> (world, *shape)."""
+class _DistributedCombinedStats(torch.autograd.Function):
+    """Mean, inverse std and variance of the whole distributed batch from each rank's moments.
+
+    Forward: one ``all_gather`` of every rank's (count, mean, biased variance), combined
+    identically on every rank. Backward: one ``all_reduce`` of the gradients w.r.t. the
+    combined ``(mean, invstd)``, i.e. their total over all ranks, followed by the same
+    hand-written backward the one-process SyncBN runs (:func:`combined_stats_backward`), so
+    ``torchrun`` and ``--gpus cpuxK`` compute bitwise equal gradients for two devices.
+    """
 
     @staticmethod
-    def forward(ctx: Any, tensor: Tensor, group: Any) -> Tensor:
-        ctx.group = group
+    def forward(ctx: Any, mean: Tensor, var: Tensor, count: int, eps: float, eps_mode: str,
+                group: Any) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        channels = mean.numel()
+        local = torch.cat([mean.new_tensor([count]), mean, var])  # (1 + 2C,)
+        parts = [torch.empty_like(local) for _ in range(dist.get_world_size(group))]
+        dist.all_gather(parts, local, group=group)
+        gathered = torch.stack(parts)  # (world, 1 + 2C)
+        counts = gathered[:, 0].contiguous()
+        means = gathered[:, 1:1 + channels].contiguous()
+        variances = gathered[:, 1 + channels:].contiguous()
+        total_mean, total_var = combine_moments(counts, means, variances)
+        invstd = inverse_std(total_var, eps, eps_mode)
+        ctx.save_for_backward(counts, means, total_mean, total_var, invstd)
+        ctx.eps, ctx.eps_mode, ctx.group = eps, eps_mode, group
         ctx.rank = dist.get_rank(group)
-        tensor = tensor.contiguous()
-        parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size(group))]
-        dist.all_gather(parts, tensor, group=group)
-        return torch.stack(parts)
+        total = counts.sum()
+        ctx.mark_non_differentiable(total_var, total)
+        return total_mean, invstd, total_var, total
 
     @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
-        # Every rank's loss depends on every rank's statistics: sum the gradients of all ranks
-        # w.r.t. the gathered tensor, then keep the slice that belongs to this rank.
-        grad = grad.contiguous()
-        dist.all_reduce(grad, op=dist.ReduceOp.SUM, group=ctx.group)
-        return grad[ctx.rank], None
+    def backward(ctx: Any, grad_mean: Tensor, grad_invstd: Tensor, _grad_var: Any,
+                 _grad_total: Any) -> tuple[Tensor | None, ...]:
+        counts, means, mean, var, invstd = ctx.saved_tensors
+        # every rank's loss depends on the combined statistics: add up their gradients
+        grads = torch.cat([grad_mean, grad_invstd]).contiguous()
+        dist.all_reduce(grads, op=dist.ReduceOp.SUM, group=ctx.group)
+        grad_mean, grad_invstd = grads.split(mean.numel())
+        grad_means, grad_variances = combined_stats_backward(
+            counts, means, mean, var, invstd, grad_mean, grad_invstd, ctx.eps, ctx.eps_mode)
+        return grad_means[ctx.rank], grad_variances[ctx.rank], None, None, None, None
 
 
 def _group_size(group: Any) -> int:
@@ -118,25 +141,20 @@ class DistributedSyncBatchNorm(_BatchNorm):
             )
         count, mean, var = local_moments(input)
         world = _group_size(self.process_group) if self.training else 1
-        if world > 1:
-            local = torch.cat([mean.new_tensor([count]), mean, var])  # (1 + 2C,)
-            if torch.is_grad_enabled() and not local.requires_grad:
-                # An empty rank's statistics are constants, but its backward must still join
-                # the all_reduce of the other ranks, or they would wait for it forever.
-                local.requires_grad_(True)
-            gathered = _AllGatherStats.apply(local, self.process_group)  # (world, 1 + 2C)
-            channels = mean.numel()
-            counts = gathered[:, 0].detach()
-            total = int(round(float(counts.sum())))
-            _check_count(total, world)
-            mean, var = combine_moments(
-                counts, gathered[:, 1:1 + channels], gathered[:, 1 + channels:]
-            )
-        else:
-            total = count
-            _check_count(total, 1)
+        if world == 1:
+            _check_count(count, 1)
+            update_running_stats(self, mean, var, count)
+            invstd = inverse_std(var, self.eps, self.eps_mode)
+            return batch_norm_with_stats(input, mean, invstd, self.weight, self.bias)
+        if torch.is_grad_enabled() and not mean.requires_grad:
+            # An empty rank's statistics are constants, but its backward must still join
+            # the all_reduce of the other ranks, or they would wait for it forever.
+            mean, var = mean.requires_grad_(True), var.requires_grad_(True)
+        mean, invstd, var, total = _DistributedCombinedStats.apply(
+            mean, var, count, self.eps, self.eps_mode, self.process_group)
+        if count <= 1:  # only then can the total be too small; avoids a host sync per layer
+            _check_count(int(total.item()), world)
         update_running_stats(self, mean, var, total)
-        invstd = inverse_std(var, self.eps, self.eps_mode)
         return batch_norm_with_stats(input, mean, invstd, self.weight, self.bias)
 
 

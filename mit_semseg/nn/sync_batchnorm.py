@@ -39,8 +39,10 @@ __all__ = [
     "SynchronizedBatchNorm1d",
     "SynchronizedBatchNorm2d",
     "SynchronizedBatchNorm3d",
+    "CombinedStats",
     "batch_norm_with_stats",
     "combine_moments",
+    "combined_stats_backward",
     "convert_model",
     "local_moments",
     "update_running_stats",
@@ -73,7 +75,7 @@ def local_moments(x: Tensor) -> tuple[int, Tensor, Tensor]:
 
 
 def combine_moments(counts: Tensor, means: Tensor, variances: Tensor) -> tuple[Tensor, Tensor]:
-    """Chan's combination of per-group moments.
+    """Chan's combination of per-group moments (plain tensor ops, differentiable by autograd).
 
     Args:
         counts: (k,) number of values per group (zeros allowed).
@@ -81,7 +83,7 @@ def combine_moments(counts: Tensor, means: Tensor, variances: Tensor) -> tuple[T
         variances: (k, C) per-group biased variances.
 
     Returns:
-        ``(mean, var)`` of the union, both (C,), ``var`` biased. Differentiable.
+        ``(mean, var)`` of the union, both (C,), ``var`` biased.
     """
     weights = counts.to(means.dtype).unsqueeze(1)  # (k, 1)
     total = weights.sum()
@@ -90,19 +92,72 @@ def combine_moments(counts: Tensor, means: Tensor, variances: Tensor) -> tuple[T
     return mean, m2 / total
 
 
+def inverse_std(var: Tensor, eps: float, eps_mode: str) -> Tensor:
+    """``1/sqrt(max(var, eps))`` for ``"clamp"`` or ``1/sqrt(var + eps)`` for ``"plus"``."""
+    if eps_mode == "clamp":
+        return torch.rsqrt(var.clamp(min=eps))
+    return torch.rsqrt(var + eps)
+
+
+def combined_stats_backward(
+    counts: Tensor, means: Tensor, mean: Tensor, var: Tensor, invstd: Tensor,
+    grad_mean: Tensor, grad_invstd: Tensor, eps: float, eps_mode: str,
+) -> tuple[Tensor, Tensor]:
+    """Gradients w.r.t. every group's ``(mean, biased variance)`` of :class:`CombinedStats`.
+
+    ``grad_mean``/``grad_invstd`` must already be the totals over every replica or rank that
+    used the combined statistics. Written out by hand (instead of letting autograd trace
+    :func:`combine_moments`) so that the one-process SyncBN and the torch.distributed one run
+    the same operations in the same order and produce bitwise equal gradients; the term through
+    which ``mean`` enters the variance is dropped because it is exactly zero
+    (``sum_j w_j (mean_j - mean) = 0``), where autograd would add a rounding residue.
+
+    Returns:
+        ``(grad_means, grad_variances)``, both (k, C).
+    """
+    slope = -0.5 * invstd.pow(3)  # d invstd / d var
+    if eps_mode == "clamp":
+        slope = slope * (var > eps).to(slope.dtype)
+    grad_var = grad_invstd * slope  # (C,)
+    share = counts.to(means.dtype).unsqueeze(1) / counts.sum().to(means.dtype)  # (k, 1)
+    grad_means = share * (grad_mean + 2.0 * grad_var * (means - mean))
+    grad_variances = share * grad_var
+    return grad_means, grad_variances
+
+
+class CombinedStats(torch.autograd.Function):
+    """``(mean, invstd, var)`` of the union of k groups, from their counts and moments.
+
+    Used by the replicas of one process (:class:`_SynchronizedBatchNorm`); the distributed
+    layer runs the same forward and :func:`combined_stats_backward` on every rank. ``var`` (the
+    biased variance, for the running statistics) is not differentiable.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, counts: Tensor, means: Tensor, variances: Tensor, eps: float,
+                eps_mode: str) -> tuple[Tensor, Tensor, Tensor]:
+        mean, var = combine_moments(counts, means, variances)
+        invstd = inverse_std(var, eps, eps_mode)
+        ctx.save_for_backward(counts, means, mean, var, invstd)
+        ctx.eps, ctx.eps_mode = eps, eps_mode
+        ctx.mark_non_differentiable(var)
+        return mean, invstd, var
+
+    @staticmethod
+    def backward(ctx: Any, grad_mean: Tensor, grad_invstd: Tensor, _grad_var: Tensor | None
+                 ) -> tuple[Tensor | None, ...]:
+        counts, means, mean, var, invstd = ctx.saved_tensors
+        grad_means, grad_variances = combined_stats_backward(
+            counts, means, mean, var, invstd, grad_mean, grad_invstd, ctx.eps, ctx.eps_mode)
+        return None, grad_means, grad_variances, None, None
+
+
 def _check_count(total: int, groups: int) -> None:
     if total <= 1:
         raise ValueError(
             f"Expected more than 1 value per channel when training, got {total} value(s) in "
             f"total over {groups} replica(s)"
         )
-
-
-def inverse_std(var: Tensor, eps: float, eps_mode: str) -> Tensor:
-    """``1/sqrt(max(var, eps))`` for ``"clamp"`` or ``1/sqrt(var + eps)`` for ``"plus"``."""
-    if eps_mode == "clamp":
-        return torch.rsqrt(var.clamp(min=eps))
-    return torch.rsqrt(var + eps)
 
 
 class _NormalizeWithStats(torch.autograd.Function):
@@ -163,14 +218,15 @@ def batch_norm_with_stats(
     return _NormalizeWithStats.apply(x, mean, invstd, weight, bias)
 
 
-def update_running_stats(bn: _BatchNorm, mean: Tensor, var: Tensor, total: int) -> None:
+def update_running_stats(bn: _BatchNorm, mean: Tensor, var: Tensor, total: int | Tensor) -> None:
     """Update ``bn``'s running statistics in place exactly as ``nn.BatchNorm`` does.
 
     Args:
         bn: the module whose buffers are updated (no-op if it does not track statistics).
         mean: (C,) batch mean.
         var: (C,) biased batch variance; converted to the unbiased one here.
-        total: number of values per channel the statistics were computed from.
+        total: number of values per channel the statistics were computed from (a number,
+            or a 0-dim tensor so that a device's statistics need no host sync).
     """
     if not bn.track_running_stats or bn.running_mean is None:
         return
@@ -280,11 +336,12 @@ class _SynchronizedBatchNorm(_BatchNorm):
         means = torch.stack([m.to(device) for _, (_, m, _) in messages])
         variances = torch.stack([v.to(device) for _, (_, _, v) in messages])
         count_t = torch.tensor(counts, dtype=means.dtype, device=device)
-        mean, var = combine_moments(count_t, means, variances)
+        mean, invstd, var = CombinedStats.apply(count_t, means, variances, self.eps,
+                                                self.eps_mode)
         # Replica 0's buffers share storage with the wrapped module (DataParallel guarantees
-        # this for device_ids[0]; the CPU replicas do it too), so the update persists.
-        update_running_stats(self, mean, var, total)
-        invstd = inverse_std(var, self.eps, self.eps_mode)
+        # this for device_ids[0]; the CPU replicas do it too), so the update persists. The
+        # total as a tensor, like the distributed layer's, so both round alike.
+        update_running_stats(self, mean, var, count_t.sum())
         return [
             (copy_id, (mean.to(m.device), invstd.to(m.device)))
             for copy_id, (_, m, _) in messages

@@ -15,7 +15,12 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from mit_semseg.engine.distributed import cleanup_distributed
-from mit_semseg.nn import DistributedSyncBatchNorm, convert_sync_batchnorm
+from mit_semseg.nn import (
+    DistributedSyncBatchNorm,
+    UserScatteredDataParallel,
+    convert_model,
+    convert_sync_batchnorm,
+)
 
 from ._helpers import assert_close, randomize_bn
 
@@ -111,6 +116,45 @@ def _ddp_training_check(rank: int, world: int) -> None:
         assert all(torch.equal(o, others[0]) for o in others), f"{name} differs across ranks"
 
 
+class _PerDeviceLoss(nn.Module):
+    """``net`` plus a per-device loss, called with one batch dict as the training loop does."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, batch: dict) -> torch.Tensor:
+        return (self.net(batch["x"]) * batch["g"]).mean()
+
+
+def _ddp_equals_one_process_replicas(rank: int, world: int) -> None:
+    """DDP + DistributedSyncBatchNorm == one process with 2 CPU replicas + SynchronizedBatchNorm,
+    bit for bit, over 5 SGD steps whose two devices get images of different sizes (the
+    devices' statistics then carry different weights)."""
+    torch.manual_seed(0)
+    initial = _PerDeviceLoss(_make_net())
+    gen = torch.Generator().manual_seed(11)
+    steps = []
+    for _ in range(5):
+        steps.append([{"x": torch.randn(2, 3, h, w, generator=gen) * 2 + 1,
+                       "g": torch.randn(2, 4, h, w, generator=gen)} for h, w in ((6, 6), (5, 7))])
+    replicas = UserScatteredDataParallel(convert_model(copy.deepcopy(initial), eps_mode="plus"),
+                                         num_cpu_replicas=2)
+    ddp = DDP(convert_sync_batchnorm(copy.deepcopy(initial)))
+    opt_replicas = torch.optim.SGD(replicas.parameters(), lr=0.5, momentum=0.9)
+    opt_ddp = torch.optim.SGD(ddp.parameters(), lr=0.5, momentum=0.9)
+    for batches in steps:
+        for opt in (opt_replicas, opt_ddp):
+            opt.zero_grad()
+        replicas(batches).mean().backward()
+        ddp(batches[rank]).backward()  # DDP averages the ranks' gradients
+        opt_replicas.step()
+        opt_ddp.step()
+    for (name, a), b in zip(replicas.module.state_dict().items(),
+                            ddp.module.state_dict().values()):
+        assert torch.equal(a, b), f"{name}: max difference {(a - b).abs().max().item():.3g}"
+
+
 def _eval_without_collectives(rank: int) -> None:
     """Eval mode on one rank only must not wait for the other rank."""
     bn = DistributedSyncBatchNorm(3).eval()
@@ -128,6 +172,7 @@ def run_checks(rank: int, world: int, port: int) -> None:
         _bn_split_check(rank, (2, 6), [1, 1], nn.BatchNorm1d)  # one sample per rank
         _bn_split_check(rank, (6, 3, 2, 3, 3), [3, 3], nn.BatchNorm3d)
         _ddp_training_check(rank, world)
+        _ddp_equals_one_process_replicas(rank, world)
         _eval_without_collectives(rank)
         cleanup_distributed()
     finally:
