@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import make_opt, random_pair, write_lines
+from PIL import Image
 
 from mit_semseg.data import ImageReadError, OdgtError, TestDataset, TrainDataset, ValDataset
 from mit_semseg.data.odgt import read_odgt
@@ -178,8 +179,6 @@ def test_val_slices_may_be_empty(samples):
 
 
 def test_photos_are_upright_and_labels_must_match_the_upright_image(samples):
-    from PIL import Image
-
     rng = np.random.default_rng(8)
     stored = rng.integers(0, 256, (24, 40, 3), dtype=np.uint8)
     exif = Image.Exif()
