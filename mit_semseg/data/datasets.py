@@ -39,6 +39,7 @@ from mit_semseg.data.transforms import (
     resize_label,
     round_up,
     scaled_size,
+    small_input_warning,
 )
 
 __all__ = ["BaseDataset", "TestDataset", "TrainDataset", "ValDataset"]
@@ -136,9 +137,13 @@ class BaseDataset(torch.utils.data.Dataset):
         except (FileNotFoundError, ImageReadError) as exc:
             raise type(exc)(f"{exc} (sample {self._origins[index]})") from None
 
-    def _multi_scale(self, image: np.ndarray) -> list[torch.Tensor]:
+    def _multi_scale(self, image: np.ndarray, index: int) -> list[torch.Tensor]:
         # one (1, 3, h, w) tensor per short side; sides rounded up so the net needs no padding
         height, width = image.shape[:2]
+        problem = small_input_warning(height, width, self.imgSizes, self.imgMaxSize,
+                                      self.padding_constant)
+        if problem:
+            logger.warning("%s: %s", self._image_path(self.list_sample[index]), problem)
         out = []
         for short in self.imgSizes:
             h, w = scaled_size(height, width, short, self.imgMaxSize)
@@ -168,9 +173,13 @@ class _LabelledDataset(BaseDataset):
             raise type(exc)(f"{exc} (sample {origin})") from None
         height, width = image.shape[:2]
         if label.shape != (height, width):
+            # read_image turns photos upright by their EXIF tag; labels are used as stored
+            hint = ("; the image may carry an EXIF orientation tag (applied to images, not to "
+                    "labels): save the label in the upright orientation"
+                    if label.shape == (width, height) else "")
             raise ValueError(
                 f"{label_path}: label size {label.shape[1]}x{label.shape[0]} differs from image "
-                f"size {width}x{height} (sample {origin})"
+                f"size {width}x{height} (sample {origin}){hint}"
             )
         if (record["width"], record["height"]) != (width, height):
             raise ValueError(
@@ -239,6 +248,24 @@ class TrainDataset(_LabelledDataset):
             -(-len(b) // self.batch_per_gpu) for b in self._buckets if len(b)
         )
         self._order_cache: tuple[int, np.ndarray] | None = None
+        self._warn_small_inputs()
+
+    def _warn_small_inputs(self) -> None:
+        """One warning for the samples whose training input would be uselessly small.
+
+        Checked once from the list's sizes, not per batch, so a long run logs it once.
+        """
+        problems = []
+        for record, origin in zip(self.list_sample, self._origins):
+            problem = small_input_warning(record["height"], record["width"], self.imgSizes,
+                                          self.imgMaxSize, self.padding_constant)
+            if problem:
+                problems.append(f"{record['fpath_img']} ({origin}): {problem}")
+        if problems:
+            shown = "\n  ".join(problems[:3])
+            more = f"\n  ... and {len(problems) - 3} more" if len(problems) > 3 else ""
+            logger.warning("%d training sample(s) give uselessly small inputs:\n  %s%s",
+                           len(problems), shown, more)
 
     def set_seed(self, seed: int) -> None:
         """Changes the stream seed (items are a function of ``(seed, index)``)."""
@@ -292,14 +319,12 @@ class TrainDataset(_LabelledDataset):
         canvas = images.numpy()
         labels = _empty((len(records), canvas_h // rate, canvas_w // rate), torch.int64)
         labels.fill_(-1)
-        # nearest downsampling samples the centre pixel of each rate x rate cell
-        offset = rate // 2
         for b, (i, (h, w), flip) in enumerate(zip(records, sizes, flips)):
             image, label = self._load_pair(i)
             if flip:
                 image, label = cv2.flip(image, 1), cv2.flip(label, 1)
             image = resize_image(image, h, w)
-            label = resize_label(label, h, w)[offset::rate, offset::rate]
+            label = resize_label(label, h, w, stride=rate)
             normalize_into(image, canvas[b, :, :h, :w])
             canvas[b, :, h:, :] = 0.0  # padding: 0 after normalisation = the mean colour
             canvas[b, :, :h, w:] = 0.0
@@ -329,7 +354,7 @@ class ValDataset(_LabelledDataset):
         image, label = self._load_pair(index)
         return {
             "img_ori": image,
-            "img_data": self._multi_scale(image),
+            "img_data": self._multi_scale(image, index),
             "seg_label": torch.from_numpy(label.astype(np.int64) - 1).unsqueeze(0),
             "info": self.list_sample[index]["fpath_img"],
         }
@@ -368,6 +393,6 @@ class TestDataset(BaseDataset):
         image = self._load_image(index)
         return {
             "img_ori": image,
-            "img_data": self._multi_scale(image),
+            "img_data": self._multi_scale(image, index),
             "info": self.list_sample[index]["fpath_img"],
         }

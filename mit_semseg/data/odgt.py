@@ -29,6 +29,7 @@ __all__ = [
     "check_record",
     "find_images",
     "list_images",
+    "missing_path_message",
     "read_odgt",
     "write_odgt",
 ]
@@ -133,10 +134,35 @@ def _is_image(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_EXTENSIONS
 
 
+def missing_path_message(path: str | os.PathLike) -> str:
+    """Why a missing ``path`` cannot be read: a broken symbolic link (naming its target) or
+    no such file."""
+    if os.path.islink(path):
+        return f"{path}: broken symbolic link (its target {os.readlink(path)} does not exist)"
+    return f"{path}: no such file or folder"
+
+
 def find_images(folder: str | os.PathLike) -> list[Path]:
-    """All image files under ``folder`` (recursive, any common extension, any case), sorted."""
+    """All image files under ``folder`` (recursive, any common extension, any case), sorted.
+
+    Broken symbolic links with an image extension are kept, so that reading them fails with
+    a message naming the link (an image that silently vanished from a run would go unnoticed),
+    and they are logged here.
+    """
     folder = Path(folder)
-    return sorted(p for p in folder.rglob("*") if p.is_file() and _is_image(p))
+    found, broken = [], []
+    for path in folder.rglob("*"):
+        if not _is_image(path):
+            continue
+        if path.is_file():
+            found.append(path)
+        elif path.is_symlink() and not path.exists():
+            found.append(path)
+            broken.append(path)
+    if broken:
+        logger.warning("%d broken symbolic link(s) in %s: %s", len(broken), folder,
+                       "; ".join(missing_path_message(p) for p in sorted(broken)))
+    return sorted(found)
 
 
 def _paths_from_list_file(list_file: Path) -> list[Path]:
@@ -161,7 +187,8 @@ def list_images(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> list[
 
     * an image file is kept as is;
     * a folder contributes all image files below it (recursive, sorted, extensions
-      ``IMAGE_EXTENSIONS`` in any case);
+      ``IMAGE_EXTENSIONS`` in any case), broken symbolic links included and logged (they
+      fail, naming the link, when read);
     * a ``.txt`` file lists one path per line (``#`` comments and blank lines skipped); an
       ``.odgt`` file contributes its ``fpath_img`` entries. Relative entries are taken as
       given when they exist, otherwise relative to the list file's folder.
@@ -181,11 +208,11 @@ def list_images(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> list[
                 logger.warning("no image files in folder %s", path)
             result.extend(str(p) for p in found)
         elif not path.exists():
-            raise FileNotFoundError(f"{path}: no such file or folder")
+            raise FileNotFoundError(missing_path_message(path))
         elif path.suffix.lower() in (".txt", ".odgt", ".lst"):
             for listed in _paths_from_list_file(path):
                 if not listed.is_file():
-                    raise FileNotFoundError(f"{listed}: listed in {path} but not found")
+                    raise FileNotFoundError(f"{missing_path_message(listed)} (listed in {path})")
                 result.append(str(listed))
         elif _is_image(path):
             result.append(str(path))

@@ -1,18 +1,30 @@
-"""Image and label decoding, resizing and normalisation with OpenCV.
+"""Image and label decoding, resizing and normalisation.
 
 Everything here works on numpy arrays in HWC layout and RGB channel order; conversion to
-tensors happens once, when a batch is assembled. OpenCV is used for decoding and resizing
-because it is several times faster than PIL on the sizes used for ADE20K; PIL is imported
-only to read palette-mode ("P") PNG labels, which OpenCV would expand to colours.
+tensors happens once, when a batch is assembled.
+
+* Decoding is OpenCV's (for RGB and grayscale JPEG and PNG the same pixels as PIL's, and
+  faster); images are turned upright by their EXIF orientation tag, labels are not.
+* Images are resized by Pillow's bilinear filter, the original's: it antialiases when
+  shrinking (OpenCV's ``INTER_LINEAR`` does not), and no vectorised resize reproduces its
+  fixed-point rounding bit for bit (torchvision's antialiased uint8 resize is off by one
+  in about 3% of the values).
+* Labels are resized by nearest neighbour with Pillow's sampling rule (the source pixel
+  under each output pixel's centre), by index arithmetic.
 """
 
 from __future__ import annotations
 
+import io
 import os
+from collections.abc import Sequence
 
 import cv2
 import numpy as np
 import torch
+from PIL import Image
+
+from mit_semseg.data.odgt import missing_path_message
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -26,6 +38,7 @@ __all__ = [
     "resize_label",
     "round_up",
     "scaled_size",
+    "small_input_warning",
 ]
 
 # ImageNet statistics in RGB order, on the 0..1 scale (the original's normalisation).
@@ -49,7 +62,7 @@ def _read_bytes(path: str | os.PathLike) -> bytes:
         with open(path, "rb") as f:
             return f.read()
     except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: no such file") from None
+        raise FileNotFoundError(missing_path_message(path)) from None
     except IsADirectoryError:
         raise ImageReadError(f"{path}: is a directory, expected an image file") from None
 
@@ -71,38 +84,34 @@ def _decode(data: bytes, path: str | os.PathLike, flags: int) -> np.ndarray:
 
 
 def read_image(path: str | os.PathLike) -> np.ndarray:
-    """Reads an image as ``(H, W, 3)`` uint8 RGB.
+    """Reads an image as ``(H, W, 3)`` uint8 RGB, upright.
 
-    Grayscale images are replicated to three channels, alpha is dropped, 16-bit images are
-    scaled to 8 bits.
+    The EXIF orientation tag (JPEG, PNG, WebP, TIFF) is applied, as photo viewers do; the
+    original ignored it, so tagged photos were segmented sideways. Grayscale images are
+    replicated to three channels, alpha is dropped, 16-bit images keep their high byte
+    (``0x1234`` -> ``0x12``).
 
     Raises:
-        FileNotFoundError: the file does not exist.
+        FileNotFoundError: the file does not exist (or is a broken symbolic link).
         ImageReadError: the file cannot be decoded; the message names the file.
     """
     data = _read_bytes(path)
-    image = _decode(data, path, cv2.IMREAD_UNCHANGED)
+    # Without IMREAD_UNCHANGED OpenCV applies the EXIF orientation; ANYDEPTH/ANYCOLOR keep
+    # 16-bit and grayscale pixels as stored (alpha is dropped by the decoder).
+    image = _decode(data, path, cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR)
     if image.dtype == np.uint16:
         image = (image >> 8).astype(np.uint8)
     elif image.dtype != np.uint8:
         raise ImageReadError(f"{path}: unsupported pixel type {image.dtype}")
     if image.ndim == 2:
         return cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)
-    channels = image.shape[2]
-    if channels == 3:
+    if image.shape[2] == 3:
         return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
-    if channels == 4:
-        return cv2.cvtColor(image, cv2.COLOR_BGRA2RGB)
-    if channels == 1:
-        return cv2.cvtColor(image[:, :, 0], cv2.COLOR_GRAY2RGB)
-    raise ImageReadError(f"{path}: unsupported number of channels {channels}")
+    raise ImageReadError(f"{path}: unsupported number of channels {image.shape[2]}")
 
 
 def _palette_indices(data: bytes, path: str | os.PathLike) -> np.ndarray:
-    import io
-
-    from PIL import Image  # only palette PNGs need PIL: OpenCV expands palettes to colours
-
+    # OpenCV would expand the palette to colours; PIL returns the indices
     try:
         with Image.open(io.BytesIO(data)) as im:
             return np.array(im)
@@ -155,18 +164,61 @@ def scaled_size(height: int, width: int, short_side: int, max_side: int) -> tupl
     return max(1, int(height * scale)), max(1, int(width * scale))
 
 
+def small_input_warning(
+    height: int, width: int, short_sides: Sequence[int], max_side: int, padding: int
+) -> str | None:
+    """Why an image this shape gives a uselessly small network input, or ``None``.
+
+    The long side is capped at ``max_side``, so a very elongated image (a panorama) ends up
+    with a short side far below the ones requested. Below half the smallest requested short
+    side (``DATASET.imgSizes``), objects are more than 2x smaller than at the smallest scale
+    the model is meant to see; the message gives the numbers and the fix.
+    """
+    smallest = min(short_sides)
+    h, w = scaled_size(height, width, smallest, max_side)
+    if 2 * min(h, w) >= smallest:
+        return None
+    return (
+        f"{width}x{height} image (aspect {max(height, width) / min(height, width):.1f}:1) is "
+        f"scaled to {w}x{h} (network input {round_up(w, padding)}x{round_up(h, padding)}) "
+        f"because imgMaxSize {max_side} caps its long side: its short side is {min(h, w)} px "
+        f"instead of {smallest}, so objects are {smallest / min(h, w):.1f}x smaller than the "
+        "model expects; raise DATASET.imgMaxSize or cut the image into tiles"
+    )
+
+
 def resize_image(image: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Bilinear resize of an ``(H, W, C)`` image (a no-op at the same size)."""
+    """Pillow's bilinear resize of an ``(H, W, 3)`` uint8 image (the original's filter).
+
+    Antialiased when shrinking (the filter widens with the scale factor); a no-op at the same
+    size, as in Pillow.
+    """
     if image.shape[:2] == (height, width):
         return image
-    return cv2.resize(image, (width, height), interpolation=cv2.INTER_LINEAR)
+    return np.asarray(Image.fromarray(image).resize((width, height), Image.Resampling.BILINEAR))
 
 
-def resize_label(label: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Nearest-neighbour resize of a label map, so no new label values are invented."""
-    if label.shape[:2] == (height, width):
+def _nearest_indices(source: int, target: int) -> np.ndarray:
+    # Pillow's NEAREST: the source pixel under the output pixel's centre, (i + 0.5) * s / t
+    # in float64 and truncated (cv2's INTER_NEAREST takes i * s / t; INTER_NEAREST_EXACT
+    # rounds some exact ties the other way).
+    return ((np.arange(target) + 0.5) * (source / target)).astype(np.intp)
+
+
+def resize_label(label: np.ndarray, height: int, width: int, stride: int = 1) -> np.ndarray:
+    """Nearest-neighbour resize of a label map, so no new label values are invented.
+
+    Samples exactly the pixels Pillow's ``NEAREST`` (the original's) samples. With
+    ``stride`` > 1 the ``(height, width)`` map is further subsampled at the centre pixel of
+    each ``stride x stride`` cell (the original's label downsampling, a second ``NEAREST``
+    resize by an integer factor), without building the full-size map.
+    """
+    if label.shape[:2] == (height, width) and stride == 1:
         return label
-    return cv2.resize(label, (width, height), interpolation=cv2.INTER_NEAREST)
+    start = stride // 2
+    rows = _nearest_indices(label.shape[0], height)[start::stride]
+    cols = _nearest_indices(label.shape[1], width)[start::stride]
+    return np.take(np.take(label, rows, axis=0), cols, axis=1)
 
 
 # (x / 255 - mean) / std == x * _SCALE + _OFFSET, per RGB channel

@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import make_opt, random_pair, write_lines
+from PIL import Image
 
 from mit_semseg.data import ImageReadError, OdgtError, TestDataset, TrainDataset, ValDataset
 from mit_semseg.data.odgt import read_odgt
@@ -75,6 +76,20 @@ def test_label_shift_image_normalisation_and_downsampling(samples):
     item = TrainDataset(samples.root, odgt, make_opt(segm_downsampling_rate=4), seed=0)[0]
     np.testing.assert_array_equal(item["seg_label"][0].numpy(),
                                   label[2::4, 2::4].astype(np.int64) - 1)
+
+
+@pytest.mark.parametrize("rate", [1, 4])
+def test_resized_training_labels_only_take_source_values(samples, rate):
+    # blocks of classes 2 and 7: any interpolation would invent 3..6 along their borders
+    rng = np.random.default_rng(7)
+    label = np.where(rng.random((7, 10)) < 0.5, 2, 7).astype(np.uint8).repeat(5, 0).repeat(5, 1)
+    image = rng.integers(0, 256, (*label.shape, 3), dtype=np.uint8)
+    odgt = str(samples.odgt([samples.add(image, label)]))
+    opt = make_opt(imgSizes=(47,), num_class=8, segm_downsampling_rate=rate)
+    item = TrainDataset(samples.root, odgt, opt, seed=0)[0]
+    assert item["img_data"].shape[-2:] != label.shape  # 35x50 really is resized (to 47x67)
+    values = set(item["seg_label"].unique().tolist())
+    assert values <= {-1, 1, 6} and {1, 6} <= values
 
 
 def test_flip_applies_to_image_and_label_alike(samples):
@@ -161,6 +176,51 @@ def test_val_slices_may_be_empty(samples):
     assert len(ValDataset(samples.root, odgt, make_opt(), start_idx=1, end_idx=3)) == 2
     assert len(ValDataset(samples.root, odgt, make_opt(), start_idx=3, end_idx=3)) == 0
     assert len(ValDataset(samples.root, odgt, make_opt(), max_sample=1)) == 1
+
+
+def test_photos_are_upright_and_labels_must_match_the_upright_image(samples):
+    rng = np.random.default_rng(8)
+    stored = rng.integers(0, 256, (24, 40, 3), dtype=np.uint8)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored rotated 90 degrees counter-clockwise
+    Image.fromarray(stored).save(samples.root / "photo.jpg", quality=95, exif=exif)
+    upright_label = np.ones((40, 24), np.uint8)
+    samples.root.joinpath("seg").mkdir(exist_ok=True)
+    Image.fromarray(upright_label).save(samples.root / "seg" / "upright.png")
+    record = {"fpath_img": "photo.jpg", "fpath_segm": "seg/upright.png", "width": 24,
+              "height": 40}
+    item = ValDataset(samples.root, [record], make_opt(imgSizes=(24,)))[0]
+    assert item["img_ori"].shape == (40, 24, 3) and item["seg_label"].shape == (1, 40, 24)
+    assert item["img_data"][0].shape == (1, 3, 40, 24)
+    Image.fromarray(np.ones((24, 40), np.uint8)).save(samples.root / "seg" / "stored.png")
+    record = dict(record, fpath_segm="seg/stored.png")
+    with pytest.raises(ValueError, match=r"stored\.png: label size 40x24 differs .* 24x40.*EXIF"):
+        ValDataset(samples.root, [record], make_opt())[0]
+
+
+def test_panoramas_are_warned_about(samples, caplog):
+    rng = np.random.default_rng(9)
+    panorama = samples.add(*random_pair(rng, 16, 200))  # 32 px asked, 64 px cap: 5 px left
+    photo = samples.add(*random_pair(rng, 30, 40))
+    opt = make_opt(imgSizes=(32, 48), imgMaxSize=64)
+    paths = [str(samples.root / r["fpath_img"]) for r in (panorama, photo)]
+    dataset = TestDataset(paths, opt)
+    with caplog.at_level("WARNING", logger="mit_semseg.data"):
+        dataset[1]
+        assert not caplog.records
+        dataset[0]
+    assert len(caplog.records) == 1
+    message = caplog.records[0].getMessage()
+    assert message.startswith(paths[0]) and "200x16" in message and "scaled to 64x5" in message
+    caplog.clear()
+    odgt = str(samples.odgt([panorama, photo, panorama]))
+    with caplog.at_level("WARNING", logger="mit_semseg.data"):
+        TrainDataset(samples.root, odgt, opt, seed=0)
+    # one warning for the whole list, naming each sample's list line
+    assert len(caplog.records) == 1
+    message = caplog.records[0].getMessage()
+    assert message.startswith("2 training sample(s)")
+    assert "list.odgt:1" in message and "list.odgt:3" in message and "list.odgt:2" not in message
 
 
 def test_test_dataset_sources(samples):

@@ -3,7 +3,9 @@ import json
 import numpy as np
 import pytest
 from conftest import write_label, write_rgb
+from yacs.config import CfgNode
 
+from mit_semseg.data import TestDataset
 from mit_semseg.data.odgt import OdgtError, build_odgt, list_images, main, read_odgt, write_odgt
 
 
@@ -95,3 +97,32 @@ def test_list_images_expands_folders_and_lists(tmp_path):
     with pytest.raises(ValueError, match="no images found"):
         list_images(tmp_path / "empty")
 
+
+
+
+def test_broken_symbolic_links_are_reported_not_skipped(tmp_path, caplog):
+    images = tmp_path / "images"
+    write_rgb(images / "a.png", np.zeros((4, 5, 3), np.uint8))
+    (images / "b.jpg").symlink_to(tmp_path / "gone.jpg")
+    with caplog.at_level("WARNING", logger="mit_semseg.data"):
+        found = list_images(images)
+    # kept in the list, and logged with the missing target
+    assert found == [str(images / "a.png"), str(images / "b.jpg")]
+    assert "1 broken symbolic link(s)" in caplog.text and "gone.jpg" in caplog.text
+    dataset = TestDataset(found, CfgNode(dict(imgSizes=(8,), imgMaxSize=16, padding_constant=8)))
+    assert dataset[0]["img_ori"].shape == (4, 5, 3)
+    with pytest.raises(FileNotFoundError, match=r"b\.jpg: broken symbolic link .*gone\.jpg"):
+        dataset[1]
+    with pytest.raises(FileNotFoundError, match=r"b\.jpg: broken symbolic link"):
+        list_images(images / "b.jpg")
+    (tmp_path / "list.txt").write_text("images/b.jpg\n")
+    with pytest.raises(FileNotFoundError, match=r"b\.jpg: broken symbolic link.*list\.txt"):
+        list_images(tmp_path / "list.txt")
+
+
+def test_build_odgt_names_a_broken_mask_link(tmp_path):
+    write_rgb(tmp_path / "images" / "a.png", np.zeros((4, 5, 3), np.uint8))
+    (tmp_path / "masks").mkdir()
+    (tmp_path / "masks" / "a.png").symlink_to(tmp_path / "gone.png")
+    with pytest.raises(FileNotFoundError, match=r"masks/a\.png: broken symbolic link"):
+        build_odgt(tmp_path / "images", tmp_path / "masks", tmp_path)
