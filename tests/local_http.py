@@ -11,6 +11,7 @@ Use the ``http_server`` fixture (import it into a test module) or ``LocalServer`
 from __future__ import annotations
 
 import hashlib
+import io
 import socket
 import threading
 import time
@@ -119,6 +120,21 @@ class LocalServer:
                     self.connection.shutdown(socket.SHUT_RDWR)
 
         return Handler
+
+
+def serve_zoo_model(server: LocalServer, name: str):
+    """Serves a randomly initialised zoo model in the original's layout
+    (``/<name>/{encoder,decoder}_epoch_<N>.pth``); returns it (eval mode) for comparisons."""
+    import torch
+
+    from mit_semseg.models.zoo import build_model, get_model
+
+    source = build_model(name).eval()
+    for part, file_name in zip(("encoder", "decoder"), get_model(name).file_names()):
+        buffer = io.BytesIO()
+        torch.save(getattr(source, part).state_dict(), buffer)
+        server.serve(f"/{name}/{file_name}", buffer.getvalue())
+    return source
 
 
 def unused_url(path: str = "/file") -> str:

@@ -1,10 +1,10 @@
-import io
 from pathlib import Path
 
 import pytest
 import torch
+from local_http import serve_zoo_model
 
-from mit_semseg.models.zoo import MODELS, build_model
+from mit_semseg.models.zoo import MODELS
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SMALL = "ade20k-mobilenetv2dilated-c1_deepsup"
@@ -28,11 +28,7 @@ def test_list_and_help_show_every_zoo_model(github_is_this_checkout):
 
 @pytest.fixture
 def served(http_server, tmp_path, monkeypatch):
-    source = build_model(SMALL).eval()
-    for part in ("encoder", "decoder"):
-        buffer = io.BytesIO()
-        torch.save(getattr(source, part).state_dict(), buffer)
-        http_server.serve(f"/{SMALL}/{part}_epoch_20.pth", buffer.getvalue())
+    source = serve_zoo_model(http_server, SMALL)
     monkeypatch.setenv("MIT_SEMSEG_MODEL_MIRROR", http_server.url)
     monkeypatch.setenv("MIT_SEMSEG_HOME", str(tmp_path))
     return source, http_server

@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from local_http import unused_url
+from local_http import serve_zoo_model, unused_url
 
 from mit_semseg.config import get_cfg_defaults
 from mit_semseg.download import DownloadError
@@ -81,10 +81,7 @@ def checkpoint_bytes(module: torch.nn.Module) -> bytes:
 @pytest.fixture
 def served_small_model(http_server):
     """The small zoo model with random weights, served in the original's layout."""
-    source = build_model(SMALL).eval()
-    http_server.serve(f"/{SMALL}/encoder_epoch_20.pth", checkpoint_bytes(source.encoder))
-    http_server.serve(f"/{SMALL}/decoder_epoch_20.pth", checkpoint_bytes(source.decoder))
-    return source, http_server
+    return serve_zoo_model(http_server, SMALL), http_server
 
 
 def test_from_pretrained_loads_the_served_weights_strictly_and_predicts(served_small_model,
