@@ -37,6 +37,8 @@ from pathlib import Path
 from filelock import FileLock
 from tqdm import tqdm
 
+from mit_semseg.utils import atomic_write_text
+
 __all__ = [
     "ENV_HOME",
     "ENV_SHA256",
@@ -130,8 +132,6 @@ def expected_sha256(path: str | os.PathLike, sha256: str | None = None
 
 
 def _write_record(path: Path, digest: str) -> None:
-    from mit_semseg.utils import atomic_write_text
-
     atomic_write_text(_record_path(path), f"{digest}  {path.name}\n")
 
 
