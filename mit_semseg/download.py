@@ -232,6 +232,18 @@ def _transfer(url: str, part: Path, progress: bool, timeout: float, attempts: in
                            part.stat().st_size if part.is_file() else 0, attempt + 1, attempts)
 
 
+def _verify_read_only(path: Path, sha256: str | None) -> Path:
+    """Checks ``path`` against its expected digest, if one is known, without writing."""
+    expected, source = expected_sha256(path, sha256)
+    if expected is not None:
+        actual = sha256_file(path)
+        if actual != expected:
+            raise DownloadError(
+                f"{path}: SHA-256 {actual} differs from {expected} ({source}) and its folder is "
+                f"read-only, so it cannot be fetched again; replace it with a good copy")
+    return path
+
+
 def cached_download(url: str, path: str | os.PathLike, *, sha256: str | None = None,
                     progress: bool = True, timeout: float = 60.0, attempts: int = 3) -> Path:
     """``path``, verified against its expected SHA-256; downloaded from ``url`` when missing.
@@ -239,7 +251,8 @@ def cached_download(url: str, path: str | os.PathLike, *, sha256: str | None = N
     A present file is hashed and compared with the expected digest (see the module docstring);
     without one its digest is recorded. A file that does not match is deleted and fetched
     again; a fetched file that does not match raises and leaves nothing at ``path``. Several
-    processes may call this for the same ``path`` at once (a lock file serialises them).
+    processes may call this for the same ``path`` at once (a lock file serialises them). In a
+    read-only folder (a shared, pre-filled cache) a present file is only checked.
 
     Args:
         url: http(s) URL.
@@ -258,6 +271,8 @@ def cached_download(url: str, path: str | os.PathLike, *, sha256: str | None = N
             one. The message is one line naming the URL and the path to put the file at.
     """
     path = Path(path)
+    if path.is_file() and not os.access(path.parent, os.W_OK):
+        return _verify_read_only(path, sha256)
     path.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(path) + ".lock"):
         expected, source = expected_sha256(path, sha256)

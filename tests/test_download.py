@@ -195,3 +195,17 @@ def test_concurrent_callers_download_once(http_server, tmp_path):
     assert results == [GOOD, GOOD]
     assert len(http_server.hits("/w.pth")) == 1
     assert os.path.getsize(tmp_path / "w.pth") == len(GOOD)
+
+
+def test_a_read_only_cache_is_checked_but_never_written(http_server, tmp_path, monkeypatch):
+    url = http_server.serve("/w.pth", GOOD)
+    path = cached_download(url, tmp_path / "w.pth", progress=False)
+    monkeypatch.setattr("mit_semseg.download.os.access", lambda *args: False)
+    assert cached_download(url, path) == path  # verified against the record
+    path.write_bytes(OTHER)
+    with pytest.raises(DownloadError, match="read-only, so it cannot be fetched again"):
+        cached_download(url, path)
+    assert path.read_bytes() == OTHER and len(http_server.hits("/w.pth")) == 1
+    (tmp_path / "w.pth.sha256").unlink()
+    assert cached_download(url, path) == path  # nothing to compare with, nothing written
+    assert not (tmp_path / "w.pth.sha256").exists()

@@ -42,6 +42,7 @@ __all__ = [
     "Scores",
     "build_model",
     "fetch",
+    "find_model",
     "from_pretrained",
     "get_model",
     "list_models",
@@ -161,6 +162,15 @@ def get_model(name: str) -> PretrainedModel:
     hint = f" (did you mean {by_key[close[0]].name!r}?)" if close else ""
     raise KeyError(f"unknown pretrained model {name!r}{hint}; valid names: "
                    f"{', '.join(MODELS)}")
+
+
+def find_model(arch_encoder: str, arch_decoder: str) -> PretrainedModel | None:
+    """The released model with this architecture, or None (each pair was released once)."""
+    for model in MODELS.values():
+        if (model.arch_encoder, model.arch_decoder) == (arch_encoder.lower(),
+                                                        arch_decoder.lower()):
+            return model
+    return None
 
 
 def models_dir(cache_dir: str | os.PathLike | None = None) -> Path:

@@ -8,7 +8,15 @@ from local_http import serve_zoo_model, unused_url
 from mit_semseg.config import get_cfg_defaults
 from mit_semseg.download import DownloadError
 from mit_semseg.models import from_pretrained
-from mit_semseg.models.zoo import BASE_URL, MODELS, build_model, fetch, get_model, list_models
+from mit_semseg.models.zoo import (
+    BASE_URL,
+    MODELS,
+    build_model,
+    fetch,
+    find_model,
+    get_model,
+    list_models,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SMALL = "ade20k-mobilenetv2dilated-c1_deepsup"  # the smallest released model (2.2 M parameters)
@@ -62,6 +70,14 @@ def test_urls_follow_the_servers_layout_and_a_mirror_replaces_the_base(monkeypat
     assert model.urls("http://other")[1].startswith("http://other/ade20k-resnet101dil")
     assert model.checkpoint == "epoch_25.pth"
     assert model.hub_name == "ade20k_resnet101dilated_ppm_deepsup"
+
+
+def test_find_model_by_architecture():
+    pairs = {(m.arch_encoder, m.arch_decoder) for m in MODELS.values()}
+    assert len(pairs) == len(MODELS)  # one released model per architecture
+    for model in MODELS.values():
+        assert find_model(model.arch_encoder.upper(), model.arch_decoder) is model
+    assert find_model("mobilenetv2dilated", "ppm_deepsup") is None  # never released
 
 
 def test_names_are_forgiving_and_unknown_names_list_the_choices():
