@@ -136,10 +136,9 @@ def _write_record(path: Path, digest: str) -> None:
 
 
 def _one_line(error: BaseException) -> str:
-    reason = getattr(error, "reason", None)
-    text = str(reason if isinstance(error, urllib.error.URLError) and not isinstance(
-        error, urllib.error.HTTPError) and reason is not None else error)
-    return " ".join(text.split()) or type(error).__name__
+    if isinstance(error, urllib.error.URLError) and not isinstance(error, urllib.error.HTTPError):
+        error = error.reason  # the socket error, without urllib's "<urlopen error ...>" wrapper
+    return " ".join(str(error).split()) or type(error).__name__
 
 
 class _Interrupted(Exception):
