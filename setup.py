@@ -17,6 +17,7 @@ setup(
         "opencv-python-headless",
         "yacs",
         "tqdm",
+        "filelock",  # serialises concurrent downloads of one file (already a torch dependency)
         "matplotlib",
     ],
     extras_require={"test": ["pytest", "pytest-timeout", "ruff"]},

@@ -85,7 +85,7 @@ def measure(impl: str, job: dict[str, Any]) -> dict[str, Any]:
         from mit_semseg.perf import optimize_for_inference
 
         optimize_for_inference(module, torch.device("cpu"))
-    samples = torch.load(job["inputs"])
+    samples = torch.load(job["inputs"], weights_only=True)
     times, outputs = [], []
     for index, sample in enumerate([samples[0]] + samples):  # the first pass warms up
         seg_size = tuple(sample["seg_size"])
@@ -225,7 +225,8 @@ def main() -> None:
 
             runs = common.alternate(args.repeats, run, impls=args.variants,
                                     log=lambda v, r: f"{r['image_s']:.3f} s/image")
-            outs = {v: torch.load(tmp / f"{name}_{v}_out.pt") for v in args.variants}
+            outs = {v: torch.load(tmp / f"{name}_{v}_out.pt", weights_only=True)
+                    for v in args.variants}
             lines, ok = _compare(outs, samples)
             all_ok = all_ok and ok
             theirs = common.median_of(runs["upstream"], "image_s")

@@ -33,7 +33,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mit_semseg.lib.nn import (  # noqa: E402 - after the path tweak for a source checkout
+from mit_semseg.nn import (  # noqa: E402 - after the path tweak for a source checkout
     DataParallelWithCallback,
     DistributedSyncBatchNorm,
     SynchronizedBatchNorm2d,

@@ -102,7 +102,7 @@ def measure(impl: str, job: dict[str, Any]) -> dict[str, Any]:
     encoder, decoder, fc_dim, _ = MODELS[job["model"]]
     module = common.build_module(impl, encoder, decoder, fc_dim, NUM_CLASS, job["weights"],
                                  train=True)
-    batch = torch.load(job["inputs"])
+    batch = torch.load(job["inputs"], weights_only=True)
     steps = job["warmup"] + job["steps"]
     rss_before = _current_rss_mib()
     if impl == "ours":

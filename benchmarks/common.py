@@ -246,8 +246,9 @@ def build_module(impl: str, encoder: str, decoder: str, fc_dim: int, num_class: 
         net_dec = ModelBuilder.build_decoder(decoder, fc_dim, num_class, "", not train)
         module = SegmentationModule(net_enc, net_dec, nn.NLLLoss(ignore_index=-1), deep_sup)
     if weights:
-        module.encoder.load_state_dict(torch.load(weights["encoder"]), strict=True)
-        module.decoder.load_state_dict(torch.load(weights["decoder"]), strict=True)
+        for part in ("encoder", "decoder"):
+            state = torch.load(weights[part], weights_only=True)
+            getattr(module, part).load_state_dict(state, strict=True)
     return module.train(train)
 
 

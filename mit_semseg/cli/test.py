@@ -33,7 +33,7 @@ from torch import nn
 
 from mit_semseg.cli import common
 from mit_semseg.config import load_config
-from mit_semseg.data import ImageReadError, TestDataset, ade_palette
+from mit_semseg.data import ImageReadError, TestDataset, dataset_palette
 from mit_semseg.engine.evaluation import resolve_class_names
 from mit_semseg.engine.inference import (
     Window,
@@ -89,7 +89,7 @@ def _segment_all(cfg: Any, module: nn.Module, device: torch.device, images: list
     from tqdm import tqdm
 
     num_class = cfg.DATASET.num_class
-    outputs = _Outputs(Path(cfg.TEST.result), ade_palette(num_class),
+    outputs = _Outputs(Path(cfg.TEST.result), dataset_palette(num_class, cfg.DATASET.root_dataset),
                        resolve_class_names(num_class, cfg.DATASET.root_dataset),
                        cfg.TEST.save_label)
     window = _window(cfg)

@@ -109,7 +109,8 @@ _C.TRAIN.disp_iter = 20
 # Random seed for Python, NumPy and torch; torchrun rank r uses seed + r for its data.
 _C.TRAIN.seed = 304
 # Initialise the encoder with ImageNet weights when MODEL.weights_encoder is empty (the
-# original always did; they come from ./pretrained/ or are downloaded). False = random init.
+# original always did; downloaded once into ~/.cache/torch/mit_semseg/pretrained/ or
+# $MIT_SEMSEG_PRETRAINED_DIR, see mit_semseg/models/pretrained.py). False = random init.
 _C.TRAIN.pretrained = True
 # Mixed precision. Options: "" (off, fp32), "bf16" (CPU or CUDA), "fp16" (CUDA only, with a
 # gradient scaler).

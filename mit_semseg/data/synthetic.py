@@ -10,7 +10,7 @@ Layout written under ``out_dir`` (paths in the lists are relative to it, so use 
 ``DATASET.root_dataset``)::
 
     images/{training,validation}/*.jpg     annotations/{training,validation}/*.png
-    training.odgt  validation.odgt  object_info.csv
+    training.odgt  validation.odgt  object_info.csv (Idx,Name,Color: each class's base colour)
 
 The output is a pure function of the arguments: the same seed gives byte-identical files.
 
@@ -50,7 +50,8 @@ class SyntheticClass:
 
 
 # Label value = position + 1 (0 is unlabeled). Colours are far apart in hue so that colour
-# alone separates the classes; textures and shapes are extra cues.
+# alone separates the classes; textures and shapes are extra cues. Each colour is the one its
+# name says (tests/data/test_synthetic.py checks the hue), and pictures use it too.
 CLASSES: tuple[SyntheticClass, ...] = (
     SyntheticClass("background", (128, 128, 120), "noise", "fill"),
     SyntheticClass("red disc", (205, 35, 35), "noise", "disc"),
@@ -191,7 +192,10 @@ def generate(
             records.append({"fpath_img": img_rel, "fpath_segm": seg_rel,
                             "width": width, "height": height})
         write_odgt(out / f"{split}.odgt", records)
-    table = "Idx,Name\n" + "".join(f"{i},{c.name}\n" for i, c in enumerate(CLASSES, start=1))
+    # the Color column makes pictures draw each class in its own colour (data.dataset_palette)
+    table = "Idx,Name,Color\n" + "".join(
+        f"{i},{c.name},#{c.rgb[0]:02x}{c.rgb[1]:02x}{c.rgb[2]:02x}\n"
+        for i, c in enumerate(CLASSES, start=1))
     atomic_write_text(out / "object_info.csv", table)
     logger.info("synthetic dataset: %d train + %d val images in %s", num_train, num_val, out)
     return out

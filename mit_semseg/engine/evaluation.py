@@ -376,7 +376,7 @@ def evaluate_shard(
     """
     from torch.utils.data import DataLoader
 
-    from mit_semseg.data.palette import ade_palette
+    from mit_semseg.data.palette import dataset_palette
 
     num_class = job.model.num_class
     module = load_segmentation_module(job.model, device)
@@ -398,7 +398,7 @@ def evaluate_shard(
         amp=job.amp,
         progress=progress,
         visualize_dir=visualize_dir,
-        palette=ade_palette(num_class) if visualize_dir is not None else None,
+        palette=dataset_palette(num_class, job.root_dataset) if visualize_dir else None,
         on_image=on_image,
     )
 

@@ -18,6 +18,7 @@ from .compat import attach_upstream_bn_buffers
 from .pretrained import load_pretrained
 from .registry import DECODERS, ENCODERS
 from .segmentation_module import SegmentationModule
+from .zoo import from_pretrained
 
 __all__ = [
     "DECODERS",
@@ -28,6 +29,7 @@ __all__ = [
     "build_decoder",
     "build_encoder",
     "build_segmentation_model",
+    "from_pretrained",
     "list_decoders",
     "list_encoders",
     "load_pretrained",

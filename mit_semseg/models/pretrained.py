@@ -1,18 +1,18 @@
 """ImageNet-pretrained encoder weights (the original's files), from a local folder or a URL.
 
-Files are looked up in the cache folder (argument ``model_dir``, else the environment variable
-``MIT_SEMSEG_PRETRAINED_DIR``, else ``./pretrained`` as in the original) and downloaded from
-``http://sceneparsing.csail.mit.edu/model/pretrained_resnet/<file>`` when missing. A download
-goes to ``<file>.part`` and is renamed only when complete, so no partial file is ever left.
+Files are looked up in a folder (argument ``model_dir``, else the environment variable
+``MIT_SEMSEG_PRETRAINED_DIR``, else ``pretrained/`` in the per-user cache of
+:func:`mit_semseg.download.cache_root`, e.g. ``~/.cache/torch/mit_semseg/pretrained``) and
+downloaded from ``http://sceneparsing.csail.mit.edu/model/pretrained_resnet/<file>`` when
+missing, through :func:`mit_semseg.download.cached_download`: resumable, renamed into place only
+when complete, and SHA-256-checked on every load against the digest recorded at the first
+download (or one the user supplies).
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import shutil
-import urllib.error
-import urllib.request
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -20,6 +20,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from ..download import DownloadError, cache_root, cached_download
 from .compat import key_differences, strip_module_prefix
 
 __all__ = [
@@ -27,7 +28,6 @@ __all__ = [
     "PRETRAINED_FILES",
     "pretrained_dir",
     "pretrained_url",
-    "download",
     "load_pretrained",
 ]
 
@@ -57,8 +57,13 @@ DEFAULT_CLASSIFIER_PREFIXES = ("fc.",)
 
 
 def pretrained_dir(model_dir: str | os.PathLike | None = None) -> Path:
-    """The cache folder: ``model_dir``, else ``$MIT_SEMSEG_PRETRAINED_DIR``, else ``pretrained``."""
-    return Path(model_dir or os.environ.get(ENV_DIR) or "pretrained")
+    """The weights folder: ``model_dir``, else ``$MIT_SEMSEG_PRETRAINED_DIR``, else
+    ``<cache_root()>/pretrained``."""
+    if model_dir:
+        return Path(model_dir)
+    if os.environ.get(ENV_DIR):
+        return Path(os.environ[ENV_DIR]).expanduser()
+    return cache_root() / "pretrained"
 
 
 def pretrained_url(family: str) -> str:
@@ -72,32 +77,6 @@ def _file_name(family: str) -> str:
             f"no ImageNet weights known for {family!r}; known: {', '.join(PRETRAINED_FILES)}"
         )
     return PRETRAINED_FILES[family]
-
-
-def download(url: str, destination: str | os.PathLike, timeout: float = 60.0) -> Path:
-    """Fetch ``url`` to ``destination`` atomically (via ``<destination>.part``).
-
-    Raises:
-        RuntimeError: the download failed (e.g. offline); the message names the URL and the
-            path where the file can be placed by hand.
-    """
-    destination = Path(destination)
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    partial = destination.with_name(destination.name + ".part")
-    logger.info("downloading %s to %s", url, destination)
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as response, open(partial, "wb") as out:
-            shutil.copyfileobj(response, out)
-        os.replace(partial, destination)
-    except (urllib.error.URLError, OSError, ValueError) as error:
-        raise RuntimeError(
-            f"could not download {url} ({error}); download it elsewhere and place it at "
-            f"{destination.resolve()} (or set {ENV_DIR} to the folder holding it)"
-        ) from error
-    finally:
-        if partial.exists():
-            partial.unlink()
-    return destination
 
 
 def _read_state_dict(path: Path) -> dict[str, Any]:
@@ -114,7 +93,7 @@ def _read_state_dict(path: Path) -> dict[str, Any]:
 
 def load_pretrained(encoder: nn.Module, family: str | None = None, *,
                     model_dir: str | os.PathLike | None = None, url: str | None = None,
-                    ) -> nn.Module:
+                    progress: bool = True) -> nn.Module:
     """Load the original's ImageNet weights into ``encoder`` (in place).
 
     The classifier entries of the file (``fc.*``; ``classifier.*`` and ``features.18.*`` for
@@ -126,21 +105,28 @@ def load_pretrained(encoder: nn.Module, family: str | None = None, *,
         family: weights family; default ``encoder.pretrained_name``.
         model_dir: cache folder (see :func:`pretrained_dir`).
         url: download URL; default the original's URL for ``family``.
+        progress: show a progress bar while downloading.
 
     Returns:
         ``encoder``.
 
     Raises:
-        RuntimeError: the file is missing and cannot be downloaded, or does not match.
+        mit_semseg.download.DownloadError: the file is missing and cannot be downloaded, or
+            its SHA-256 differs from the expected one (a ``RuntimeError``; one line naming the
+            URL and the path to put the file at).
+        RuntimeError: the file does not match the encoder.
     """
     family = family or getattr(encoder, "pretrained_name", None)
     if family is None:
         raise ValueError(f"{type(encoder).__name__} has no pretrained_name; pass family=")
     file_name = _file_name(family)
     url = url or PRETRAINED_URL.format(file_name)
-    path = pretrained_dir(model_dir) / file_name
-    if not path.is_file():
-        download(url, path)
+    folder = pretrained_dir(model_dir)
+    try:
+        path = cached_download(url, folder / file_name, progress=progress)
+    except DownloadError as error:
+        raise DownloadError(f"{error} (or set {ENV_DIR} to a folder holding {file_name})"
+                            ) from error
     state = _read_state_dict(path)
     ignored = CLASSIFIER_PREFIXES.get(family, DEFAULT_CLASSIFIER_PREFIXES)
     state = {k: v for k, v in state.items() if not k.startswith(ignored)}

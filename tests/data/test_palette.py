@@ -4,25 +4,67 @@ import cv2
 import numpy as np
 import pytest
 
-from mit_semseg.data.palette import OBJECT150_CSV, ade_palette, class_names, load_class_info
+from mit_semseg.data.palette import (
+    ADE20K_PALETTE,
+    OBJECT150_CSV,
+    ade_palette,
+    class_names,
+    dataset_palette,
+    load_class_info,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
+# Published ADE20K colours (the original's data/color150.mat, as every ADE20K visualiser shows
+# them): wall, building, sky, floor, tree, ..., person (class 12), ..., flag (class 149).
+PUBLISHED = {0: (120, 120, 120), 1: (180, 120, 120), 2: (6, 230, 230), 3: (80, 50, 50),
+             4: (4, 200, 3), 12: (150, 5, 61), 20: (0, 102, 200), 149: (92, 0, 255)}
 
-def test_palette_is_deterministic_distinct_and_not_black():
+
+def lab(rgb):
+    """CIELAB (L 0..100) through the float conversion, independent of the package's helper."""
+    return cv2.cvtColor(np.asarray(rgb, np.float32)[None] / 255, cv2.COLOR_RGB2LAB)[0]
+
+
+def test_ade_palette_is_the_standard_ade20k_palette():
     palette = ade_palette()
     assert palette.shape == (150, 3) and palette.dtype == np.uint8
-    np.testing.assert_array_equal(palette, ade_palette(150))
-    assert len({tuple(c) for c in palette}) == 150
-    assert not (palette == 0).all(axis=1).any()
-    # smaller palettes are prefixes: colours of the first classes never change
-    np.testing.assert_array_equal(ade_palette(8), palette[:8])
-    # every pair clearly apart in CIELAB (float conversion: L 0..100, a/b signed)
-    lab = cv2.cvtColor(palette[None].astype(np.float32) / 255, cv2.COLOR_RGB2LAB)[0]
-    dist = np.linalg.norm(lab[:, None] - lab[None], axis=2) + np.eye(150) * 1e9
-    assert dist.min() >= 15
+    for index, colour in PUBLISHED.items():
+        assert tuple(palette[index]) == colour, index
+    # the original shares one grey between road (6) and skyscraper (48); kept as published
+    assert tuple(palette[6]) == tuple(palette[48]) == (140, 140, 140)
+    assert len({tuple(c) for c in palette}) == 149
+    np.testing.assert_array_equal(ade_palette(8), palette[:8])  # a class keeps its colour
     palette[0] = 0
     assert ade_palette()[0].any()  # callers get a copy
+    assert not ADE20K_PALETTE.flags.writeable
+
+
+def test_larger_datasets_get_distinct_extra_colours():
+    palette = ade_palette(200)
+    np.testing.assert_array_equal(palette[:150], ADE20K_PALETTE)
+    np.testing.assert_array_equal(palette, ade_palette(200))  # deterministic
+    extra = lab(palette[150:])
+    used = lab(np.concatenate([[[0, 0, 0]], palette]))
+    dist = np.linalg.norm(extra[:, None] - used[None], axis=2)
+    dist[np.arange(50), np.arange(50) + 151] = np.inf  # distance of a colour to itself
+    assert dist.min() >= 15  # clearly apart from black, the standard colours and each other
+    with pytest.raises(ValueError, match="num_class"):
+        ade_palette(-1)
+
+
+def test_dataset_palette_prefers_the_class_table_colours(tmp_path):
+    np.testing.assert_array_equal(dataset_palette(150, None), ADE20K_PALETTE)
+    (tmp_path / "object_info.csv").write_text("Idx,Name\n1,cat\n2,dog\n")
+    np.testing.assert_array_equal(dataset_palette(3, tmp_path), ade_palette(3))
+    (tmp_path / "object_info.csv").write_text("Idx,Name,Color\n1,cat,#ff8000\n2,dog,#00FF00\n")
+    palette = dataset_palette(3, tmp_path)
+    assert palette.tolist() == [[255, 128, 0], [0, 255, 0], list(ADE20K_PALETTE[2])]
+    assert load_class_info(tmp_path / "object_info.csv")["colors"].tolist() == [
+        [255, 128, 0], [0, 255, 0]]
+    (tmp_path / "object_info.csv").write_text("Idx,Name,Color\n1,cat,orange\n")
+    with pytest.raises(ValueError, match="object_info.csv:2: Color must look like #rrggbb"):
+        dataset_palette(3, tmp_path)
 
 
 def test_ade_class_table():

@@ -1,10 +1,11 @@
+import colorsys
 import hashlib
 
 import numpy as np
 import pytest
 
 from mit_semseg.data.odgt import read_odgt
-from mit_semseg.data.palette import load_class_info
+from mit_semseg.data.palette import dataset_palette, load_class_info
 from mit_semseg.data.synthetic import CLASSES, SYNTHETIC_NUM_CLASS, generate, main
 from mit_semseg.data.transforms import read_image, read_label
 
@@ -72,3 +73,21 @@ def test_command_line(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["--out", str(tmp_path), "--num-train", "0", "--num-val", "0"])
     assert "at least one image" in capsys.readouterr().err
+
+
+# hue (degrees) of each colour word in the class names
+HUES = {"red": 0, "orange": 30, "yellow": 60, "green": 120, "cyan": 180, "blue": 240,
+        "magenta": 300}
+
+
+def test_pictures_draw_each_class_in_the_colour_its_name_says(synthetic_root):
+    palette = dataset_palette(SYNTHETIC_NUM_CLASS, synthetic_root)
+    np.testing.assert_array_equal(palette, [c.rgb for c in CLASSES])  # as in the images
+    for name, rgb in zip(load_class_info(synthetic_root / "object_info.csv")["names"], palette):
+        hue, _, saturation = colorsys.rgb_to_hls(*(rgb / 255.0))
+        word = name.split()[0]
+        if word == "background":
+            assert saturation < 0.1, (name, rgb)  # grey
+            continue
+        error = abs((hue * 360 - HUES[word] + 180) % 360 - 180)
+        assert error <= 15 and saturation > 0.5, (name, rgb, hue * 360)

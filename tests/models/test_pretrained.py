@@ -1,8 +1,10 @@
 import pytest
 import torch
+from local_http import unused_url
 
+from mit_semseg.download import DownloadError, cache_root
 from mit_semseg.models import build_encoder, load_pretrained
-from mit_semseg.models.pretrained import PRETRAINED_FILES, pretrained_url
+from mit_semseg.models.pretrained import PRETRAINED_FILES, pretrained_dir, pretrained_url
 
 
 def imagenet_file(folder, family, encoder, extra):
@@ -52,12 +54,42 @@ def test_mismatching_file_lists_keys_and_leaves_the_encoder_untouched(tmp_path):
 
 def test_offline_download_names_url_and_path_and_leaves_no_file(tmp_path):
     encoder = build_encoder("resnet18")
-    url = "http://127.0.0.1:9/resnet18-imagenet.pth"  # discard port: refused at once
-    with pytest.raises(RuntimeError) as info:
-        load_pretrained(encoder, model_dir=tmp_path, url=url)
+    url = unused_url("/resnet18-imagenet.pth")
+    with pytest.raises(DownloadError) as info:
+        load_pretrained(encoder, model_dir=tmp_path, url=url, progress=False)
     message = str(info.value)
+    assert "\n" not in message
     assert url in message and str(tmp_path / "resnet18-imagenet.pth") in message
-    assert list(tmp_path.iterdir()) == []
+    assert "MIT_SEMSEG_PRETRAINED_DIR" in message
+    assert [p.name for p in tmp_path.iterdir()] == ["resnet18-imagenet.pth.lock"]
+
+
+def test_default_folder_is_the_per_user_cache_not_the_working_directory(tmp_path,
+                                                                           monkeypatch):
+    monkeypatch.delenv("MIT_SEMSEG_PRETRAINED_DIR", raising=False)
+    monkeypatch.setenv("MIT_SEMSEG_HOME", str(tmp_path / "home"))
+    assert pretrained_dir() == cache_root() / "pretrained" == tmp_path / "home" / "pretrained"
+    monkeypatch.setenv("MIT_SEMSEG_PRETRAINED_DIR", str(tmp_path / "mine"))
+    assert pretrained_dir() == tmp_path / "mine"
+    assert pretrained_dir(tmp_path / "arg") == tmp_path / "arg"
+
+
+def test_downloaded_weights_are_verified_on_every_load(tmp_path, http_server, monkeypatch):
+    served, state = imagenet_file(tmp_path, "resnet18", build_encoder("resnet18"),
+                                  {"fc.weight": torch.zeros(10, 512)})
+    url = http_server.serve("/resnet18-imagenet.pth", served.read_bytes())
+    monkeypatch.setenv("MIT_SEMSEG_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("MIT_SEMSEG_PRETRAINED_DIR", raising=False)
+    encoder = load_pretrained(build_encoder("resnet18"), url=url, progress=False)
+    assert torch.equal(encoder.conv1.weight, state["conv1.weight"])
+    cached = tmp_path / "home" / "pretrained" / "resnet18-imagenet.pth"
+    assert cached.read_bytes() == served.read_bytes()
+    assert cached.with_name(cached.name + ".sha256").is_file()
+    cached.write_bytes(cached.read_bytes()[:-8] + bytes(8))  # damaged on disk
+    encoder = load_pretrained(build_encoder("resnet18"), url=url, progress=False)
+    assert torch.equal(encoder.conv1.weight, state["conv1.weight"])
+    assert cached.read_bytes() == served.read_bytes()
+    assert len(http_server.hits("/resnet18-imagenet.pth")) == 2
 
 
 def test_urls_follow_the_original_pattern():

@@ -1,0 +1,179 @@
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from local_http import unused_url
+
+from mit_semseg.config import get_cfg_defaults
+from mit_semseg.data import TrainDataset, ValDataset
+from mit_semseg.data.ade20k import (
+    DEFAULT_ROOT,
+    FOLDER,
+    NUM_CLASS,
+    PrepareError,
+    config_opts,
+    main,
+    unpack,
+)
+from mit_semseg.data.check import check_dataset
+from mit_semseg.data.odgt import read_odgt
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+URL_PATH = "/places/ADEchallenge/ADEChallengeData2016.zip"
+# (split, file stem, height, width): both orientations, odd sizes, one grayscale photo
+SAMPLES = [("training", "ADE_train_00000001", 48, 64), ("training", "ADE_train_00000002", 72, 40),
+           ("training", "ADE_train_00000003", 45, 61), ("validation", "ADE_val_00000001", 56, 56),
+           ("validation", "ADE_val_00000002", 40, 66)]
+
+
+def _encode(ext, array):
+    ok, data = cv2.imencode(ext, array)
+    assert ok
+    return data.tobytes()
+
+
+def make_ade_zip(path: Path, skip_split: str = "", label_max: int = NUM_CLASS) -> Path:
+    """A miniature ADEChallengeData2016.zip: the real layout, names and file formats (JPEG
+    photos, 8-bit grayscale PNG annotations with 0 = unlabeled, 1..150), plus the two text
+    files of the release."""
+    rng = np.random.default_rng(0)
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr(f"{FOLDER}/", "")
+        archive.writestr(f"{FOLDER}/objectInfo150.txt",
+                         "Idx\tRatio\tTrain\tVal\tName\n1\t0.1576\t11664\t1172\twall\n")
+        archive.writestr(f"{FOLDER}/sceneCategories.txt", "ADE_train_00000001 airport_terminal\n")
+        for index, (split, stem, height, width) in enumerate(SAMPLES):
+            if split == skip_split:
+                continue
+            photo = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+            if index == 1:
+                photo = photo[:, :, 0]  # ADE20K has a few grayscale JPEGs
+            label = rng.integers(0, label_max + 1, (height, width), dtype=np.uint8)
+            archive.writestr(f"{FOLDER}/images/{split}/{stem}.jpg", _encode(".jpg", photo))
+            archive.writestr(f"{FOLDER}/annotations/{split}/{stem}.png", _encode(".png", label))
+    return path
+
+
+@pytest.fixture(scope="module")
+def ade_zip(tmp_path_factory) -> Path:
+    return make_ade_zip(tmp_path_factory.mktemp("zip") / "ADEChallengeData2016.zip")
+
+
+def expected_records(split):
+    return [{"fpath_img": f"{FOLDER}/images/{split}/{stem}.jpg",
+             "fpath_segm": f"{FOLDER}/annotations/{split}/{stem}.png",
+             "width": width, "height": height}
+            for s, stem, height, width in SAMPLES if s == split]
+
+
+def test_the_configs_read_where_the_command_writes():
+    configs = sorted((REPO_ROOT / "config").glob("ade20k-*.yaml"))
+    assert len(configs) == 7
+    for path in configs:
+        cfg = get_cfg_defaults()
+        cfg.merge_from_file(str(path))
+        assert Path(cfg.DATASET.root_dataset).resolve() == Path(DEFAULT_ROOT).resolve()
+        assert Path(cfg.DATASET.list_train) == Path(DEFAULT_ROOT) / "training.odgt"
+        assert Path(cfg.DATASET.list_val) == Path(DEFAULT_ROOT) / "validation.odgt"
+        assert cfg.DATASET.num_class == NUM_CLASS
+
+
+def test_download_unpack_list_and_check(http_server, ade_zip, tmp_path, capsys):
+    url = http_server.serve(URL_PATH, ade_zip.read_bytes())
+    root = tmp_path / "data"
+    assert main(["--root", str(root), "--url", url, "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "training: records: 3, read: 3, problems: 0" in out
+    assert "validation: records: 2, read: 2, problems: 0" in out
+    assert "DATASET.root_dataset" in out  # not ./data: the command says how to point at it
+    for split in ("training", "validation"):
+        records, _ = read_odgt(root / f"{split}.odgt")
+        assert records == expected_records(split)
+        assert check_dataset(root / f"{split}.odgt", NUM_CLASS, root).ok
+    assert (root / "ADEChallengeData2016.zip").read_bytes() == ade_zip.read_bytes()
+    assert (root / "ADEChallengeData2016.zip.sha256").is_file()
+    assert (root / FOLDER / "objectInfo150.txt").is_file()
+    assert sorted(p.name for p in root.iterdir() if p.name.startswith(".")) == []
+    # the configs' datasets load the lists (pointed at this root)
+    cfg = get_cfg_defaults()
+    cfg.merge_from_file(str(REPO_ROOT / "config" / "ade20k-resnet18dilated-ppm_deepsup.yaml"))
+    cfg.merge_from_list(config_opts(root) + ["DATASET.imgSizes", "(32,)"])
+    batch = TrainDataset(cfg.DATASET.root_dataset, cfg.DATASET.list_train, cfg.DATASET,
+                         batch_per_gpu=2, seed=0)[0]
+    assert batch["img_data"].shape[:2] == (2, 3)
+    val = ValDataset(cfg.DATASET.root_dataset, cfg.DATASET.list_val, cfg.DATASET)
+    assert len(val) == 2 and val[1]["seg_label"].shape[-2:] == (40, 66)
+    # a second run reuses everything: no request
+    assert main(["--root", str(root), "--url", url, "--no-progress"]) == 0
+    assert len(http_server.hits(URL_PATH)) == 1
+
+
+def test_zip_fetched_elsewhere_and_force(ade_zip, tmp_path, capsys):
+    root = tmp_path / "data"
+    assert main(["--root", str(root), "--zip", str(ade_zip), "--no-progress"]) == 0
+    photo = root / FOLDER / "images" / "training" / "ADE_train_00000001.jpg"
+    original = photo.read_bytes()
+    photo.write_bytes(b"damaged")
+    # the unpacked folder is kept, so the damage is found (and named) when listing
+    assert main(["--root", str(root), "--zip", str(ade_zip), "--no-progress"]) == 2
+    assert "ADE_train_00000001.jpg" in capsys.readouterr().err
+    assert main(["--root", str(root), "--zip", str(ade_zip), "--force", "--no-progress"]) == 0
+    assert photo.read_bytes() == original
+    assert not (root / "ADEChallengeData2016.zip").exists()  # nothing was downloaded
+    assert sorted(p.name for p in root.iterdir()) == [FOLDER, "training.odgt",
+                                                      "validation.odgt"]
+
+
+def test_bad_samples_are_reported_with_status_1(tmp_path, capsys):
+    archive = make_ade_zip(tmp_path / "a.zip", label_max=NUM_CLASS + 5)
+    assert main(["--root", str(tmp_path / "data"), "--zip", str(archive), "--no-progress"]) == 1
+    out = capsys.readouterr().out
+    assert "PROBLEM" in out and "> num_class 150" in out and "mit_semseg.data.check" in out
+
+
+def test_bad_archives_fail_in_one_line_and_leave_nothing(tmp_path, ade_zip, capsys):
+    root = tmp_path / "data"
+    cut = tmp_path / "cut.zip"
+    cut.write_bytes(ade_zip.read_bytes()[:3000])
+    assert main(["--root", str(root), "--zip", str(cut), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "cannot open as a zip archive" in err and "cut.zip" in err
+    partial = make_ade_zip(tmp_path / "partial.zip", skip_split="validation")
+    assert main(["--root", str(root), "--zip", str(partial), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"missing {FOLDER}/images/validation/" in err
+    assert list(root.iterdir()) == []
+    evil = tmp_path / "evil.zip"
+    with zipfile.ZipFile(evil, "w") as archive:
+        archive.writestr(f"{FOLDER}/../../escaped.txt", "x")
+    with pytest.raises(PrepareError, match="unsafe member path"):
+        unpack(evil, root)
+    assert not (tmp_path / "escaped.txt").exists()
+
+
+def test_a_cut_download_fails_then_resumes(http_server, ade_zip, tmp_path):
+    url = http_server.serve(URL_PATH, ade_zip.read_bytes())
+    http_server.drop_next(URL_PATH, after_bytes=4000, times=3)
+    root = tmp_path / "data"
+    assert main(["--root", str(root), "--url", url, "--no-progress"]) == 2
+    assert sorted(p.name for p in root.iterdir() if not p.name.endswith(".lock")) == [
+        "ADEChallengeData2016.zip.part", "ADEChallengeData2016.zip.part.validator"]
+    assert main(["--root", str(root), "--url", url, "--no-progress"]) == 0
+    assert http_server.hits(URL_PATH)[-1].headers["Range"] == "bytes=12000-"
+
+
+def test_offline_is_one_line_with_the_manual_steps(tmp_path):
+    url = unused_url("/ADEChallengeData2016.zip")
+    result = subprocess.run(
+        [sys.executable, "-m", "mit_semseg.data.ade20k", "--root", str(tmp_path), "--url", url],
+        capture_output=True, text=True, timeout=120, cwd=REPO_ROOT)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("python -m mit_semseg.data.ade20k: error: cannot download")
+    assert url in lines[0] and str(tmp_path / "ADEChallengeData2016.zip") in lines[0]
+    assert "--zip PATH" in lines[0] and "Traceback" not in result.stderr
