@@ -20,7 +20,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from .compat import key_differences, strip_module_prefix
+from .checkpoint_format import key_differences, strip_module_prefix
 
 __all__ = [
     "PRETRAINED_URL",
