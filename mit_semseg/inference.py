@@ -174,23 +174,13 @@ def load_segmentation_module(
             f"checkpoint file(s) not found: {', '.join(missing)} (set DIR to the training "
             "output folder and VAL.checkpoint / TEST.checkpoint to e.g. epoch_20.pth)"
         )
-    from mit_semseg.models import ModelBuilder, SegmentationModule
+    from mit_semseg.models import build_segmentation_model
 
     logger.info("loading %s and %s", paths["encoder"], paths["decoder"])
-    encoder = ModelBuilder.build_encoder(
-        arch=model_cfg.arch_encoder.lower(),
-        fc_dim=model_cfg.fc_dim,
-        weights=str(paths["encoder"]),
-    )
-    decoder = ModelBuilder.build_decoder(
-        arch=model_cfg.arch_decoder.lower(),
-        fc_dim=model_cfg.fc_dim,
-        num_class=num_class,
-        weights=str(paths["decoder"]),
-        use_softmax=True,
-        in_channels=encoder.out_channels,
-    )
-    module = SegmentationModule(encoder, decoder, nn.NLLLoss(ignore_index=-1)).to(device).eval()
+    module = build_segmentation_model(
+        model_cfg.arch_encoder, model_cfg.arch_decoder, num_class, fc_dim=model_cfg.fc_dim,
+        weights_encoder=str(paths["encoder"]), weights_decoder=str(paths["decoder"]),
+    ).to(device).eval()
     if getattr(model_cfg, "fast_inference", False):
         from mit_semseg.perf import optimize_for_inference
 

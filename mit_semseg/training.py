@@ -136,20 +136,15 @@ def build_training_module(*, arch_encoder: str, arch_decoder: str, fc_dim: int, 
                           norm_layer: Callable[..., nn.Module] = nn.BatchNorm2d) -> nn.Module:
     """Encoder + decoder + ``NLLLoss(ignore_index=-1)`` wrapped in a ``SegmentationModule``.
 
-    A ``*_deepsup`` decoder gets the auxiliary loss weighted by ``deep_sup_scale``. ImageNet
+    A deep-supervision decoder gets the auxiliary loss weighted by ``deep_sup_scale``. ImageNet
     weights are used only when ``pretrained`` and no ``weights_encoder`` file is given.
     """
-    from .models import ModelBuilder, SegmentationModule
+    from .models import build_segmentation_model
 
-    encoder = ModelBuilder.build_encoder(
-        arch=arch_encoder.lower(), fc_dim=fc_dim, weights=weights_encoder,
-        pretrained=pretrained and not weights_encoder, norm_layer=norm_layer)
-    decoder = ModelBuilder.build_decoder(
-        arch=arch_decoder.lower(), fc_dim=fc_dim, num_class=num_class, weights=weights_decoder,
-        use_softmax=False, norm_layer=norm_layer, in_channels=encoder.out_channels)
-    crit = nn.NLLLoss(ignore_index=-1)
-    deep_sup = deep_sup_scale if arch_decoder.lower().endswith("deepsup") else None
-    return SegmentationModule(encoder, decoder, crit, deep_sup_scale=deep_sup)
+    return build_segmentation_model(
+        arch_encoder, arch_decoder, num_class, fc_dim=fc_dim, weights_encoder=weights_encoder,
+        weights_decoder=weights_decoder, pretrained=pretrained, deep_sup_scale=deep_sup_scale,
+        norm_layer=norm_layer)
 
 
 # ----------------------------------------------------------------------------- seeding
