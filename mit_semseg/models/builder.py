@@ -19,12 +19,12 @@ from .registry import DECODERS, ENCODERS
 from .segmentation_module import SegmentationModule
 
 __all__ = [
-    "build_decoder",
-    "build_encoder",
-    "build_segmentation_model",
-    "check_fc_dim",
-    "list_decoders",
     "list_encoders",
+    "list_decoders",
+    "check_fc_dim",
+    "build_encoder",
+    "build_decoder",
+    "build_segmentation_model",
 ]
 
 logger = logging.getLogger(__name__)
@@ -101,8 +101,10 @@ def build_decoder(arch: str, num_class: int, *, in_channels: Sequence[int] | Non
         weights: state-dict file to load (strict); empty for none.
         norm_layer: normalisation layer constructor.
     """
-    decoder = DECODERS.build(arch, num_class=num_class, in_channels=in_channels, fc_dim=fc_dim,
-                             norm_layer=norm_layer)
+    # Only the width arguments given are passed, so a new decoder needs no fc_dim parameter.
+    widths = {key: value for key, value in (("in_channels", in_channels), ("fc_dim", fc_dim))
+              if value is not None}
+    decoder = DECODERS.build(arch, num_class=num_class, norm_layer=norm_layer, **widths)
     if weights:
         load_weights(decoder, weights, what=f"{arch} decoder weights")
     return decoder

@@ -3,9 +3,7 @@
 import re
 from pathlib import Path
 
-import pytest
-
-from mit_semseg.models import DECODERS, ENCODERS, build_segmentation_model
+from mit_semseg.models import ENCODERS, build_segmentation_model
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "models.md"
 
@@ -17,13 +15,6 @@ def python_block(heading):
     match = re.search(r"```python\n(.*?)```", section, re.S)
     assert match, f"no python block after {heading!r} in {DOC}"
     return match.group(1)
-
-
-@pytest.fixture
-def scratch_registries(monkeypatch):
-    # The example registers a name; keep it out of the registries the other tests see.
-    for registry in (ENCODERS, DECODERS):
-        monkeypatch.setattr(registry, "_builders", dict(registry._builders))
 
 
 def test_add_your_own_encoder_example_runs(scratch_registries):

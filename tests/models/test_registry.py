@@ -1,7 +1,15 @@
 import pytest
+import torch
 import torch.nn as nn
 
-from mit_semseg.models import DECODERS, ENCODERS, build_decoder, build_encoder
+from mit_semseg.models import (
+    DECODERS,
+    ENCODERS,
+    build_decoder,
+    build_encoder,
+    build_segmentation_model,
+)
+from mit_semseg.models.decoders import SegmentationDecoder
 from mit_semseg.models.registry import Registry
 
 # The original's arch strings: its configs and checkpoints name them, so they must stay.
@@ -60,3 +68,26 @@ def test_build_gives_every_module_the_originals_checkpoint_layout():
     keys = set(registry.build("plain").state_dict())
     assert {"1._tmp_running_mean", "1._tmp_running_var", "1._running_iter"} <= keys
 
+
+
+def test_a_new_decoder_is_one_class_and_its_registration(scratch_registries):
+    class Linear(SegmentationDecoder):
+        """1x1 classifier on the first map (what docs/models.md says a decoder needs)."""
+
+        output_index = 0
+
+        def __init__(self, num_class, in_channels, norm_layer=nn.BatchNorm2d):
+            super().__init__(num_class, in_channels, None, deep_sup=False)
+            self.norm = norm_layer(in_channels[0])
+            self.classify = nn.Conv2d(in_channels[0], num_class, 1)
+
+        def forward(self, conv_out):
+            return self.classify(self.norm(self._check_map(conv_out, 0)))
+
+    DECODERS.register("linear", Linear)
+    model = build_segmentation_model("resnet18", "linear", 4, deep_sup_scale=0.4)
+    assert isinstance(model.decoder, Linear) and model.output_stride == 4
+    assert "norm._running_iter" in model.decoder.state_dict()
+    loss, _ = model.train()({"img_data": torch.randn(2, 3, 32, 32),
+                             "seg_label": torch.randint(0, 4, (2, 8, 8))})
+    assert torch.isfinite(loss)

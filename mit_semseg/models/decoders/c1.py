@@ -24,10 +24,7 @@ class C1(SegmentationDecoder):
     """The original's ``C1`` / ``C1DeepSup``.
 
     Args:
-        num_class: number of classes.
-        in_channels: the encoder's ``out_channels``.
-        fc_dim: instead of ``in_channels``: the original's layout (see
-            :class:`SegmentationDecoder`).
+        num_class, in_channels, fc_dim: see :class:`SegmentationDecoder`.
         deep_sup: add the auxiliary head.
         norm_layer: normalisation layer constructor.
     """

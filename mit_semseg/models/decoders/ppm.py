@@ -26,10 +26,7 @@ class PPM(SegmentationDecoder):
     """The original's ``PPM`` / ``PPMDeepsup``.
 
     Args:
-        num_class: number of classes.
-        in_channels: the encoder's ``out_channels``.
-        fc_dim: instead of ``in_channels``: the original's layout (see
-            :class:`SegmentationDecoder`).
+        num_class, in_channels, fc_dim: see :class:`SegmentationDecoder`.
         pool_scales: output sizes of the pyramid pooling branches.
         deep_sup: add the auxiliary head.
         norm_layer: normalisation layer constructor.

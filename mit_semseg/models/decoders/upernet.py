@@ -28,10 +28,8 @@ class UPerNet(SegmentationDecoder):
     """The original's ``UPerNet`` with encoder-driven widths and optional deep supervision.
 
     Args:
-        num_class: number of classes.
-        in_channels: the encoder's ``out_channels``.
-        fc_dim: instead of ``in_channels``: the original's layout, ResNet-50's lateral widths
-            ``[256, 512, 1024, fc_dim]``.
+        num_class, in_channels, fc_dim: see :class:`SegmentationDecoder` (``fc_dim`` alone
+            gives ResNet-50's lateral widths ``[256, 512, 1024, fc_dim]``).
         pool_scales: output sizes of the pyramid pooling branches.
         fpn_dim: width of the FPN maps.
         deep_sup: add the auxiliary head (on ``conv_out[-2]``, width ``in_channels[-1] // 4``).
