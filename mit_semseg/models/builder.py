@@ -58,13 +58,16 @@ def check_fc_dim(fc_dim: int | None, widths: Sequence[int], source: str) -> None
         )
 
 
-def build_encoder(arch: str, *, weights: str = "", pretrained: bool = False,
-                  norm_layer: NormLayer = nn.BatchNorm2d, output_stride: int | None = None,
+def build_encoder(arch: str, *, fc_dim: int | None = None, weights: str = "",
+                  pretrained: bool = False, norm_layer: NormLayer = nn.BatchNorm2d,
+                  output_stride: int | None = None,
                   pretrained_dir: str | os.PathLike | None = None) -> nn.Module:
     """Build a registered encoder.
 
     Args:
         arch: encoder name (see :func:`list_encoders`), case-insensitive.
+        fc_dim: if given (``MODEL.fc_dim``), must equal the last width; checked before any
+            weights are read.
         weights: state-dict file to load (strict); empty for none.
         pretrained: load the original's ImageNet weights when no ``weights`` file is given.
         norm_layer: normalisation layer constructor.
@@ -73,11 +76,15 @@ def build_encoder(arch: str, *, weights: str = "", pretrained: bool = False,
 
     Returns:
         The encoder, with ``out_channels`` and ``strides``.
+
+    Raises:
+        ValueError: ``fc_dim`` does not match the encoder.
     """
     kwargs = {"norm_layer": norm_layer}
     if output_stride is not None:
         kwargs["output_stride"] = output_stride
     encoder = ENCODERS.build(arch, **kwargs)
+    check_fc_dim(fc_dim, encoder.out_channels, f"encoder {arch!r}")
     if weights:
         load_weights(encoder, weights, what=f"{arch} encoder weights")
     elif pretrained:
@@ -132,9 +139,8 @@ def build_segmentation_model(arch_encoder: str, arch_decoder: str, num_class: in
     Raises:
         ValueError: ``fc_dim`` does not match the encoder.
     """
-    encoder = build_encoder(arch_encoder, weights=weights_encoder, pretrained=pretrained,
-                            norm_layer=norm_layer)
-    check_fc_dim(fc_dim, encoder.out_channels, f"encoder {arch_encoder!r}")
+    encoder = build_encoder(arch_encoder, fc_dim=fc_dim, weights=weights_encoder,
+                            pretrained=pretrained, norm_layer=norm_layer)
     decoder = build_decoder(arch_decoder, num_class, in_channels=encoder.out_channels,
                             weights=weights_decoder, norm_layer=norm_layer)
     return SegmentationModule(encoder, decoder, nn.NLLLoss(ignore_index=-1),
