@@ -142,7 +142,7 @@ def _calibrate_bn(module: Any, samples: list) -> None:
             for img in sample["img_data"]:
                 # batch of two copies: the PPM's 1x1 pooled branch needs > 1 value per channel
                 maps = module.encoder(img.repeat(2, 1, 1, 1), return_feature_maps=True)
-                module.decoder.logits(maps)
+                module.decoder(maps)
     module.eval()
 
 

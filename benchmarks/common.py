@@ -234,8 +234,7 @@ def build_module(impl: str, encoder: str, decoder: str, fc_dim: int, num_class: 
     if impl == "ours":
         from mit_semseg.models import build_segmentation_model
 
-        module = build_segmentation_model(encoder, decoder, num_class, fc_dim=fc_dim,
-                                          deep_sup_scale=deep_sup, use_softmax=not train)
+        module = build_segmentation_model(encoder, decoder, num_class, fc_dim=fc_dim)
     else:
         sys.path.append(str(REPO_ROOT / "tests" / "models"))
         from upstream_runner import build_encoder

@@ -7,7 +7,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from mit_semseg.engine.inference import predict_probs
 from mit_semseg.models import DECODERS, ENCODERS, build_segmentation_model
-from mit_semseg.models.decoders.blocks import softmax_over_classes
+from mit_semseg.models.segmentation_module import softmax_over_classes
 from mit_semseg.perf import (
     compile_module,
     fold_batchnorm,
@@ -99,8 +99,7 @@ def _check_folding(encoder, decoder, fc_dim=None):
     torch.manual_seed(0)
     # float64, so that the comparison tests the folding arithmetic, not float32 rounding
     # amplified through 100 random layers
-    module = build_segmentation_model(encoder, decoder, NUM_CLASS, fc_dim=fc_dim,
-                                      use_softmax=True).eval().double()
+    module = build_segmentation_model(encoder, decoder, NUM_CLASS, fc_dim=fc_dim).eval().double()
     _randomise_bn(module)
     x = torch.randn(1, 3, 72, 88, dtype=torch.float64)
     with torch.inference_mode():

@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 
 from ..download import DownloadError, cache_root, cached_download
-from .compat import key_differences, strip_module_prefix
+from .checkpoint_format import key_differences, strip_module_prefix
 
 __all__ = [
     "PRETRAINED_URL",

@@ -4,6 +4,8 @@ from pathlib import Path
 
 import pytest
 
+from mit_semseg.models import DECODERS, ENCODERS
+
 # A compact copy of ../shared/reference/upstream_state_dict_keys.json (the original's keys and
 # shapes, recorded from mit-semseg 1.0.0) travels with the tests, so a bare clone checks them too;
 # MIT_SEMSEG_REFERENCE_DIR points at another folder holding that file.
@@ -20,3 +22,10 @@ def upstream_reference() -> dict:
     if not REFERENCE_FILE.is_file():
         pytest.fail(f"reference file {REFERENCE_FILE} is missing")
     return json.loads(REFERENCE_FILE.read_text())
+
+
+@pytest.fixture
+def scratch_registries(monkeypatch):
+    """Registrations made by a test stay out of the registries the other tests see."""
+    for registry in (ENCODERS, DECODERS):
+        monkeypatch.setattr(registry, "_builders", dict(registry._builders))

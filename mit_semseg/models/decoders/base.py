@@ -1,4 +1,5 @@
-"""Common base of the decoders: logits methods plus the original's ``forward`` contract."""
+"""Common base of the decoders: declared widths and output resolution, the deep-supervision
+head, and a clear error when the encoder maps do not fit."""
 
 from __future__ import annotations
 
@@ -6,36 +7,56 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
-from ..compat import attach_upstream_bn_buffers
-from .blocks import NormLayer, conv3x3_bn_relu, softmax_over_classes, upsample
+from ..layers import NormLayer, conv_norm
 
 __all__ = ["SegmentationDecoder"]
 
 
 class SegmentationDecoder(nn.Module):
-    """Base class: subclasses implement :meth:`logits` (and get :meth:`aux_logits` for free).
+    """Base class: ``forward(conv_out)`` returns class scores (logits) at feature resolution.
 
-    :class:`~mit_semseg.models.SegmentationModule` calls :meth:`logits` / :meth:`aux_logits`
-    and does the upsampling, softmax and loss itself. :meth:`forward` keeps the original's
-    behaviour for code that calls a decoder directly.
+    :class:`~mit_semseg.models.SegmentationModule` turns them into a loss (training) or into
+    probabilities at the image size (inference), and adds :meth:`aux_logits` to the loss when
+    the decoder has deep supervision.
 
     Args:
         num_class: number of output classes.
-        in_channels: widths of the encoder maps.
-        use_softmax: what :meth:`forward` returns (see there).
+        in_channels: widths of the encoder maps (the encoder's ``out_channels``), or ``None``
+            with ``fc_dim``.
+        fc_dim: instead of ``in_channels``, only the last width: the decoder then assumes the
+            other widths the way the original's class did (:meth:`original_in_channels`),
+            which is the layout the original's checkpoints have.
         deep_sup: build the auxiliary head on the second-to-last encoder map (on the only map
             for a single-map encoder such as HRNetV2, see :attr:`aux_index`).
+
+    Attributes:
+        output_index: the encoder map whose resolution the logits have; every subclass sets
+            it (the registry refuses a decoder without it).
     """
 
-    def __init__(self, num_class: int, in_channels: Sequence[int], use_softmax: bool,
+    output_index: int
+
+    def __init__(self, num_class: int, in_channels: Sequence[int] | None, fc_dim: int | None,
                  deep_sup: bool) -> None:
         super().__init__()
+        if (in_channels is None) == (fc_dim is None):
+            raise TypeError(
+                f"{type(self).__name__} needs in_channels (the encoder's out_channels) or, for "
+                f"the original's layout, fc_dim; got in_channels={in_channels}, fc_dim={fc_dim}"
+            )
+        widths = self.original_in_channels(int(fc_dim)) if in_channels is None else in_channels
+        self.in_channels = [int(c) for c in widths]
+        if not self.in_channels:
+            raise ValueError("in_channels must list at least one encoder map width")
         self.num_class = int(num_class)
-        self.in_channels = list(in_channels)
-        self.use_softmax = bool(use_softmax)
         self.deep_sup = bool(deep_sup)
+
+    @staticmethod
+    def original_in_channels(fc_dim: int) -> list[int]:
+        """The encoder widths the original's class assumed from ``fc_dim`` alone: its auxiliary
+        head read ``fc_dim // 2`` channels."""
+        return [fc_dim // 2, fc_dim]
 
     @property
     def aux_index(self) -> int:
@@ -51,13 +72,10 @@ class SegmentationDecoder(nn.Module):
     def _build_deep_sup_head(self, mid_planes: int, norm_layer: NormLayer,
                              dropout: float | None) -> None:
         in_planes = self.in_channels[self.aux_index]
-        self.cbr_deepsup = conv3x3_bn_relu(in_planes, mid_planes, 1, norm_layer)
+        self.cbr_deepsup = conv_norm(in_planes, mid_planes, 3, norm_layer=norm_layer)
         if dropout is not None:
             self.dropout_deepsup = nn.Dropout2d(dropout)
         self.conv_last_deepsup = nn.Conv2d(mid_planes, self.num_class, 1)
-
-    def _finish_init(self) -> None:
-        attach_upstream_bn_buffers(self)
 
     def _check_map(self, conv_out: Sequence[torch.Tensor], index: int) -> torch.Tensor:
         if not -len(conv_out) <= index < len(conv_out):
@@ -76,8 +94,8 @@ class SegmentationDecoder(nn.Module):
             )
         return x
 
-    def logits(self, conv_out: Sequence[torch.Tensor]) -> torch.Tensor:
-        """Class scores (B, num_class, h, w) at the decoder's feature resolution."""
+    def forward(self, conv_out: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Class scores (B, num_class, h, w) at the resolution of ``conv_out[output_index]``."""
         raise NotImplementedError
 
     def aux_logits(self, conv_out: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -89,25 +107,3 @@ class SegmentationDecoder(nn.Module):
         if hasattr(self, "dropout_deepsup"):
             x = self.dropout_deepsup(x)
         return self.conv_last_deepsup(x)
-
-    def predict(self, conv_out: Sequence[torch.Tensor],
-                seg_size: Sequence[int] | None = None) -> torch.Tensor:
-        """Class probabilities, bilinearly upsampled to ``seg_size`` (B, num_class, H, W)."""
-        x = self.logits(conv_out)
-        if seg_size is not None:
-            x = upsample(x, seg_size)
-        return softmax_over_classes(x)
-
-    def log_probs(self, conv_out: Sequence[torch.Tensor]):
-        """Log-softmax at feature resolution; a ``(main, aux)`` pair for deep supervision."""
-        main = F.log_softmax(self.logits(conv_out), dim=1)
-        if not self.deep_sup:
-            return main
-        return main, F.log_softmax(self.aux_logits(conv_out), dim=1)
-
-    def forward(self, conv_out: Sequence[torch.Tensor], segSize: Sequence[int] | None = None):  # noqa: N803
-        """The original's contract: probabilities at ``segSize`` when built with
-        ``use_softmax=True``, else :meth:`log_probs` (``segSize`` is then ignored)."""
-        if self.use_softmax:
-            return self.predict(conv_out, segSize)
-        return self.log_probs(conv_out)

@@ -2,7 +2,7 @@
 
 Registered as ``ppm`` and ``ppm_deepsup`` (adds ``cbr_deepsup``, ``dropout_deepsup`` and
 ``conv_last_deepsup`` on the second-to-last map, or on the only map of a single-map encoder
-such as ``hrnetv2``). Output stride = the encoder's last stride.
+such as ``hrnetv2``). Output resolution: the last encoder map's.
 """
 
 from __future__ import annotations
@@ -13,17 +13,11 @@ from functools import partial
 import torch
 import torch.nn as nn
 
+from ..layers import NormLayer, conv_norm, init_weights, upsample
 from ..registry import DECODERS
 from .base import SegmentationDecoder
-from .blocks import (
-    NormLayer,
-    init_decoder_weights,
-    pyramid_pooling_branch,
-    resolve_in_channels,
-    upsample,
-)
 
-__all__ = ["PPM"]
+__all__ = ["PPM", "PPM_CHANNELS"]
 
 PPM_CHANNELS = 512  # width of every pooling branch and of the fused map (fixed in the original)
 
@@ -32,39 +26,36 @@ class PPM(SegmentationDecoder):
     """The original's ``PPM`` / ``PPMDeepsup``.
 
     Args:
-        num_class: number of classes.
-        fc_dim: width of the last encoder map; optional when ``in_channels`` is given.
-        use_softmax: see :meth:`SegmentationDecoder.forward`.
+        num_class, in_channels, fc_dim: see :class:`SegmentationDecoder`.
         pool_scales: output sizes of the pyramid pooling branches.
         deep_sup: add the auxiliary head.
-        in_channels: the encoder's ``out_channels`` (default ``[fc_dim // 2, fc_dim]``).
         norm_layer: normalisation layer constructor.
     """
 
-    def __init__(self, num_class: int = 150, fc_dim: int | None = 4096,
-                 use_softmax: bool = False, pool_scales: Sequence[int] = (1, 2, 3, 6), *,
-                 deep_sup: bool = False, in_channels: Sequence[int] | None = None,
-                 norm_layer: NormLayer = nn.BatchNorm2d) -> None:
-        widths = resolve_in_channels(fc_dim, in_channels, lambda c: [c // 2, c])
-        super().__init__(num_class, widths, use_softmax, deep_sup)
-        top = widths[-1]
+    output_index = -1
+
+    def __init__(self, num_class: int = 150, in_channels: Sequence[int] | None = None, *,
+                 fc_dim: int | None = None, pool_scales: Sequence[int] = (1, 2, 3, 6),
+                 deep_sup: bool = False, norm_layer: NormLayer = nn.BatchNorm2d) -> None:
+        super().__init__(num_class, in_channels, fc_dim, deep_sup)
+        top = self.in_channels[-1]
+        # Each branch: pool to scale x scale, then 1x1 conv-norm-ReLU (keys "1.*", "2.*").
         self.ppm = nn.ModuleList(
-            pyramid_pooling_branch(top, PPM_CHANNELS, scale, norm_layer) for scale in pool_scales
+            nn.Sequential(nn.AdaptiveAvgPool2d(scale),
+                          *conv_norm(top, PPM_CHANNELS, 1, norm_layer=norm_layer))
+            for scale in pool_scales
         )
         self.conv_last = nn.Sequential(
-            nn.Conv2d(top + len(pool_scales) * PPM_CHANNELS, PPM_CHANNELS, 3, padding=1,
-                      bias=False),
-            norm_layer(PPM_CHANNELS),
-            nn.ReLU(inplace=True),
+            *conv_norm(top + len(pool_scales) * PPM_CHANNELS, PPM_CHANNELS, 3,
+                       norm_layer=norm_layer),
             nn.Dropout2d(0.1),
             nn.Conv2d(PPM_CHANNELS, num_class, 1),
         )
         if deep_sup:
             self._build_deep_sup_head(top // 4, norm_layer, dropout=0.1)
-        init_decoder_weights(self)
-        self._finish_init()
+        init_weights(self, fan="in", norm_bias=1e-4)
 
-    def logits(self, conv_out: Sequence[torch.Tensor]) -> torch.Tensor:
+    def forward(self, conv_out: Sequence[torch.Tensor]) -> torch.Tensor:
         conv5 = self._check_map(conv_out, -1)  # (B, C, h, w)
         size = conv5.shape[2:]
         pyramid = [conv5] + [upsample(branch(conv5), size) for branch in self.ppm]

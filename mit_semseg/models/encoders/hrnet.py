@@ -26,19 +26,15 @@ no explicit initialisation (PyTorch's defaults), also as in the original.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Callable
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
-from ..compat import attach_upstream_bn_buffers
+from ..layers import NormLayer, conv_norm, upsample
 from ..registry import ENCODERS
 from .resnet import BasicBlock, Bottleneck
 
 __all__ = ["HRNetV2Encoder", "hrnetv2_encoder", "HRNETV2_W48"]
-
-NormLayer = Callable[[int], nn.Module]
 
 # The W48 network of the original: branch widths, modules in stages 2..4, basic blocks per
 # branch in every module, bottleneck blocks in layer1.
@@ -49,27 +45,14 @@ STEM_WIDTH = 64
 BOTTLENECK_EXPANSION = 4
 
 
-def _resize_like(x: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
-    return F.interpolate(x, size=reference.shape[2:], mode="bilinear", align_corners=False)
-
-
-def _conv_norm(in_ch: int, out_ch: int, kernel: int, stride: int, norm_layer: NormLayer,
-               relu: bool) -> nn.Sequential:
-    layers = [nn.Conv2d(in_ch, out_ch, kernel, stride=stride, padding=kernel // 2, bias=False),
-              norm_layer(out_ch)]
-    if relu:
-        layers.append(nn.ReLU(inplace=True))
-    return nn.Sequential(*layers)
-
-
 def _downsampling_chain(in_ch: int, out_ch: int, steps: int, norm_layer: NormLayer,
                         final_relu: bool) -> nn.Sequential:
     """``steps`` stride-2 3x3 conv + norm (+ ReLU); only the last step changes the width."""
     layers = []
     for step in range(steps):
         last = step == steps - 1
-        layers.append(_conv_norm(in_ch, out_ch if last else in_ch, 3, 2, norm_layer,
-                                 relu=final_relu or not last))
+        layers.append(conv_norm(in_ch, out_ch if last else in_ch, 3, 2, norm_layer,
+                                relu=final_relu or not last))
     return nn.Sequential(*layers)
 
 
@@ -97,8 +80,8 @@ class HRModule(nn.Module):
             row: list[nn.Module | None] = []
             for source, source_width in enumerate(widths):
                 if source > target:  # lower resolution: match the width, upsample in forward
-                    row.append(_conv_norm(source_width, target_width, 1, 1, norm_layer,
-                                          relu=False))
+                    row.append(conv_norm(source_width, target_width, 1, 1, norm_layer,
+                                         relu=False))
                 elif source < target:
                     row.append(_downsampling_chain(source_width, target_width, target - source,
                                                    norm_layer, final_relu=False))
@@ -118,7 +101,7 @@ class HRModule(nn.Module):
                 if layer is not None:
                     x = layer(x)
                     if source > target:
-                        x = _resize_like(x, xs[target])
+                        x = upsample(x, xs[target].shape[2:])
                 total = x if total is None else total + x
             fused.append(self.relu(total))
         return fused
@@ -162,7 +145,7 @@ class HRNetV2Encoder(nn.Module):
         self.relu = nn.ReLU(inplace=True)
 
         layer1_width = STEM_WIDTH * BOTTLENECK_EXPANSION
-        downsample = _conv_norm(STEM_WIDTH, layer1_width, 1, 1, norm_layer, relu=False)
+        downsample = conv_norm(STEM_WIDTH, layer1_width, 1, 1, norm_layer, relu=False)
         self.layer1 = nn.Sequential(
             Bottleneck(STEM_WIDTH, STEM_WIDTH, layer1_width, 1, 1, 1, 1, downsample, norm_layer),
             *(Bottleneck(layer1_width, STEM_WIDTH, layer1_width, 1, 1, 1, 1, None, norm_layer)
@@ -181,7 +164,6 @@ class HRNetV2Encoder(nn.Module):
         self.num_stages = len(stage_modules)
         self.out_channels = [sum(widths)]
         self.strides = [4]
-        attach_upstream_bn_buffers(self)
 
     @staticmethod
     def _transition(previous: list[int], current: list[int],
@@ -192,8 +174,8 @@ class HRNetV2Encoder(nn.Module):
         for index, width in enumerate(current):
             if index < len(previous):
                 same = previous[index] == width
-                layers.append(None if same else _conv_norm(previous[index], width, 3, 1,
-                                                            norm_layer, relu=True))
+                layers.append(None if same else conv_norm(previous[index], width, 3, 1,
+                                                           norm_layer, relu=True))
             else:
                 layers.append(_downsampling_chain(previous[-1], width, index + 1 - len(previous),
                                                   norm_layer, final_relu=True))
@@ -218,7 +200,7 @@ class HRNetV2Encoder(nn.Module):
                     inputs.append(layer(branches[-1]))
             branches = getattr(self, f"stage{stage}")(inputs)
         top = branches[0]
-        return [torch.cat([top] + [_resize_like(b, top) for b in branches[1:]], 1)]
+        return [torch.cat([top] + [upsample(b, top.shape[2:]) for b in branches[1:]], 1)]
 
 
 def hrnetv2_encoder(norm_layer: NormLayer = nn.BatchNorm2d, output_stride: int = 4,

@@ -17,20 +17,16 @@ residual blocks; the classifier's final 1x1 conv (``features[18]``) is not built
 
 from __future__ import annotations
 
-import math
 from functools import partial
-from typing import Callable
 
 import torch
 import torch.nn as nn
 
-from ..compat import attach_upstream_bn_buffers
+from ..layers import NormLayer, init_weights
 from ..registry import ENCODERS
 from .stages import dilation_plan
 
-__all__ = ["MobileNetV2Encoder", "mobilenetv2_encoder", "INVERTED_RESIDUAL_SETTING"]
-
-NormLayer = Callable[[int], nn.Module]
+__all__ = ["MobileNetV2Encoder", "INVERTED_RESIDUAL_SETTING"]
 
 # (expansion t, channels c, repeats n, stride s) of each stage, as in the MobileNetV2 paper.
 INVERTED_RESIDUAL_SETTING = [
@@ -107,18 +103,8 @@ class MobileNetV2Encoder(nn.Module):
         self._taps = taps
         self.out_channels = [block_specs[i - 1][1] for i in taps]
         self.strides = [plan[i - 1].output_stride for i in taps]
-        self._init_weights()
-        attach_upstream_bn_buffers(self)
-
-    def _init_weights(self) -> None:
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                # The original uses the full fan-out, also for depthwise convolutions.
-                fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels
-                nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / fan_out))
-            elif isinstance(m, (nn.modules.batchnorm._BatchNorm, nn.GroupNorm)) and m.affine:
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        # The original uses the full fan-out, also for depthwise convolutions.
+        init_weights(self, fan="out")
 
     def forward(self, x: torch.Tensor, return_feature_maps: bool = True) -> list[torch.Tensor]:
         """Encode ``x`` (B, 3, H, W) into the five tapped maps (``[last]`` if not
@@ -131,11 +117,5 @@ class MobileNetV2Encoder(nn.Module):
         return features if return_feature_maps else [x]
 
 
-def mobilenetv2_encoder(output_stride: int = 8,
-                        norm_layer: NormLayer = nn.BatchNorm2d) -> MobileNetV2Encoder:
-    """Build a :class:`MobileNetV2Encoder` (the registered builder)."""
-    return MobileNetV2Encoder(output_stride=output_stride, norm_layer=norm_layer)
-
-
-ENCODERS.register("mobilenetv2dilated", partial(mobilenetv2_encoder, output_stride=8))
-ENCODERS.register("mobilenetv2dilated16", partial(mobilenetv2_encoder, output_stride=16))
+ENCODERS.register("mobilenetv2dilated", partial(MobileNetV2Encoder, output_stride=8))
+ENCODERS.register("mobilenetv2dilated16", partial(MobileNetV2Encoder, output_stride=16))

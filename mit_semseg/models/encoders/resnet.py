@@ -20,20 +20,16 @@ the stage uses the new one. Attribute names reproduce the original's state-dict 
 
 from __future__ import annotations
 
-import math
 from functools import partial
-from typing import Callable
 
 import torch
 import torch.nn as nn
 
-from ..compat import attach_upstream_bn_buffers
+from ..layers import NormLayer, init_weights
 from ..registry import ENCODERS
 from .stages import dilation_plan
 
-__all__ = ["ResNetEncoder", "resnet_encoder", "RESNET_SPECS"]
-
-NormLayer = Callable[[int], nn.Module]
+__all__ = ["ResNetEncoder", "RESNET_SPECS"]
 
 # depth -> (block kind, blocks per stage, bottleneck widths per stage, expansion, groups)
 RESNET_SPECS: dict[str, tuple[str, list[int], list[int], int, int]] = {
@@ -155,18 +151,7 @@ class ResNetEncoder(nn.Module):
             in_ch = out_ch
             self.out_channels.append(out_ch)
             self.strides.append(step.output_stride)
-        self._init_weights()
-        attach_upstream_bn_buffers(self)
-
-    def _init_weights(self) -> None:
-        # The original's ImageNet-style init: N(0, sqrt(2 / fan_out)), fan_out per group.
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels // m.groups
-                nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / fan_out))
-            elif isinstance(m, (nn.modules.batchnorm._BatchNorm, nn.GroupNorm)) and m.affine:
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        init_weights(self, fan="out_per_group")  # the original's ImageNet-style init
 
     def forward(self, x: torch.Tensor, return_feature_maps: bool = True) -> list[torch.Tensor]:
         """Encode ``x`` (B, 3, H, W).
@@ -189,13 +174,7 @@ class ResNetEncoder(nn.Module):
         return features if return_feature_maps else [x]
 
 
-def resnet_encoder(arch: str, output_stride: int = 32,
-                   norm_layer: NormLayer = nn.BatchNorm2d) -> ResNetEncoder:
-    """Build a :class:`ResNetEncoder` (the registered builder)."""
-    return ResNetEncoder(arch, output_stride=output_stride, norm_layer=norm_layer)
-
-
 for _arch in RESNET_SPECS:
-    ENCODERS.register(_arch, partial(resnet_encoder, _arch, output_stride=32))
-    ENCODERS.register(f"{_arch}dilated", partial(resnet_encoder, _arch, output_stride=8))
-    ENCODERS.register(f"{_arch}dilated16", partial(resnet_encoder, _arch, output_stride=16))
+    ENCODERS.register(_arch, partial(ResNetEncoder, _arch, output_stride=32))
+    ENCODERS.register(f"{_arch}dilated", partial(ResNetEncoder, _arch, output_stride=8))
+    ENCODERS.register(f"{_arch}dilated16", partial(ResNetEncoder, _arch, output_stride=16))

@@ -1,4 +1,5 @@
-"""State-dict compatibility with checkpoints of the original ``mit_semseg`` 1.0.0.
+"""The checkpoint format every model shares: the original ``mit_semseg`` 1.0.0's state-dict
+layout, and strict loading of weight files.
 
 The original used a synchronized BatchNorm that kept three bookkeeping buffers per layer
 (``_tmp_running_mean``, ``_tmp_running_var``, ``_running_iter``), with
@@ -7,9 +8,9 @@ checkpoints therefore hold nine entries per BatchNorm where ``nn.BatchNorm2d`` h
 released ones lack ``num_batches_tracked`` (saved by an older PyTorch).
 
 :func:`attach_upstream_bn_buffers` installs two hooks on a *top-level* module (an encoder or a
-decoder). Because the hooks walk the submodules every time they run, they keep working when
-BatchNorm layers are replaced later (e.g. by a synchronized BatchNorm class), after
-``copy.deepcopy`` and in DataParallel replicas:
+decoder; the registries do it for every module they build). Because the hooks walk the
+submodules every time they run, they keep working when BatchNorm layers are replaced later
+(e.g. by a synchronized BatchNorm class), after ``copy.deepcopy`` and in DataParallel replicas:
 
 * ``state_dict()`` emits the three extra entries for every ``_BatchNorm`` (``_tmp_*`` equal to
   the running statistics and ``_running_iter == 1``, which the original reads back unchanged);
@@ -20,6 +21,7 @@ BatchNorm layers are replaced later (e.g. by a synchronized BatchNorm class), af
 from __future__ import annotations
 
 import logging
+import os
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping, MutableMapping
 from typing import Any
@@ -32,6 +34,7 @@ __all__ = [
     "UPSTREAM_BN_EXTRAS",
     "attach_upstream_bn_buffers",
     "key_differences",
+    "load_weights",
     "strip_module_prefix",
 ]
 
@@ -161,3 +164,37 @@ def key_differences(
 
     expected, given = required(module.state_dict()), required(state_dict)
     return sorted(expected - given), sorted(given - expected)
+
+
+def load_weights(module: nn.Module, path: str | os.PathLike, what: str = "weights") -> nn.Module:
+    """Load a state-dict file into ``module`` strictly (in place).
+
+    Accepts the original's checkpoints (SyncBN extras, missing ``num_batches_tracked``) and
+    files saved from a DataParallel/DDP wrapper (``module.`` prefix, stripped and logged).
+
+    Args:
+        module: the network to fill.
+        path: ``torch.save``d state dict.
+        what: how error messages and the log call the file (e.g. "resnet50 encoder weights").
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        RuntimeError: the file is unreadable or its keys/shapes do not match; names the file.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{what} file not found: {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises many types for corrupt/foreign files
+        raise RuntimeError(f"cannot read {what} file {path}: {error}") from error
+    if not isinstance(state, Mapping):
+        raise RuntimeError(f"{what} file {path} holds a {type(state).__name__}, not a state dict")
+    state = strip_module_prefix(state, path)
+    try:
+        module.load_state_dict(state, strict=True)
+    except RuntimeError as error:
+        raise RuntimeError(f"{what} file {path} does not fit {type(module).__name__}: {error}"
+                           ) from error
+    logger.info("loaded %s from %s", what, path)
+    return module

@@ -1,0 +1,64 @@
+"""Pieces shared by encoders and decoders: the norm-layer type, conv + norm (+ ReLU), bilinear
+resizing and the one weight-initialisation helper."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Callable, Literal
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.nn.modules.batchnorm import _BatchNorm
+
+__all__ = ["NormLayer", "conv_norm", "init_weights", "upsample"]
+
+# A normalisation layer constructor, called with the channel count (nn.BatchNorm2d, a
+# synchronized BatchNorm, ``lambda c: nn.GroupNorm(32, c)``, ...).
+NormLayer = Callable[[int], nn.Module]
+
+
+def conv_norm(in_ch: int, out_ch: int, kernel: int, stride: int = 1,
+              norm_layer: NormLayer = nn.BatchNorm2d, relu: bool = True) -> nn.Sequential:
+    """``kernel`` x ``kernel`` conv (no bias, "same" padding) -> norm (-> ReLU).
+
+    The submodule indices (``0`` conv, ``1`` norm) are part of the checkpoint format.
+    """
+    layers = [nn.Conv2d(in_ch, out_ch, kernel, stride=stride, padding=kernel // 2, bias=False),
+              norm_layer(out_ch)]
+    if relu:
+        layers.append(nn.ReLU(inplace=True))
+    return nn.Sequential(*layers)
+
+
+def upsample(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """Bilinear resize of (B, C, h, w) to ``size`` with ``align_corners=False`` (the only mode
+    the models use)."""
+    return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
+
+
+def init_weights(module: nn.Module, fan: Literal["in", "out", "out_per_group"],
+                 norm_bias: float = 0.0) -> None:
+    """He-normal conv weights and constant norm parameters, over ``module`` and its children.
+
+    Every conv weight is drawn from N(0, sqrt(2 / fan)), norm weights are set to 1 and norm
+    biases to ``norm_bias``. The original initialised its parts differently, and checkpoints
+    trained from scratch depend on it, hence the choices:
+
+    Args:
+        module: network to initialise in place.
+        fan: ``"in"`` = ``k * k * in_channels / groups`` (the decoders, ``kaiming_normal_``);
+            ``"out"`` = ``k * k * out_channels`` (MobileNetV2, depthwise convs counted in
+            full); ``"out_per_group"`` = ``k * k * out_channels / groups`` (ResNet, ResNeXt).
+        norm_bias: the decoders used 1e-4, the encoders 0.
+    """
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            k = m.kernel_size[0] * m.kernel_size[1]
+            fans = {"in": k * m.in_channels // m.groups, "out": k * m.out_channels,
+                    "out_per_group": k * m.out_channels // m.groups}
+            nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / fans[fan]))
+        elif isinstance(m, (_BatchNorm, nn.GroupNorm)) and m.affine:
+            nn.init.ones_(m.weight)
+            nn.init.constant_(m.bias, norm_bias)
