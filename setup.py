@@ -19,5 +19,9 @@ setup(
         "tqdm",
         "matplotlib",
     ],
-    extras_require={"test": ["pytest", "pytest-timeout", "ruff"]},
+    extras_require={
+        "test": ["pytest", "pytest-timeout", "ruff"],
+        # ONNX export (python -m mit_semseg.export) and the onnxruntime inference backend
+        "onnx": ["onnx", "onnxscript", "onnxruntime"],
+    },
 )

@@ -146,7 +146,7 @@ def fold_batchnorm(module: nn.Module, run_example: Callable[[], Any]) -> int:
 
 
 class PointwiseConv2d(nn.Conv2d):
-    """A 1x1, stride-1 ``nn.Conv2d`` that chooses its CPU inference kernel explicitly.
+    """A 1x1 ``nn.Conv2d`` that chooses its CPU inference kernel explicitly.
 
     For batches under 16 on one thread, PyTorch sends 1x1 convolutions to its generic
     ``_slow_conv2d_forward`` (a heuristic from older CPUs), which on channels-last inputs also
@@ -172,19 +172,22 @@ class PointwiseConv2d(nn.Conv2d):
             return torch.mkldnn_convolution(x, self.weight, self.bias, self.padding, self.stride,
                                             self.dilation, self.groups)
         weight = self.weight.reshape(self.out_channels, self.in_channels)
-        if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+        nhwc = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+        if self.stride != (1, 1):
+            layout = torch.channels_last if nhwc else torch.contiguous_format
+            x = x[:, :, ::self.stride[0], ::self.stride[1]].contiguous(memory_format=layout)
+        if nhwc:
             # NHWC memory seen as (B, H, W, C): a linear layer over the last axis
             return F.linear(x.permute(0, 2, 3, 1), weight, self.bias).permute(0, 3, 1, 2)
         batch, _, height, width = x.shape
-        y = torch.matmul(weight, x.reshape(batch, self.in_channels, height * width))
+        y = torch.matmul(weight, x.contiguous().reshape(batch, self.in_channels, height * width))
         if self.bias is not None:
             y += self.bias[:, None]
         return y.reshape(batch, self.out_channels, height, width)
 
 
 def _is_pointwise(conv: nn.Module) -> bool:
-    return (isinstance(conv, nn.Conv2d) and conv.kernel_size == (1, 1) and conv.stride == (1, 1)
-            and conv.groups == 1 and conv.padding in ((0, 0), "valid")
+    return (isinstance(conv, nn.Conv2d) and conv.kernel_size == (1, 1) and conv.groups == 1 and conv.padding in ((0, 0), "valid")
             and conv.padding_mode == "zeros")
 
 
@@ -300,9 +303,10 @@ class FactoredPPMDecoder(nn.Module):
         self.in_channels = list(decoder.in_channels)
         self.branches = decoder.ppm
         self.pool_sizes = [branch[0].output_size for branch in decoder.ppm]
-        self.conv_main = nn.Conv2d(top, fusion.out_channels, 3, padding=1,
-                                   bias=fusion.bias is not None)
         weight = fusion.weight.detach()
+        self.conv_main = nn.Conv2d(top, fusion.out_channels, 3, padding=1,
+                                   bias=fusion.bias is not None, device=weight.device,
+                                   dtype=weight.dtype)
         with torch.no_grad():
             self.conv_main.weight.copy_(weight[:, :top])
             if fusion.bias is not None:
