@@ -67,6 +67,10 @@ class MatrixAdaptiveAvgPool2d(nn.Module):
         self.output_size = (int(size[0]), int(size[1]))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, H, W) -> (B, C, s_h, s_w)
+        if self.output_size == (1, 1):
+            # a plain mean; as a (1, H) matrix product torch.export cannot prove the traced
+            # reshapes valid for every size and falls back to slower tracing strategies
+            return x.mean(dim=(-2, -1), keepdim=True)
         rows = adaptive_pool_matrix(x.shape[-2], self.output_size[0], x)
         cols = adaptive_pool_matrix(x.shape[-1], self.output_size[1], x)
         return rows @ x @ cols.transpose(0, 1)
