@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mit_semseg.models.decoders.blocks import upsample
-from mit_semseg.perf import fold_batchnorm
+from mit_semseg.perf import LogitsNetwork, fold_batchnorm
 from mit_semseg.resample import MatrixAdaptiveAvgPool2d
 from mit_semseg.utils import atomic_write
 
@@ -62,21 +62,11 @@ MIN_SIZE = 32  # smallest input side the exported graphs accept (stride-32 encod
 MAX_SIZE = 8192
 
 
-class InferenceNetwork(nn.Module):
-    """``image -> (logits, probs)`` of a segmentation module, the graph that is exported.
-
-    Args:
-        encoder: returns the list of feature maps.
-        decoder: has ``logits(maps)``.
-    """
-
-    def __init__(self, encoder: nn.Module, decoder: nn.Module) -> None:
-        super().__init__()
-        self.encoder = encoder
-        self.decoder = decoder
+class InferenceNetwork(LogitsNetwork):
+    """``image -> (logits, probs)`` of a segmentation module, the graph that is exported."""
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        logits = self.decoder.logits(self.encoder(image, return_feature_maps=True))
+        logits = super().forward(image)
         probs = F.softmax(upsample(logits, image.shape[-2:]), dim=1)
         return logits, probs  # (B, C, h, w), (B, C, H, W)
 

@@ -15,18 +15,16 @@ onnxruntime is an optional dependency: ``pip install 'mit_semseg[onnx]'``.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
 
 import torch
 
-from mit_semseg.score_maps import add_probabilities
+from mit_semseg.score_maps import LogitsSegmenter
 
 __all__ = ["OnnxRuntimeSegmenter"]
 
 
-class OnnxRuntimeSegmenter:
+class OnnxRuntimeSegmenter(LogitsSegmenter):
     """An exported ONNX segmentation model run by onnxruntime on the CPU.
 
     Args:
@@ -64,32 +62,13 @@ class OnnxRuntimeSegmenter:
                              "with python -m mit_semseg.export)")
         self.metadata = dict(self.session.get_modelmeta().custom_metadata_map)
         self.num_class = int(self.metadata.get("num_class", 0)) or None
+        super().__init__(lambda images: self._run("logits", images))
 
     def _run(self, output: str, images: torch.Tensor) -> torch.Tensor:
         array = images.detach().to("cpu", torch.float32).contiguous().numpy()
         result = self.session.run([output], {"image": array})[0]
         return torch.from_numpy(result).to(images.device)
 
-    def logits(self, images: torch.Tensor) -> torch.Tensor:
-        """Class scores ``(B, num_class, h, w)`` at the decoder's resolution."""
-        return self._run("logits", images)
-
     def probabilities(self, images: torch.Tensor) -> torch.Tensor:
         """The model's own ``probs`` output: probabilities at the input size."""
         return self._run("probs", images)
-
-    def predict(self, images: torch.Tensor, seg_size: Sequence[int]) -> torch.Tensor:
-        """Probabilities ``(B, num_class, H, W)`` at ``seg_size`` (same contract as
-        :meth:`SegmentationModule.predict`)."""
-        logits = self.logits(images)
-        out = torch.empty((logits.shape[0], logits.shape[1], int(seg_size[0]),
-                           int(seg_size[1])), device=logits.device)
-        return add_probabilities(out, logits, 1.0, overwrite=True)
-
-    def __call__(self, feed_dict: Mapping[str, Any], *, segSize: Sequence[int]  # noqa: N803
-                 ) -> torch.Tensor:
-        return self.predict(feed_dict["img_data"], segSize)
-
-    def eval(self) -> OnnxRuntimeSegmenter:
-        """No-op (inference only), so code that calls ``module.eval()`` works unchanged."""
-        return self

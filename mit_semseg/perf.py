@@ -44,6 +44,7 @@ __all__ = [
     "CONV_PLANS",
     "ConvPlan",
     "FactoredPPMDecoder",
+    "LogitsNetwork",
     "PointwiseConv2d",
     "apply_conv_plan",
     "choose_conv_plan",
@@ -69,15 +70,33 @@ def to_channels_last(module: nn.Module) -> nn.Module:
     return module.to(memory_format=torch.channels_last)
 
 
-def compile_module(module: nn.Module, mode: str | None = None) -> nn.Module:
-    """``torch.compile(module, dynamic=True, mode=mode)``.
+class LogitsNetwork(nn.Module):
+    """``images -> (B, num_class, h, w)``: encoder and decoder scores as one module, the part
+    of the inference that is compiled or exported (the full-size tail is not: see
+    :mod:`mit_semseg.score_maps`)."""
 
-    The compiled module shares parameters with ``module`` (state dicts and checkpoints keep
-    using ``module``). The first calls at each new input rank compile, which takes seconds
-    to minutes on a CPU.
+    def __init__(self, encoder: nn.Module, decoder: nn.Module) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.decoder = decoder
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.decoder.logits(self.encoder(images, return_feature_maps=True))
+
+
+def compile_module(module: nn.Module, mode: str | None = None, freezing: bool = False
+                   ) -> nn.Module:
+    """``torch.compile(module, dynamic=True, mode=mode)``, optionally with inductor freezing.
+
+    Freezing (inference only, under ``torch.no_grad``/``inference_mode``) treats the weights
+    as constants, so inductor pre-packs them for oneDNN and fuses bias, ReLU and residual
+    additions into the convolutions. The compiled module shares parameters with ``module``
+    (without freezing, state dicts and checkpoints keep using ``module``). The first call at
+    each new input rank compiles, which takes seconds to minutes on a CPU; inductor caches
+    compiled graphs on disk (``TORCHINDUCTOR_CACHE_DIR``), so later processes start faster.
     """
-    logger.info("compiling %s (mode=%s)", type(module).__name__, mode)
-    return torch.compile(module, dynamic=True, mode=mode)
+    logger.info("compiling %s (mode=%s, freezing=%s)", type(module).__name__, mode, freezing)
+    return torch.compile(module, dynamic=True, mode=mode, options={"freezing": freezing})
 
 
 def fold_batchnorm(module: nn.Module, run_example: Callable[[], Any]) -> int:
@@ -406,9 +425,6 @@ def optimize_for_inference(segmentation_module: nn.Module, device: torch.device 
     if device.type != "cpu":
         return to_channels_last(segmentation_module)
     if plan is None:
-        def run(image: torch.Tensor) -> torch.Tensor:
-            maps = segmentation_module.encoder(image, return_feature_maps=True)
-            return segmentation_module.decoder.logits(maps)
-
-        plan, _ = choose_conv_plan(segmentation_module, run)
+        network = LogitsNetwork(segmentation_module.encoder, segmentation_module.decoder)
+        plan, _ = choose_conv_plan(segmentation_module, network)
     return apply_conv_plan(segmentation_module, plan)

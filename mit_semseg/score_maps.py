@@ -12,6 +12,8 @@ intermediate maps stay in the CPU cache.
 * :func:`labels_from_logits` is the single-scale shortcut: argmax of the upsampled logits,
   no softmax (softmax keeps the order of the scores), no full-size float map at all.
 * :func:`predict_labels` is what ``test.py`` needs: labels of an image from one or more scales.
+* :class:`LogitsSegmenter` gives anything that computes logits (a compiled network, an
+  onnxruntime session) the inference interface of the eager model.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from torch import nn
 
 __all__ = [
     "BAND_BYTES",
+    "LogitsSegmenter",
     "add_probabilities",
     "labels_from_logits",
     "logits_function",
@@ -137,3 +140,37 @@ def predict_labels(module: Any, img_list: Sequence[torch.Tensor], seg_size: Sequ
     with torch.inference_mode(), amp_autocast(torch.device(device), amp):
         logits = logits_of(img_list[0].to(device, non_blocking=True))
     return labels_from_logits(logits, seg_size)[0]
+
+
+class LogitsSegmenter:
+    """The eager model's inference interface around a function ``images -> logits``.
+
+    ``segmenter({'img_data': images}, segSize=(H, W))`` and ``segmenter.predict(images,
+    (H, W))`` give ``(B, C, H, W)`` probabilities like a
+    :class:`~mit_semseg.models.SegmentationModule`; ``segmenter.logits(images)`` gives the
+    feature-resolution scores, which :func:`mit_semseg.inference.predict_probs` prefers.
+
+    Args:
+        logits: ``images (B, 3, H, W) -> (B, C, h, w)`` class scores.
+    """
+
+    def __init__(self, logits: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        self._logits = logits
+
+    def logits(self, images: torch.Tensor) -> torch.Tensor:
+        """Class scores ``(B, C, h, w)`` at the decoder's resolution."""
+        return self._logits(images)
+
+    def predict(self, images: torch.Tensor, seg_size: Sequence[int]) -> torch.Tensor:
+        """Probabilities ``(B, C, H, W)`` at ``seg_size``."""
+        logits = self.logits(images)
+        out = torch.empty((logits.shape[0], logits.shape[1], int(seg_size[0]),
+                           int(seg_size[1])), device=logits.device)
+        return add_probabilities(out, logits, 1.0, overwrite=True)
+
+    def __call__(self, feed_dict: Any, *, segSize: Sequence[int]) -> torch.Tensor:  # noqa: N803
+        return self.predict(feed_dict["img_data"], segSize)
+
+    def eval(self) -> LogitsSegmenter:
+        """No-op (inference only), so code that calls ``module.eval()`` works unchanged."""
+        return self

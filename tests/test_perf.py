@@ -13,6 +13,7 @@ from mit_semseg.perf import (
     CONV_PLANS,
     ConvPlan,
     FactoredPPMDecoder,
+    LogitsNetwork,
     PointwiseConv2d,
     apply_conv_plan,
     choose_conv_plan,
@@ -173,10 +174,12 @@ def test_softmax_over_classes_equals_softmax_in_either_layout(layout):
 
 
 @pytest.mark.slow
-def test_compiled_module_gives_the_same_probabilities(model):
+@pytest.mark.parametrize("freezing", [False, True])
+def test_compiled_module_gives_the_same_probabilities(model, freezing):
     imgs = [torch.randn(1, 3, 32, 40), torch.randn(1, 3, 40, 48)]
     expected = predict_probs(model, imgs, (33, 41), CPU)
-    got = predict_probs(compile_module(model), imgs, (33, 41), CPU)
+    compiled = compile_module(LogitsNetwork(model.encoder, model.decoder), freezing=freezing)
+    got = predict_probs(score_maps.LogitsSegmenter(compiled), imgs, (33, 41), CPU)
     torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
 
 
