@@ -207,7 +207,7 @@ class PointwiseConv2d(nn.Conv2d):
 
 def _is_pointwise(conv: nn.Module) -> bool:
     return (isinstance(conv, nn.Conv2d) and conv.kernel_size == (1, 1) and conv.groups == 1
-            and conv.padding in ((0, 0), "valid") and conv.padding_mode == "zeros")
+            and conv.padding == (0, 0) and conv.padding_mode == "zeros")
 
 
 @dataclass(frozen=True)
