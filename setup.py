@@ -20,5 +20,9 @@ setup(
         "filelock",  # serialises concurrent downloads of one file (already a torch dependency)
         "matplotlib",
     ],
-    extras_require={"test": ["pytest", "pytest-timeout", "ruff"]},
+    extras_require={
+        "test": ["pytest", "pytest-timeout", "ruff"],
+        # ONNX export (python -m mit_semseg.export) and the onnxruntime inference backend
+        "onnx": ["onnx", "onnxscript", "onnxruntime"],
+    },
 )

@@ -40,13 +40,23 @@ RESULTS_HEADER = (
 
 
 # ----------------------------------------------------------------------------- parent side
-def add_common_args(parser: argparse.ArgumentParser, repeats: int, threads: int = 2) -> None:
-    """Options every comparison has: where the original is, repeats, torch threads."""
+def add_common_args(parser: argparse.ArgumentParser, repeats: int, threads: int = 2,
+                    thread_counts: Sequence[int] | None = None) -> None:
+    """Options every comparison has: where the original is, repeats, torch threads.
+
+    With ``thread_counts``, ``--threads`` takes several values (a table per thread count,
+    default ``thread_counts``); otherwise one (default ``threads``).
+    """
     parser.add_argument("--upstream", default=None, help="folder holding the original package")
     parser.add_argument("--repeats", type=int, default=repeats,
                         help="alternating ours/original runs (the median is reported)")
-    parser.add_argument("--threads", type=int, default=threads,
-                        help="torch intra-op threads in every measuring process")
+    if thread_counts is None:
+        parser.add_argument("--threads", type=int, default=threads,
+                            help="torch intra-op threads in every measuring process")
+    else:
+        parser.add_argument("--threads", type=int, nargs="+", default=list(thread_counts),
+                            help="torch intra-op threads per measuring process; each count "
+                                 "is measured in turn")
     parser.add_argument("--no-write", action="store_true",
                         help="print only, leave benchmarks/RESULTS.md alone")
     parser.add_argument("--measure", choices=IMPLS, help=argparse.SUPPRESS)
@@ -75,16 +85,18 @@ def prepare_parent(args: argparse.Namespace) -> Path:
 
 
 def run_worker(script: str | Path, impl: str, upstream: Path, job: dict[str, Any],
-               threads: int, timeout: float = 1800) -> dict[str, Any]:
+               threads: int, timeout: float = 3600, env: dict[str, str] | None = None
+               ) -> dict[str, Any]:
     """Runs ``script --measure impl --job JSON`` in a fresh process and returns its JSON answer.
 
     The child sees only one ``mit_semseg`` (ours or the original) on its path and gets the
     same thread settings either way; the package it really imported is checked.
     """
     root = REPO_ROOT if impl == "ours" else upstream
+    extra = env or {}
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env.update(PYTHONPATH=str(root), OMP_NUM_THREADS=str(threads),
-               MKL_NUM_THREADS=str(threads), BENCH_THREADS=str(threads))
+               MKL_NUM_THREADS=str(threads), BENCH_THREADS=str(threads), **extra)
     cmd = [sys.executable, str(script), "--measure", impl, "--job", json.dumps(job)]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout,
                           cwd=str(REPO_ROOT / "benchmarks"))
@@ -132,8 +144,38 @@ def verdict(ratio: float, target: float, lower_is_better: bool) -> str:
     return f"{'meets' if met else 'MISSES'} the {sign} {target:g}x target"
 
 
-def machine_description(threads: int | None = None) -> str:
-    """CPU model, core count and library versions, for the results file."""
+ISA_FLAGS = {  # /proc/cpuinfo flag -> what it gives PyTorch
+    "amx_bf16": "AMX-BF16", "amx_tile": "AMX tiles", "avx512_bf16": "AVX-512 BF16",
+    "avx512_vnni": "AVX-512 VNNI", "avx512f": "AVX-512F", "avx2": "AVX2",
+}
+
+
+def cpu_flags() -> set[str]:
+    """The CPU feature flags of ``/proc/cpuinfo`` (empty where it does not exist)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            line = next(ln for ln in f if ln.startswith("flags"))
+    except (OSError, StopIteration):
+        return set()
+    return set(line.split(":", 1)[1].split())
+
+
+def isa_description() -> str:
+    """Which of the instruction sets that matter for fp32/bf16 convolutions the CPU has."""
+    import torch
+
+    flags = cpu_flags()
+    have = [label for flag, label in ISA_FLAGS.items() if flag in flags]
+    lacks = [label for flag, label in ISA_FLAGS.items() if flag not in flags]
+    amx = "**AMX**" if "amx_bf16" in flags else "**no AMX**"
+    text = f"{amx}; has {', '.join(have) or 'none of them'}"
+    if lacks:
+        text += f"; lacks {', '.join(lacks)}"
+    return text + f"; PyTorch CPU capability {torch.backends.cpu.get_cpu_capability()}"
+
+
+def machine_description(threads: int | Sequence[int] | None = None) -> str:
+    """CPU model, instruction sets, core count and library versions, for the results file."""
     cpu = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:
@@ -145,11 +187,13 @@ def machine_description(threads: int | None = None) -> str:
     import PIL
     import torch
 
-    text = (f"{cpu}, {os.cpu_count()} logical CPUs, {platform.system()} {platform.release()}; "
+    text = (f"{cpu} ({isa_description()}), {os.cpu_count()} logical CPUs, "
+            f"{platform.system()} {platform.release()}; "
             f"Python {platform.python_version()}, torch {torch.__version__}, "
             f"numpy {numpy.__version__}, opencv {cv2.__version__}, Pillow {PIL.__version__}")
     if threads is not None:
-        text += f"; {threads} torch thread(s) per measuring process"
+        counts = [threads] if isinstance(threads, int) else list(threads)
+        text += f"; {' and '.join(map(str, counts))} torch thread(s) per measuring process"
     try:
         load = os.getloadavg()
         text += (f"; load average {load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f} "
@@ -216,6 +260,34 @@ def peak_rss_mib() -> float:
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+# glibc otherwise keeps freed large blocks mapped (its mmap threshold grows with use), which
+# hides or inflates memory depending on what ran before; with a fixed threshold every large
+# tensor is its own mapping, returned on free, so RSS follows the live tensors
+MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "131072", "MALLOC_TRIM_THRESHOLD_": "131072"}
+
+
+def _status_mib(field: str) -> float:
+    with open("/proc/self/status", encoding="utf-8") as f:
+        line = next(ln for ln in f if ln.startswith(field + ":"))
+    return int(line.split()[1]) / 1024.0
+
+
+def reset_peak_rss() -> float:
+    """Restarts the peak-RSS counter (``VmHWM``) at the current RSS, which it returns (MiB).
+
+    Linux only (``/proc/self/clear_refs``); the peak of a later stretch of work is then
+    ``peak_rss_since_reset() - reset_peak_rss()``.
+    """
+    with open("/proc/self/clear_refs", "w", encoding="utf-8") as f:
+        f.write("5")
+    return _status_mib("VmRSS")
+
+
+def peak_rss_since_reset() -> float:
+    """``VmHWM``: the highest RSS since :func:`reset_peak_rss` (or the start), MiB."""
+    return _status_mib("VmHWM")
 
 
 def build_module(impl: str, encoder: str, decoder: str, fc_dim: int, num_class: int,

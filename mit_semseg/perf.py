@@ -1,18 +1,24 @@
-"""Speed settings for CPU (and GPU) runs. Only those that keep the numbers up to float rounding
-are ever on by default (``MODEL.fast_inference``); reduced precision is always opt-in.
+"""Speed settings for inference (and training) on CPU and GPU. Only those that keep the numbers
+up to float rounding are ever on by default (``MODEL.fast_inference``); reduced precision is
+always opt-in.
 
-* :func:`to_channels_last` stores conv weights as NHWC. oneDNN (CPU) and cuDNN then run
-  every convolution channels-last, which avoids layout reorders on each call; outputs equal
-  the default layout's up to float rounding (a different summation order).
 * :func:`fold_batchnorm` merges each eval-mode BatchNorm into the convolution before it, which
-  saves one pass over every feature map (inference only; equal up to float rounding).
-* :func:`optimize_for_inference` applies both; ``MODEL.fast_inference`` turns it on for
+  saves one pass over every feature map.
+* :class:`FactoredPPMDecoder` computes the PPM head's fusion convolution over its upsampled
+  pooling branches in closed form (about a fifth of ResNet-50 + PPM's FLOPs saved).
+* :class:`ConvPlan`: feature-map layout (NCHW or channels-last NHWC) and the kernel of the
+  1x1 convolutions (oneDNN or one GEMM, never PyTorch's slow single-thread fallback), chosen
+  by timing each candidate on this machine at the current thread count
+  (:func:`choose_conv_plan`), because the fastest one differs between CPUs (and their BLAS)
+  and thread counts.
+* :func:`optimize_for_inference` applies all three; ``MODEL.fast_inference`` turns it on for
   ``eval.py``, ``eval_multipro.py`` and ``test.py``.
+* :func:`compile_module` wraps :func:`torch.compile` (shapes dynamic, optionally with
+  inductor's freezing, which folds the weights into the graph and fuses ReLU and residual
+  additions into the oneDNN convolutions); worth it only for long runs.
 * Reduced precision (``amp="bf16"``) is an argument of
   :func:`mit_semseg.engine.inference.predict_probs` and ``TRAIN.amp`` for training; it changes the
   numbers, so it is never a default.
-* :func:`compile_module` wraps :func:`torch.compile` with shapes marked dynamic (multi-scale
-  inputs differ in size), for long runs where its start-up cost pays off.
 
 ``benchmarks/`` measures what each of these buys on a given machine.
 """
@@ -20,14 +26,33 @@ are ever on by default (``MODEL.fast_inference``); reduced precision is always o
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-__all__ = ["compile_module", "fold_batchnorm", "optimize_for_inference", "to_channels_last"]
+from mit_semseg.resample import bilinear_matrix
+
+__all__ = [
+    "CONV_PLANS",
+    "ConvPlan",
+    "FactoredPPMDecoder",
+    "LogitsNetwork",
+    "PointwiseConv2d",
+    "apply_conv_plan",
+    "choose_conv_plan",
+    "compile_module",
+    "factor_ppm_decoders",
+    "fold_batchnorm",
+    "optimize_for_inference",
+    "to_channels_last",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -44,15 +69,33 @@ def to_channels_last(module: nn.Module) -> nn.Module:
     return module.to(memory_format=torch.channels_last)
 
 
-def compile_module(module: nn.Module, mode: str | None = None) -> nn.Module:
-    """``torch.compile(module, dynamic=True, mode=mode)``.
+class LogitsNetwork(nn.Module):
+    """``images -> (B, num_class, h, w)``: encoder and decoder scores as one module, the part
+    of the inference that is compiled or exported (the full-size tail is not: see
+    :mod:`mit_semseg.engine.score_maps`)."""
 
-    The compiled module shares parameters with ``module`` (state dicts and checkpoints keep
-    using ``module``). The first calls at each new input rank compile, which takes seconds
-    to minutes on a CPU.
+    def __init__(self, encoder: nn.Module, decoder: nn.Module) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.decoder = decoder
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.decoder(self.encoder(images))
+
+
+def compile_module(module: nn.Module, mode: str | None = None, freezing: bool = False
+                   ) -> nn.Module:
+    """``torch.compile(module, dynamic=True, mode=mode)``, optionally with inductor freezing.
+
+    Freezing (inference only, under ``torch.no_grad``/``inference_mode``) treats the weights
+    as constants, so inductor pre-packs them for oneDNN and fuses bias, ReLU and residual
+    additions into the convolutions. The compiled module shares parameters with ``module``
+    (without freezing, state dicts and checkpoints keep using ``module``). The first call at
+    each new input rank compiles, which takes seconds to minutes on a CPU; inductor caches
+    compiled graphs on disk (``TORCHINDUCTOR_CACHE_DIR``), so later processes start faster.
     """
-    logger.info("compiling %s (mode=%s)", type(module).__name__, mode)
-    return torch.compile(module, dynamic=True, mode=mode)
+    logger.info("compiling %s (mode=%s, freezing=%s)", type(module).__name__, mode, freezing)
+    return torch.compile(module, dynamic=True, mode=mode, options={"freezing": freezing})
 
 
 def fold_batchnorm(module: nn.Module, run_example: Callable[[], Any]) -> int:
@@ -120,20 +163,260 @@ def fold_batchnorm(module: nn.Module, run_example: Callable[[], Any]) -> int:
     return len(pairs)
 
 
-def optimize_for_inference(segmentation_module: nn.Module, device: torch.device | str,
-                           channels_last: bool = True, fold_bn: bool = True) -> nn.Module:
-    """Folds BatchNorm and switches to channels-last, in place, for eval-mode inference.
+class PointwiseConv2d(nn.Conv2d):
+    """A 1x1 ``nn.Conv2d`` that chooses its CPU inference kernel explicitly.
 
-    Outputs equal the plain module's up to float rounding (about 1e-6 on probabilities).
+    For batches under 16 on one thread, PyTorch sends 1x1 convolutions to its generic
+    ``_slow_conv2d_forward`` (a heuristic from older CPUs), which on channels-last inputs also
+    copies the input to the default layout first. Here ``kernel`` picks instead:
+
+    * ``"onednn"``: the oneDNN convolution every other layer uses;
+    * ``"gemm"``: one matrix product over the pixels (BLAS ``sgemm``), no copy in either
+      layout (a channels-last map *is* a ``(pixels, channels)`` matrix).
+
+    Which is faster depends on the CPU and its BLAS (MKL is slow on some non-Intel CPUs), so
+    :func:`choose_conv_plan` measures both. Only CPU float32 inference outside autocast is
+    rerouted; training, autocast and other devices run the ordinary ``nn.Conv2d`` path. The
+    state dict is that of ``nn.Conv2d``.
+    """
+
+    kernel: str = "onednn"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if (x.device.type != "cpu" or x.dtype != torch.float32 or torch.is_grad_enabled()
+                or torch.is_autocast_enabled("cpu")):
+            return super().forward(x)
+        if self.kernel == "onednn":
+            return torch.mkldnn_convolution(x, self.weight, self.bias, self.padding, self.stride,
+                                            self.dilation, self.groups)
+        weight = self.weight.reshape(self.out_channels, self.in_channels)
+        nhwc = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+        if self.stride != (1, 1):
+            layout = torch.channels_last if nhwc else torch.contiguous_format
+            x = x[:, :, ::self.stride[0], ::self.stride[1]].contiguous(memory_format=layout)
+        if nhwc:
+            # NHWC memory seen as (B, H, W, C): a linear layer over the last axis
+            return F.linear(x.permute(0, 2, 3, 1), weight, self.bias).permute(0, 3, 1, 2)
+        batch, _, height, width = x.shape
+        y = torch.matmul(weight, x.contiguous().reshape(batch, self.in_channels, height * width))
+        if self.bias is not None:
+            y += self.bias[:, None]
+        return y.reshape(batch, self.out_channels, height, width)
+
+
+def _is_pointwise(conv: nn.Module) -> bool:
+    return (isinstance(conv, nn.Conv2d) and conv.kernel_size == (1, 1) and conv.groups == 1
+            and conv.padding == (0, 0) and conv.padding_mode == "zeros")
+
+
+@dataclass(frozen=True)
+class ConvPlan:
+    """How the convolutions of an inference module run on CPU.
+
+    Args:
+        channels_last: NHWC feature maps (weights converted once) instead of NCHW.
+        pointwise: kernel of the 1x1 convolutions, ``"onednn"`` or ``"gemm"`` (see
+            :class:`PointwiseConv2d`); never PyTorch's slow fallback.
+    """
+
+    channels_last: bool
+    pointwise: str
+
+    def __post_init__(self) -> None:
+        if self.pointwise not in POINTWISE_KERNELS:
+            raise ValueError(f"pointwise kernel must be one of {POINTWISE_KERNELS}, "
+                             f"got {self.pointwise!r}")
+
+    def __str__(self) -> str:
+        return f"{'NHWC' if self.channels_last else 'NCHW'} + {self.pointwise} 1x1"
+
+
+POINTWISE_KERNELS = ("onednn", "gemm")
+CONV_PLANS = tuple(ConvPlan(layout, kernel) for layout in (False, True)
+                   for kernel in POINTWISE_KERNELS)
+
+
+def apply_conv_plan(module: nn.Module, plan: ConvPlan) -> nn.Module:
+    """Switches ``module`` (in place, reversibly) to ``plan``'s layout and 1x1 kernel.
+
+    Returns:
+        ``module``, for chaining.
+    """
+    for conv in module.modules():
+        if type(conv) is nn.Conv2d and _is_pointwise(conv):
+            conv.__class__ = PointwiseConv2d  # same parameters and state dict, new forward
+        if isinstance(conv, PointwiseConv2d):
+            conv.kernel = plan.pointwise
+    layout = torch.channels_last if plan.channels_last else torch.contiguous_format
+    return module.to(memory_format=layout)
+
+
+def choose_conv_plan(module: nn.Module, run: Callable[[torch.Tensor], Any],
+                     example_size: int = 160, repeats: int = 2,
+                     plans: Sequence[ConvPlan] = CONV_PLANS) -> tuple[ConvPlan, dict]:
+    """Times ``run`` under each plan on this machine and thread count; keeps the fastest.
+
+    Each plan runs once to warm up (oneDNN builds its kernels per shape), then ``repeats``
+    times in alternating order; the best time of each plan counts, because background load
+    only ever adds time. The module is left in the chosen plan.
+
+    Args:
+        module: the eval-mode module (already BatchNorm-folded if it will be).
+        run: forward pass of ``module`` on an image ``(1, 3, S, S)``.
+        example_size: ``S``.
+        repeats: timed runs per plan.
+        plans: candidates.
+
+    Returns:
+        ``(plan, seconds)``: the chosen plan and the best time of every plan.
+    """
+    image = torch.randn(1, 3, example_size, example_size,
+                        generator=torch.Generator().manual_seed(0))
+    image = image.to(next(module.parameters()).device)
+    best = {plan: math.inf for plan in plans}
+    with torch.inference_mode():
+        for plan in plans:
+            apply_conv_plan(module, plan)
+            run(image)
+        for repeat in range(repeats):
+            for plan in plans if repeat % 2 == 0 else reversed(plans):
+                apply_conv_plan(module, plan)
+                start = time.perf_counter()
+                run(image)
+                best[plan] = min(best[plan], time.perf_counter() - start)
+    chosen = min(best, key=best.get)
+    apply_conv_plan(module, chosen)
+    logger.info("convolution plan for %d thread(s): %s (%s)", torch.get_num_threads(), chosen,
+                ", ".join(f"{plan}: {1000 * t:.1f} ms" for plan, t in best.items()))
+    return chosen, best
+
+
+class FactoredPPMDecoder(nn.Module):
+    """Inference form of a PPM decoder: the same logits for about half the head's FLOPs.
+
+    The PPM head's 3x3 fusion convolution reads ``cat([conv5, up(b_1), ..., up(b_n)])``, where
+    each ``b_i`` is a pooled branch of only ``s_i x s_i`` pixels (1, 2, 3, 6) bilinearly
+    upsampled to the map size. Convolution is linear, so it splits into a 3x3 convolution of
+    ``conv5`` alone plus, per branch, the convolution of an upsampled tiny map, which has a
+    closed form: apply the kernel's 9 taps to ``b_i`` at its own size (a matrix product on
+    ``s_i^2`` pixels), then resample with the tap-shifted bilinear matrices
+    (``A_k @ T @ A_l^T``, zero rows where the tap falls into the padding). With ResNet-50's
+    2048 channels next to 4 x 512 branch channels this removes half of the head's
+    multiply-adds, about a fifth of the whole network's, exactly up to float rounding.
+
+    The deep-supervision head is dropped (inference only). Built by
+    :func:`factor_ppm_decoders`; shares the branch modules with the decoder it came from.
+    """
+
+    deep_sup = False
+
+    def __init__(self, decoder: nn.Module) -> None:
+        super().__init__()
+        fusion = decoder.conv_last[0]
+        if (fusion.kernel_size != (3, 3) or fusion.padding != (1, 1) or fusion.stride != (1, 1)
+                or fusion.dilation != (1, 1) or fusion.groups != 1):
+            raise ValueError(f"cannot factor a PPM whose fusion convolution is {fusion}")
+        top = decoder.in_channels[-1]
+        self.num_class = decoder.num_class
+        self.in_channels = list(decoder.in_channels)
+        self.output_index = decoder.output_index
+        self.branches = decoder.ppm
+        self.pool_sizes = [branch[0].output_size for branch in decoder.ppm]
+        weight = fusion.weight.detach()
+        self.conv_main = nn.Conv2d(top, fusion.out_channels, 3, padding=1,
+                                   bias=fusion.bias is not None, device=weight.device,
+                                   dtype=weight.dtype)
+        with torch.no_grad():
+            self.conv_main.weight.copy_(weight[:, :top])
+            if fusion.bias is not None:
+                self.conv_main.bias.copy_(fusion.bias)
+        # (9 * out, in) per branch, rows ordered (tap row k, tap column l, output channel)
+        branch_weight = weight[:, top:].permute(2, 3, 0, 1).contiguous()
+        self.register_buffer("branch_weight", branch_weight.reshape(
+            9 * fusion.out_channels, len(self.branches), -1).transpose(0, 1).contiguous())
+        self.post = decoder.conv_last[1:]  # norm, ReLU, dropout, 1x1 classifier
+
+    def _shifted_bilinear(self, size: int, out_size: int, like: torch.Tensor) -> torch.Tensor:
+        """``(3, out_size, size)``: the bilinear matrix shifted by each tap offset -1, 0, 1."""
+        matrix = bilinear_matrix(size, out_size, like)
+        padded = F.pad(matrix, (0, 0, 1, 1))
+        return torch.stack([padded[k:k + out_size] for k in range(3)])
+
+    def _branch_terms(self, conv5: torch.Tensor) -> torch.Tensor:
+        """Sum over the branches of the fusion convolution of their upsampled maps."""
+        batch, _, height, width = conv5.shape
+        like = conv5 if conv5.dtype in (torch.float32, torch.float64) else conv5.float()
+        rows, columns = [], []
+        for index, branch in enumerate(self.branches):
+            pooled = branch(conv5)  # (B, 512, s, s)
+            size = pooled.shape[-1]
+            taps = self.branch_weight[index] @ pooled.flatten(2)  # (B, 9 * out, s * s)
+            taps = taps.reshape(batch, 3, 3, -1, size, size)  # (B, k, l, out, p, q)
+            col = self._shifted_bilinear(size, width, like)  # (l, W, q)
+            col = col.permute(0, 2, 1).reshape(3 * size, width)  # ((l, q), W)
+            taps = taps.permute(0, 1, 3, 4, 2, 5).reshape(batch, 3, -1, size, 3 * size)
+            partial = (taps @ col.to(taps.dtype))  # (B, k, out, p, W)
+            columns.append(partial.permute(0, 2, 1, 3, 4).reshape(batch, -1, 3 * size, width))
+            row = self._shifted_bilinear(size, height, like)  # (k, H, p)
+            rows.append(row.permute(1, 0, 2).reshape(height, 3 * size))  # (H, (k, p))
+        row_matrix = torch.cat(rows, 1)
+        return row_matrix.to(columns[0].dtype) @ torch.cat(columns, 2)  # (B, out, H, W)
+
+    def forward(self, conv_out: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Class scores ``(B, num_class, h, w)``, equal to the PPM decoder's."""
+        conv5 = conv_out[-1]
+        fused = self.conv_main(conv5)
+        fused = fused + self._branch_terms(conv5).to(fused.dtype)
+        return self.post(fused)
+
+
+def factor_ppm_decoders(module: nn.Module) -> int:
+    """Replaces every PPM decoder inside ``module`` by a :class:`FactoredPPMDecoder`, in place.
+
+    For inference only: the result has no deep-supervision head and no training forward.
+
+    Returns:
+        the number of decoders replaced.
+    """
+    from mit_semseg.models.decoders.ppm import PPM
+
+    count = 0
+    for parent in list(module.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, PPM):
+                setattr(parent, name, FactoredPPMDecoder(child))
+                count += 1
+    return count
+
+
+def optimize_for_inference(segmentation_module: nn.Module, device: torch.device | str,
+                           plan: ConvPlan | None = None, fold_bn: bool = True,
+                           factor_ppm: bool = True) -> nn.Module:
+    """Makes an eval-mode copy-to-be faster, in place, keeping its outputs.
+
+    BatchNorm is folded into the convolutions, PPM heads are factored
+    (:class:`FactoredPPMDecoder`), and the convolution plan (layout, 1x1 kernel) is the one
+    this machine runs fastest at the current thread count, measured by
+    :func:`choose_conv_plan` unless ``plan`` is given (on CUDA: channels-last, cuDNN).
+    Probabilities equal the plain module's up to float rounding (about 1e-6).
+
+    The module afterwards serves inference only (its state dict and training forward change),
+    so apply this to a module loaded for inference.
 
     Returns:
         ``segmentation_module``, in eval mode.
     """
+    device = torch.device(device)
     segmentation_module.eval()
     if fold_bn:
         image = torch.zeros(1, 3, 64, 64, device=device)
         fold_batchnorm(segmentation_module,
                        lambda: segmentation_module({"img_data": image}, segSize=(64, 64)))
-    if channels_last:
-        to_channels_last(segmentation_module)
-    return segmentation_module
+    if factor_ppm:
+        factor_ppm_decoders(segmentation_module)
+    if device.type != "cpu":
+        return to_channels_last(segmentation_module)
+    if plan is None:
+        network = LogitsNetwork(segmentation_module.encoder, segmentation_module.decoder)
+        plan, _ = choose_conv_plan(segmentation_module, network)
+    return apply_conv_plan(segmentation_module, plan)

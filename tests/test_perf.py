@@ -5,15 +5,25 @@ import torch
 import torch.nn.functional as F
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from mit_semseg.engine import score_maps
 from mit_semseg.engine.inference import predict_probs
 from mit_semseg.models import DECODERS, ENCODERS, build_segmentation_model
 from mit_semseg.models.segmentation_module import softmax_over_classes
 from mit_semseg.perf import (
+    CONV_PLANS,
+    ConvPlan,
+    FactoredPPMDecoder,
+    LogitsNetwork,
+    PointwiseConv2d,
+    apply_conv_plan,
+    choose_conv_plan,
     compile_module,
+    factor_ppm_decoders,
     fold_batchnorm,
     optimize_for_inference,
     to_channels_last,
 )
+from mit_semseg.resample import MatrixAdaptiveAvgPool2d, bilinear_matrix
 
 CPU = torch.device("cpu")
 NUM_CLASS = 7
@@ -146,7 +156,7 @@ def test_folding_leaves_a_batchnorm_after_a_non_convolution_alone():
 def test_optimized_module_predicts_the_same(model):
     imgs = [torch.randn(1, 3, 40, 56), torch.randn(1, 3, 48, 64), torch.randn(1, 3, 56, 72)]
     expected = predict_probs(model, imgs, (45, 61), CPU)
-    fast = optimize_for_inference(copy.deepcopy(model), CPU)
+    fast = optimize_for_inference(copy.deepcopy(model), CPU, plan=CONV_PLANS[3])
     assert not any(isinstance(m, _BatchNorm) and "deepsup" not in n
                    for n, m in fast.named_modules())
     got = predict_probs(fast, imgs, (45, 61), CPU)
@@ -163,8 +173,154 @@ def test_softmax_over_classes_equals_softmax_in_either_layout(layout):
 
 
 @pytest.mark.slow
-def test_compiled_module_gives_the_same_probabilities(model):
+@pytest.mark.parametrize("freezing", [False, True])
+def test_compiled_module_gives_the_same_probabilities(model, freezing):
     imgs = [torch.randn(1, 3, 32, 40), torch.randn(1, 3, 40, 48)]
     expected = predict_probs(model, imgs, (33, 41), CPU)
-    got = predict_probs(compile_module(model), imgs, (33, 41), CPU)
+    compiled = compile_module(LogitsNetwork(model.encoder, model.decoder), freezing=freezing)
+    got = predict_probs(score_maps.LogitsSegmenter(compiled), imgs, (33, 41), CPU)
     torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
+
+
+# ----------------------------------------------------------------- exact resampling matrices
+@pytest.mark.parametrize("size,out", [(13, 6), (7, 3), (5, 6), (1, 1), (9, 9)])
+def test_adaptive_pool_matrix_equals_adaptive_avg_pool(size, out):
+    x = torch.randn(2, 3, size, size + 4, dtype=torch.float64)
+    expected = F.adaptive_avg_pool2d(x, (out, out + 1))
+    torch.testing.assert_close(MatrixAdaptiveAvgPool2d((out, out + 1))(x), expected)
+
+
+@pytest.mark.parametrize("size,out", [(6, 75), (3, 10), (1, 9), (7, 3), (10, 10)])
+def test_bilinear_matrix_equals_interpolate(size, out):
+    x = torch.randn(2, size, dtype=torch.float64)
+    expected = F.interpolate(x[None, :, :, None], size=(out, 1), mode="bilinear",
+                             align_corners=False)[0, :, :, 0]
+    got = x @ bilinear_matrix(size, out, x).T
+    torch.testing.assert_close(got, expected)
+
+
+# ----------------------------------------------------------------- factored PPM head
+@pytest.mark.parametrize("size", [(72, 88), (41, 97), (9, 17)])
+def test_factored_ppm_gives_the_same_logits(size):
+    module = build_segmentation_model("resnet18dilated", "ppm_deepsup", NUM_CLASS).eval()
+    module = module.double()
+    _randomise_bn(module)
+    x = torch.randn(1, 3, *size, dtype=torch.float64)
+    with torch.inference_mode():
+        maps = module.encoder(x, return_feature_maps=True)
+        expected = module.decoder(maps)
+        assert factor_ppm_decoders(module) == 1
+        got = module.decoder(maps)
+    assert isinstance(module.decoder, FactoredPPMDecoder)
+    # 9x17 gives a 2x3 map: smaller than the 3x3 and 6x6 branches (upsampling shrinks them)
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-10)
+
+
+def test_factored_ppm_runs_under_bf16_autocast(model):
+    ppm = build_segmentation_model("resnet18dilated", "ppm", NUM_CLASS).eval()
+    imgs = [torch.randn(1, 3, 40, 56)]
+    exact = predict_probs(ppm, imgs, (41, 57), CPU)
+    factor_ppm_decoders(ppm)
+    approx = predict_probs(ppm, imgs, (41, 57), CPU, amp="bf16")
+    assert 0 < (approx - exact).abs().max() < 0.05
+
+
+# ----------------------------------------------------------------- convolution plans
+@pytest.mark.parametrize("plan", CONV_PLANS, ids=str)
+@pytest.mark.parametrize("batch,stride", [(1, 1), (3, 1), (1, 2)])
+def test_pointwise_kernels_equal_the_convolution(plan, batch, stride):
+    conv = torch.nn.Conv2d(24, 40, 1, stride=stride)
+    x = torch.randn(batch, 24, 11, 13)
+    with torch.no_grad():
+        expected = conv(x)
+        apply_conv_plan(conv, plan)
+        assert isinstance(conv, PointwiseConv2d) and conv.kernel == plan.pointwise
+        layout = torch.channels_last if plan.channels_last else torch.contiguous_format
+        got = conv(x.contiguous(memory_format=layout))
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    assert got.is_contiguous(memory_format=layout)
+    # training still runs the ordinary convolution, with gradients
+    conv(x).sum().backward()
+    assert conv.weight.grad is not None
+
+
+def _slow_fallback_calls(module, x):
+    from torch.profiler import ProfilerActivity, profile
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # PyTorch sends batch-1 1x1 convolutions to the fallback here
+    try:
+        with torch.inference_mode(), profile(activities=[ProfilerActivity.CPU],
+                                             record_shapes=True) as prof:
+            module({"img_data": x}, segSize=x.shape[2:])
+    finally:
+        torch.set_num_threads(threads)
+    # (on maps this small PyTorch also runs 3x3 convolutions natively; only 1x1 ones count)
+    return sum(e.count for e in prof.key_averages(group_by_input_shape=True)
+               if e.key == "aten::_slow_conv2d_forward" and e.input_shapes[1][2:] == [1, 1])
+
+
+@pytest.mark.parametrize("plan", CONV_PLANS, ids=str)
+def test_no_convolution_takes_the_slow_fallback_at_one_thread(model, plan):
+    x = torch.randn(1, 3, 64, 64)
+    assert _slow_fallback_calls(model, x) > 0  # the plain model does (the test can fail)
+    fast = optimize_for_inference(copy.deepcopy(model), CPU, plan=plan)
+    assert _slow_fallback_calls(fast, x) == 0
+
+
+def test_choose_conv_plan_times_every_plan_and_keeps_the_fastest(model):
+    fast = optimize_for_inference(copy.deepcopy(model), CPU, plan=CONV_PLANS[0])
+
+    def run(image):
+        return fast.logits(image)
+
+    chosen, seconds = choose_conv_plan(fast, run, example_size=48, repeats=1)
+    assert set(seconds) == set(CONV_PLANS) and all(0 < s < 60 for s in seconds.values())
+    assert seconds[chosen] == min(seconds.values())
+    convs = [m for m in fast.modules() if isinstance(m, PointwiseConv2d)]
+    assert convs and all(m.kernel == chosen.pointwise for m in convs)
+    three = [m for m in fast.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size[0] > 1]
+    assert all(m.weight.is_contiguous(memory_format=torch.channels_last) == chosen.channels_last
+               for m in three)
+
+
+def test_unknown_pointwise_kernel_is_refused():
+    with pytest.raises(ValueError, match="pointwise kernel must be one of"):
+        ConvPlan(True, "winograd")
+
+
+# ----------------------------------------------------------------- full-resolution tail
+@pytest.mark.parametrize("feature,out", [((9, 13), (71, 99)), ((12, 10), (12, 10)),
+                                         ((30, 20), (17, 11))])
+def test_banded_tail_equals_upsample_then_softmax(monkeypatch, feature, out):
+    monkeypatch.setattr(score_maps, "BAND_BYTES", 4 * NUM_CLASS * out[1] * 5)  # 5-row bands
+    logits = torch.randn(2, NUM_CLASS, *feature)
+    upsampled = F.interpolate(logits, size=out, mode="bilinear", align_corners=False)
+    expected = F.softmax(upsampled, dim=1)
+    scores = torch.full((2, NUM_CLASS, *out), 0.25)
+    score_maps.add_probabilities(scores, logits, 0.5)
+    torch.testing.assert_close(scores, 0.25 + 0.5 * expected, rtol=0, atol=1e-6)
+    score_maps.add_probabilities(scores, logits, 1.0, overwrite=True)
+    torch.testing.assert_close(scores, expected, rtol=0, atol=1e-6)
+    labels = score_maps.labels_from_logits(logits, out)
+    assert labels.shape == (2, *out) and torch.equal(labels, upsampled.argmax(1))
+
+
+def test_predict_labels_single_scale_is_the_argmax_of_predict_probs(model):
+    img = [torch.randn(1, 3, 40, 56)]
+    labels = score_maps.predict_labels(model, img, (45, 61), CPU)
+    assert labels.shape == (45, 61) and labels.dtype == torch.long
+    assert torch.equal(labels, predict_probs(model, img, (45, 61), CPU).argmax(0))
+
+
+def test_predict_probs_by_bands_equals_the_modules_own_probabilities(model, monkeypatch):
+    monkeypatch.setattr(score_maps, "BAND_BYTES", 4 * NUM_CLASS * 61 * 7)
+    imgs = [torch.randn(1, 3, 40, 56), torch.randn(1, 3, 48, 64)]
+    with torch.inference_mode():
+        expected = sum(model({"img_data": x}, segSize=(45, 61)) for x in imgs) / 2
+        mirrored = sum(model({"img_data": x.flip(-1)}, segSize=(45, 61)).flip(-1) for x in imgs)
+    torch.testing.assert_close(predict_probs(model, imgs, (45, 61), CPU), expected[0],
+                               rtol=0, atol=1e-6)
+    with_flip = predict_probs(model, imgs, (45, 61), CPU, flip=True)
+    torch.testing.assert_close(with_flip, (expected[0] * 2 + mirrored[0]) / 4, rtol=0,
+                               atol=1e-6)

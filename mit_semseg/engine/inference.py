@@ -117,25 +117,40 @@ def predict_probs(
     Returns:
         ``(C, H, W)`` float tensor on ``device``: the mean of all the probability maps.
     """
+    from mit_semseg.engine.score_maps import add_probabilities, logits_function
+
     if len(img_list) == 0:
         raise ValueError("img_list is empty: need at least one scale")
     seg_size = (int(seg_size[0]), int(seg_size[1]))
     passes = len(img_list) * (2 if flip else 1)
+    # With feature-resolution scores available, the full-size tail (upsampling, softmax,
+    # averaging) runs by bands of rows, so that the result is the only full-size map.
+    logits_of = logits_function(segmentation_module)
     scores: torch.Tensor | None = None
     with torch.inference_mode(), autocast(device, amp):
         for img in img_list:
             img = img.to(device, non_blocking=True)
             for flipped in (False, True) if flip else (False,):
                 x = img.flip(-1) if flipped else img
-                if window is not None and max(x.shape[2:]) > _window_params(window)[0]:
+                tiled = window is not None and max(x.shape[2:]) > _window_params(window)[0]
+                if logits_of is not None and not tiled:
+                    logits = logits_of(x)
+                    if flipped:  # bilinear resizing commutes with the mirror image
+                        logits = logits.flip(-1)
+                    first = scores is None
+                    if first:
+                        scores = torch.empty((logits.shape[0], logits.shape[1], *seg_size),
+                                             device=logits.device)
+                    add_probabilities(scores, logits, 1.0 / passes, overwrite=first)
+                    continue
+                if tiled:
                     probs = _forward_windows(segmentation_module, x, seg_size, window)
                 else:
                     probs = segmentation_module({"img_data": x}, segSize=seg_size)
                 if flipped:
                     probs = probs.flip(-1)
                 # weigh each term (instead of the sum) like the original, so that a
-                # single-scale, no-flip run reproduces its numbers bit for bit; in place,
-                # because these full-resolution maps are the largest tensors of the pass
+                # single-scale, no-flip run reproduces its numbers bit for bit
                 if scores is None:
                     scores = probs.float().div_(passes)
                 else:

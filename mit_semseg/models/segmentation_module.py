@@ -110,10 +110,13 @@ class SegmentationModule(nn.Module):
             loss = loss + self.crit(F.log_softmax(aux, dim=1), labels) * self.deep_sup_scale
         return loss, pixel_accuracy(log_probs, labels)
 
+    def logits(self, images: torch.Tensor) -> torch.Tensor:
+        """Class scores (B, num_class, h, w) at the decoder's resolution (1/output_stride)."""
+        return self.decoder(self.encoder(images))
+
     def predict(self, images: torch.Tensor, seg_size: Sequence[int]) -> torch.Tensor:
         """Class probabilities (B, num_class, *seg_size): logits upsampled, then softmax."""
-        logits = self.decoder(self.encoder(images))
-        return softmax_over_classes(upsample(logits, seg_size))
+        return softmax_over_classes(upsample(self.logits(images), seg_size))
 
     def forward(self, feed_dict: Mapping[str, Any] | Sequence[Mapping[str, Any]], *,
                 segSize: Sequence[int] | None = None):  # noqa: N803

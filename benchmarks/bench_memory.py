@@ -1,0 +1,146 @@
+"""Peak memory of multi-scale inference per image size, ours against the original 1.0.0.
+
+For each ``--sizes`` S one synthetic S x S image is prepared as in ``bench_inference.py``
+(the original's test scales 300..600, max 1000) and run through our ``predict_probs`` + argmax
+(variants as in ``bench_inference.py``) and through the original's ``eval.py`` loop, with the
+same weights, each side in a fresh process. The image is run once to warm up (oneDNN builds
+its kernels), then the peak RSS counter is restarted (``/proc/self/clear_refs``) and the
+image runs again: peak MiB = the highest RSS of that run minus the RSS before it. Both sides
+run with the same fixed glibc mmap threshold, so that freed tensors leave RSS (see
+``common.MALLOC_ENV``). Peak memory does not depend on background load, so one run per side
+and size is enough (``--repeats`` for more).
+
+    python benchmarks/bench_memory.py [--models r50d_ppmds] [--sizes 256 512 1024 2048]
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import types
+from pathlib import Path
+from typing import Any
+
+import common
+from bench_inference import (
+    MODELS,
+    NUM_CLASS,
+    SCALES,
+    VARIANT_LABELS,
+    VARIANTS,
+    _calibrate_bn,
+    _forward_ours,
+    _forward_upstream,
+    _prepare,
+    _prepare_ours,
+)
+
+TARGET = 1.0  # ours / original peak memory, at every size
+
+
+def measure(impl: str, job: dict[str, Any]) -> dict[str, Any]:
+    """In the worker process: peak MiB of the second run of the image."""
+    import time
+
+    torch = common.worker_setup()
+    opts = VARIANTS[job["variant"]][1]
+    encoder, decoder, fc_dim = MODELS[job["model"]]
+    module = common.build_module(impl, encoder, decoder, fc_dim, NUM_CLASS, job["weights"],
+                                 train=False)
+    if impl == "ours":
+        module = _prepare_ours(module, opts, job)
+    sample = torch.load(job["inputs"], weights_only=True)[0]
+    seg_size = tuple(sample["seg_size"])
+
+    def run() -> None:
+        if impl == "ours":
+            scores = _forward_ours(module, sample["img_data"], seg_size, opts)
+        else:
+            scores = _forward_upstream(module, sample["img_data"], seg_size)
+        scores.argmax(0)
+
+    run()
+    before = common.reset_peak_rss()
+    start = time.perf_counter()
+    run()
+    seconds = time.perf_counter() - start
+    return {"peak_mib": common.peak_rss_since_reset() - before, "seconds": seconds}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    common.add_common_args(parser, repeats=1)
+    parser.add_argument("--models", nargs="+", choices=sorted(MODELS), default=["r50d_ppmds"])
+    parser.add_argument("--variants", nargs="+", choices=sorted(VARIANTS),
+                        default=["ours", "upstream", "ours_plain"])
+    parser.add_argument("--sizes", nargs="+", type=int, default=[256, 512, 1024, 2048])
+    args = parser.parse_args()
+    if common.worker_main(measure, args):
+        return
+    upstream = common.prepare_parent(args)
+    if "ours_onnxruntime" in args.variants or "ours_compiled" in args.variants:
+        raise SystemExit("bench_memory measures the PyTorch variants only")
+    import torch
+
+    rows, notes = [], []
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        inputs = {}
+        for size in args.sizes:
+            folder = tmp / str(size)
+            folder.mkdir()
+            spec = types.SimpleNamespace(images=1, min_size=size, max_size=size)
+            inputs[size], samples = _prepare(folder, spec)
+        for name in args.models:
+            encoder, decoder, fc_dim = MODELS[name]
+            torch.manual_seed(0)
+            reference = common.build_module("ours", encoder, decoder, fc_dim, NUM_CLASS, None,
+                                            train=False)
+            _calibrate_bn(reference, samples)
+            weights = common.save_weights(reference, tmp, name)
+            for size in args.sizes:
+                print(f"{name}: {encoder} + {decoder}, {size}x{size}", flush=True)
+
+                def run(variant: str, name: str = name, size: int = size,
+                        weights: dict = weights) -> dict:
+                    job = {"variant": variant, "model": name, "weights": weights,
+                           "inputs": str(inputs[size])}
+                    return common.run_worker(__file__, VARIANTS[variant][0], upstream, job,
+                                             args.threads, env=common.MALLOC_ENV)
+
+                runs = common.alternate(args.repeats, run, impls=args.variants,
+                                        log=lambda v, r: f"{r['peak_mib']:.0f} MiB")
+                theirs = common.median_of(runs["upstream"], "peak_mib")
+                for variant in args.variants:
+                    mine = common.median_of(runs[variant], "peak_mib")
+                    ratio = mine / theirs
+                    rows.append([f"{encoder} + {decoder}", f"{size}x{size}",
+                                 VARIANT_LABELS[variant], f"{mine:.0f}",
+                                 "" if variant == "upstream" else f"**{ratio:.2f}x**",
+                                 f"{common.median_of(runs[variant], 'seconds'):.2f}"])
+                    if variant != "upstream":
+                        notes.append(f"- {encoder} + {decoder}, {size} px, "
+                                     f"{VARIANT_LABELS[variant]}: {ratio:.2f}x "
+                                     f"({common.verdict(ratio, TARGET, lower_is_better=True)})")
+    command = (f"python benchmarks/bench_memory.py --models {' '.join(args.models)} "
+               f"--variants {' '.join(args.variants)} --sizes "
+               f"{' '.join(map(str, args.sizes))} --repeats {args.repeats} "
+               f"--threads {args.threads}")
+    common.report("memory", "Peak memory of multi-scale inference (`benchmarks/bench_memory.py`)",
+                  args, command, [
+        f"One synthetic square image per size, scales {SCALES} "
+        f"(short side, max 1000), {NUM_CLASS} classes, fp32. Peak MiB = highest RSS during the "
+        "second run of the image minus RSS before it (first run = warm-up), glibc mmap "
+        "threshold fixed on both sides; median of "
+        f"{args.repeats} run(s) per side. Seconds = that run's time (for orientation only).",
+        "",
+        common.markdown_table(["model", "image", "variant", "peak MiB", "vs original",
+                               "s"], rows),
+        "",
+        f"Target: ours <= {TARGET:g}x the original's peak at every size.",
+        *notes,
+    ])
+
+
+if __name__ == "__main__":
+    main()

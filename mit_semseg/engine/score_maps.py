@@ -1,0 +1,169 @@
+"""The full-resolution tail of inference, a band of rows at a time.
+
+A network predicts class scores at 1/4 or 1/8 of the image size; everything after that
+(bilinear upsampling to the image size, softmax, averaging the scales, argmax) works on maps
+of ``num_class x H x W`` floats: 150 MB per map for a 512x512 ADE20K image, several of them
+alive at once when done whole. Here the scores are upsampled, normalised and added into the
+result one band of rows at a time, so only the result itself is full size, and each band's
+intermediate maps stay in the CPU cache.
+
+* :func:`logits_function` finds how to get feature-resolution scores from a module.
+* :func:`add_probabilities` adds ``weight * softmax(upsample(logits))`` into a score map.
+* :func:`labels_from_logits` is the single-scale shortcut: argmax of the upsampled logits,
+  no softmax (softmax keeps the order of the scores), no full-size float map at all.
+* :func:`predict_labels` is what ``test.py`` needs: labels of an image from one or more scales.
+* :class:`LogitsSegmenter` gives anything that computes logits (a compiled network, an
+  onnxruntime session) the inference interface of the eager model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+__all__ = [
+    "BAND_BYTES",
+    "LogitsSegmenter",
+    "add_probabilities",
+    "labels_from_logits",
+    "logits_function",
+    "predict_labels",
+]
+
+# bytes of one band of upsampled scores (the temporaries are a few times that)
+BAND_BYTES = 4 << 20
+
+
+def logits_function(module: Any) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """``images -> (B, C, h, w)`` feature-resolution class scores of ``module``, if it has them.
+
+    A :class:`~mit_semseg.models.SegmentationModule` or a backend has a ``logits(images)``
+    method; anything else (a module with only the original ``module(feed, segSize=...)``
+    contract) gives ``None``.
+    """
+    own = getattr(module, "logits", None)
+    return own if callable(own) else None
+
+
+def _band_rows(num_class: int, width: int, batch: int) -> int:
+    return max(1, BAND_BYTES // (4 * num_class * width * batch))
+
+
+def _bands(logits: torch.Tensor, seg_size: Sequence[int]):
+    """Yields ``(top, bottom, band)``: rows ``[top, bottom)`` of
+    ``F.interpolate(logits, seg_size, mode="bilinear", align_corners=False)`` as float32.
+
+    The vertical step interpolates between the two source rows of every output row with
+    PyTorch's source-index rule (``(y + 0.5) * h / H - 0.5``, clamped at 0); the horizontal
+    step is ``F.interpolate`` itself on the band (its row scale is 1, which copies rows).
+    """
+    logits = logits.float()
+    batch, num_class, height, width = logits.shape
+    out_height, out_width = int(seg_size[0]), int(seg_size[1])
+    step = _band_rows(num_class, out_width, batch)
+    for top in range(0, out_height, step):
+        bottom = min(top + step, out_height)
+        rows = torch.arange(top, bottom, device=logits.device, dtype=torch.float64)
+        source = ((rows + 0.5) * (height / out_height) - 0.5).clamp(min=0)
+        low = source.floor().long()
+        high = (low + 1).clamp(max=height - 1)
+        weight = (source - low).to(logits.dtype).view(1, 1, -1, 1)
+        band = torch.lerp(logits[:, :, low], logits[:, :, high], weight)  # (B, C, n, w)
+        yield top, bottom, F.interpolate(band, size=(bottom - top, out_width),
+                                         mode="bilinear", align_corners=False)
+
+
+def add_probabilities(out: torch.Tensor, logits: torch.Tensor, weight: float,
+                      overwrite: bool = False) -> torch.Tensor:
+    """``out += weight * softmax(upsample(logits))`` (``=`` with ``overwrite``), by bands.
+
+    Args:
+        out: ``(B, C, H, W)`` float32 score map, updated in place.
+        logits: ``(B, C, h, w)`` class scores at any resolution and float dtype.
+        weight: factor of this term (``1 / number of terms`` for an average).
+        overwrite: write instead of add (the first term: ``out`` may hold garbage).
+
+    Returns:
+        ``out``.
+    """
+    for top, bottom, band in _bands(logits, out.shape[-2:]):
+        probs = F.softmax(band, dim=1)
+        if overwrite:
+            out[:, :, top:bottom] = probs if weight == 1 else probs.mul_(weight)
+        else:
+            out[:, :, top:bottom].add_(probs, alpha=weight)
+    return out
+
+
+def labels_from_logits(logits: torch.Tensor, seg_size: Sequence[int]) -> torch.Tensor:
+    """``argmax`` over classes of the logits upsampled to ``seg_size``: ``(B, H, W)`` int64.
+
+    Equal to the argmax of the probabilities (softmax is increasing), without computing
+    them or holding any full-size float map.
+    """
+    labels = torch.empty((logits.shape[0], int(seg_size[0]), int(seg_size[1])),
+                         dtype=torch.long, device=logits.device)
+    for top, bottom, band in _bands(logits, seg_size):
+        labels[:, top:bottom] = band.argmax(dim=1)
+    return labels
+
+
+def predict_labels(module: Any, img_list: Sequence[torch.Tensor], seg_size: Sequence[int],
+                   device: torch.device, flip: bool = False, window: Any = None,
+                   amp: str = "") -> torch.Tensor:
+    """Class index per pixel ``(H, W)`` of an image given at one or more scales.
+
+    One scale, no flip and no tiling: the argmax of the upsampled logits
+    (:func:`labels_from_logits`). Otherwise the argmax of
+    :func:`mit_semseg.engine.inference.predict_probs` (same arguments), since averaging over scales
+    needs the probabilities.
+    """
+    from mit_semseg.engine.inference import _window_params, predict_probs
+    from mit_semseg.engine.precision import autocast
+
+    logits_of = logits_function(module)
+    single = len(img_list) == 1 and not flip and (
+        window is None or max(img_list[0].shape[2:]) <= _window_params(window)[0])
+    if not single or logits_of is None:
+        return predict_probs(module, img_list, seg_size, device, flip=flip, window=window,
+                             amp=amp).argmax(0)
+    with torch.inference_mode(), autocast(device, amp):
+        logits = logits_of(img_list[0].to(device, non_blocking=True))
+    return labels_from_logits(logits, seg_size)[0]
+
+
+class LogitsSegmenter:
+    """The eager model's inference interface around a function ``images -> logits``.
+
+    ``segmenter({'img_data': images}, segSize=(H, W))`` and ``segmenter.predict(images,
+    (H, W))`` give ``(B, C, H, W)`` probabilities like a
+    :class:`~mit_semseg.models.SegmentationModule`; ``segmenter.logits(images)`` gives the
+    feature-resolution scores, which :func:`mit_semseg.engine.inference.predict_probs` prefers.
+
+    Args:
+        logits: ``images (B, 3, H, W) -> (B, C, h, w)`` class scores.
+    """
+
+    def __init__(self, logits: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        self._logits = logits
+
+    def logits(self, images: torch.Tensor) -> torch.Tensor:
+        """Class scores ``(B, C, h, w)`` at the decoder's resolution."""
+        return self._logits(images)
+
+    def predict(self, images: torch.Tensor, seg_size: Sequence[int]) -> torch.Tensor:
+        """Probabilities ``(B, C, H, W)`` at ``seg_size``."""
+        logits = self.logits(images)
+        out = torch.empty((logits.shape[0], logits.shape[1], int(seg_size[0]),
+                           int(seg_size[1])), device=logits.device)
+        return add_probabilities(out, logits, 1.0, overwrite=True)
+
+    def __call__(self, feed_dict: Any, *, segSize: Sequence[int]) -> torch.Tensor:  # noqa: N803
+        return self.predict(feed_dict["img_data"], segSize)
+
+    def eval(self) -> LogitsSegmenter:
+        """No-op (inference only), so code that calls ``module.eval()`` works unchanged."""
+        return self

@@ -1,0 +1,76 @@
+"""Resampling written as explicit matrices built from the sizes at run time.
+
+Two users need resampling as plain linear algebra rather than as PyTorch's fused kernels:
+
+* ONNX export with a dynamic input size: ``AdaptiveAvgPool2d(s)`` has no ONNX equivalent
+  when the input size is unknown (ONNX pooling kernels are fixed at export time), so
+  :class:`MatrixAdaptiveAvgPool2d` computes the same bins as ``P_h @ x @ P_w^T`` with pooling
+  matrices made from ``arange`` of the traced size.
+* The factored pyramid-pooling head (:mod:`mit_semseg.perf`) applies a 3x3 convolution to
+  bilinearly upsampled maps in closed form, which needs the bilinear weights as a matrix.
+
+Both follow PyTorch's index rules exactly, so results equal the fused kernels up to float
+rounding (tests compare them).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+__all__ = ["MatrixAdaptiveAvgPool2d", "adaptive_pool_matrix", "bilinear_matrix"]
+
+
+def adaptive_pool_matrix(in_size: int, out_size: int, like: torch.Tensor) -> torch.Tensor:
+    """``(out_size, in_size)`` averaging weights of ``adaptive_avg_pool`` along one axis.
+
+    Bin ``i`` averages inputs ``[floor(i * n / s), ceil((i + 1) * n / s))``, PyTorch's bins
+    (``n`` = ``in_size``, ``s`` = ``out_size``). ``like`` gives the dtype and device.
+    """
+    bins = torch.arange(out_size, device=like.device)
+    start = torch.div(bins * in_size, out_size, rounding_mode="floor")
+    end = torch.div((bins + 1) * in_size + out_size - 1, out_size, rounding_mode="floor")
+    index = torch.arange(in_size, device=like.device)
+    inside = (index[None, :] >= start[:, None]) & (index[None, :] < end[:, None])
+    return inside.to(like.dtype) / (end - start)[:, None].to(like.dtype)
+
+
+def bilinear_matrix(in_size: int, out_size: int, like: torch.Tensor) -> torch.Tensor:
+    """``(out_size, in_size)`` weights of bilinear resizing along one axis.
+
+    ``align_corners=False`` as in ``F.interpolate(..., size=...)``: output ``y`` samples input
+    coordinate ``(y + 0.5) * in / out - 0.5``, clamped at 0, from its two neighbours (the
+    upper one clamped at the last index). ``like`` gives the dtype and device.
+    """
+    position = (torch.arange(out_size, device=like.device, dtype=torch.float64) + 0.5)
+    source = (position * (in_size / out_size) - 0.5).clamp(min=0)
+    low = source.floor().long()
+    high = (low + 1).clamp(max=in_size - 1)
+    weight_high = (source - low).to(like.dtype)[:, None]
+    index = torch.arange(in_size, device=like.device)
+    return ((index[None, :] == low[:, None]).to(like.dtype) * (1 - weight_high)
+            + (index[None, :] == high[:, None]).to(like.dtype) * weight_high)
+
+
+class MatrixAdaptiveAvgPool2d(nn.Module):
+    """``nn.AdaptiveAvgPool2d`` as two matrix products, exportable with a dynamic input size.
+
+    Args:
+        output_size: ``s`` or ``(s_h, s_w)``, as for ``nn.AdaptiveAvgPool2d``.
+    """
+
+    def __init__(self, output_size: int | tuple[int, int]) -> None:
+        super().__init__()
+        size = (output_size, output_size) if isinstance(output_size, int) else output_size
+        if any(s is None for s in size):
+            raise ValueError("MatrixAdaptiveAvgPool2d needs explicit output sizes, got None")
+        self.output_size = (int(size[0]), int(size[1]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, H, W) -> (B, C, s_h, s_w)
+        if self.output_size == (1, 1):
+            # a plain mean; as a (1, H) matrix product torch.export cannot prove the traced
+            # reshapes valid for every size and falls back to slower tracing strategies
+            return x.mean(dim=(-2, -1), keepdim=True)
+        rows = adaptive_pool_matrix(x.shape[-2], self.output_size[0], x)
+        cols = adaptive_pool_matrix(x.shape[-1], self.output_size[1], x)
+        return rows @ x @ cols.transpose(0, 1)

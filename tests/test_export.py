@@ -1,0 +1,154 @@
+"""ONNX / torch.export of registered models, and the onnxruntime backend."""
+
+import pytest
+import torch
+
+from mit_semseg.engine.inference import predict_probs
+from mit_semseg.export import export_onnx, export_program, inference_network, main
+from mit_semseg.models import build_segmentation_model
+
+CPU = torch.device("cpu")
+NUM_CLASS = 6
+ODD_SIZES = [(33, 47), (67, 93), (45, 121)]
+
+
+def _model(encoder, decoder):
+    module = build_segmentation_model(encoder, decoder, NUM_CLASS).eval()
+    # non-trivial eval statistics, so that the folding in the export is really exercised
+    for m in module.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.2, 0.2)
+            m.running_var.uniform_(0.5, 1.5)
+    return module
+
+
+@pytest.fixture(scope="module")
+def onnxruntime():
+    return pytest.importorskip("onnxruntime", reason="ONNX tests need pip install "
+                               "'mit_semseg[onnx]' (onnx, onnxscript, onnxruntime)")
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory, onnxruntime):
+    """``(encoder, decoder) -> (module, path of its ONNX export)``, each exported once."""
+    cache = {}
+
+    def get(encoder, decoder):
+        if (encoder, decoder) not in cache:
+            torch.manual_seed(0)
+            module = _model(encoder, decoder)
+            path = tmp_path_factory.mktemp("onnx") / f"{encoder}-{decoder}.onnx"
+            cache[encoder, decoder] = module, export_onnx(module, path,
+                                                          {"arch_encoder": encoder})
+        return cache[encoder, decoder]
+
+    return get
+
+
+# PPM and UPerNet (adaptive pooling with a dynamic input size), deep-supervision heads, C1;
+# MobileNetV2 keeps the export fast. Each ONNX export takes ~15 s, so only PPM (the hard
+# case) is in the default run; CI runs the others with -m slow.
+PAIRS = [("mobilenetv2dilated", "ppm_deepsup"),
+         pytest.param("mobilenetv2dilated", "upernet_lite", marks=pytest.mark.slow),
+         pytest.param("resnet18dilated", "c1_deepsup", marks=pytest.mark.slow)]
+
+
+@pytest.mark.parametrize("encoder,decoder", PAIRS)
+def test_onnx_probabilities_equal_eager_at_odd_sizes(exported, encoder, decoder):
+    import onnx
+
+    from mit_semseg.engine.onnxruntime_backend import OnnxRuntimeSegmenter
+
+    module, path = exported(encoder, decoder)
+    proto = onnx.load(path)
+    assert not [i.name for i in proto.graph.initializer if "deepsup" in i.name]
+    assert not [n.op_type for n in proto.graph.node if "Pool" in n.op_type
+                and n.op_type != "MaxPool"]  # adaptive pooling became matrix products
+    segmenter = OnnxRuntimeSegmenter(path, threads=1)
+    assert segmenter.num_class == NUM_CLASS and segmenter.metadata["arch_encoder"] == encoder
+    for size in ODD_SIZES:
+        image = torch.randn(1, 3, *size)
+        with torch.inference_mode():
+            expected = module({"img_data": image}, segSize=size)
+        torch.testing.assert_close(segmenter.probabilities(image), expected, rtol=0, atol=1e-4)
+        seg_size = (size[0] + 10, size[1] - 7)
+        with torch.inference_mode():
+            expected = module({"img_data": image}, segSize=seg_size)
+        torch.testing.assert_close(segmenter({"img_data": image}, segSize=seg_size), expected,
+                                   rtol=0, atol=1e-4)
+
+
+def test_onnxruntime_backend_in_multi_scale_prediction(exported):
+    from mit_semseg.engine.onnxruntime_backend import OnnxRuntimeSegmenter
+
+    module, path = exported("mobilenetv2dilated", "ppm_deepsup")
+    segmenter = OnnxRuntimeSegmenter(path)
+    imgs = [torch.randn(1, 3, 41, 57), torch.randn(1, 3, 57, 79)]
+    expected = predict_probs(module, imgs, (45, 63), CPU, flip=True)
+    got = predict_probs(segmenter, imgs, (45, 63), CPU, flip=True)
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-4)
+
+
+def test_onnxruntime_backend_refuses_a_foreign_model(tmp_path, onnxruntime):
+    import onnx
+    from onnx import TensorProto, helper
+
+    from mit_semseg.engine.onnxruntime_backend import OnnxRuntimeSegmenter
+
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    onnx.save(helper.make_model(graph), tmp_path / "other.onnx")
+    with pytest.raises(ValueError, match="expected input 'image'"):
+        OnnxRuntimeSegmenter(tmp_path / "other.onnx")
+    with pytest.raises(FileNotFoundError, match="missing.onnx"):
+        OnnxRuntimeSegmenter(tmp_path / "missing.onnx")
+
+
+def test_torch_export_program_has_dynamic_size(tmp_path):
+    module = _model("mobilenetv2dilated", "ppm_deepsup")
+    program = torch.export.load(export_program(module, tmp_path / "m.pt2")).module()
+    for size in ODD_SIZES:
+        image = torch.randn(1, 3, *size)
+        with torch.inference_mode():
+            expected = module({"img_data": image}, segSize=size)
+            logits, probs = program(image)
+        assert logits.shape[1] == NUM_CLASS and logits.shape[2] < size[0]
+        torch.testing.assert_close(probs, expected, rtol=0, atol=1e-4)
+
+
+def test_inference_network_leaves_the_module_alone():
+    module = _model("resnet18dilated", "c1_deepsup")
+    keys = set(module.state_dict())
+    network = inference_network(module, for_onnx=True)
+    assert set(module.state_dict()) == keys
+    assert not any("deepsup" in k or "running_mean" in k for k in network.state_dict())
+
+
+def _write_checkpoint(tmp_path, encoder, decoder):
+    module = build_segmentation_model(encoder, decoder, 4)
+    torch.save(module.encoder.state_dict(), tmp_path / "encoder_epoch_1.pth")
+    torch.save(module.decoder.state_dict(), tmp_path / "decoder_epoch_1.pth")
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(f"DATASET:\n  num_class: 4\nMODEL:\n  arch_encoder: {encoder}\n"
+                   f"  arch_decoder: {decoder}\n  fc_dim: {module.encoder.out_channels[-1]}\n"
+                   f"DIR: {tmp_path}\nTEST:\n  checkpoint: epoch_1.pth\n")
+    return cfg
+
+
+@pytest.mark.slow
+def test_cli_exports_and_checks(tmp_path, onnxruntime):
+    cfg = _write_checkpoint(tmp_path, "mobilenetv2dilated", "c1_deepsup")
+    out = tmp_path / "out" / "model.onnx"
+    assert main(["--cfg", str(cfg), "--output", str(out)]) == 0
+    assert out.is_file() and not list(out.parent.glob(".*"))  # no temporary file left
+
+
+def test_cli_names_a_missing_checkpoint(tmp_path, capsys):
+    cfg = _write_checkpoint(tmp_path, "mobilenetv2dilated", "c1_deepsup")
+    (tmp_path / "decoder_epoch_1.pth").unlink()
+    assert main(["--cfg", str(cfg), "--format", "torch-export", "--output",
+                 str(tmp_path / "m.pt2")]) == 2
+    logged = capsys.readouterr()
+    assert "decoder_epoch_1.pth" in logged.out + logged.err
+    assert not (tmp_path / "m.pt2").exists()
