@@ -1,7 +1,8 @@
 """Every configuration key of mit_semseg, with its default and meaning.
 
-This file is the single place where keys are defined. A YAML file in ``config/`` only overrides
-values defined here; yacs rejects any key that does not exist below, so a typo fails loudly.
+This file is the single place where keys are defined. A YAML file (the shipped recipes are in
+``mit_semseg/config/files/``, linked from the repository's ``config/``) only overrides values
+defined here; yacs rejects any key that does not exist below, so a typo fails loudly.
 Keys inherited from the original ``mit_semseg`` 1.0.0 keep their (mixed-case) names so that old
 configs and command lines keep working; keys added by this project are snake_case.
 
