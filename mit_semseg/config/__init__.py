@@ -34,6 +34,7 @@ cfg = _C.clone()
 
 _AMP_CHOICES = ("", "bf16", "fp16")
 _BACKEND_CHOICES = ("auto", "nccl", "gloo")
+_PREFLIGHT_CHOICES = ("headers", "full", "off")
 _DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
 
@@ -128,6 +129,8 @@ def validate_config(node: CfgNode, source: str = "config") -> None:
         f"({d.padding_constant}) must be >= DATASET.segm_downsampling_rate "
         f"({d.segm_downsampling_rate})", source,
     )
+    _check(d.preflight in _PREFLIGHT_CHOICES, "DATASET.preflight",
+           f"must be one of {_PREFLIGHT_CHOICES}, got {d.preflight!r}", source)
     _check(
         bool(_DEVICE_PATTERN.match(node.DEVICE)), "DEVICE",
         f"must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {node.DEVICE!r}", source,

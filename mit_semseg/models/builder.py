@@ -23,6 +23,7 @@ __all__ = [
     "list_encoders",
     "list_decoders",
     "load_weights",
+    "read_state_dict",
 ]
 
 logger = logging.getLogger(__name__)
@@ -40,15 +41,12 @@ def list_decoders() -> list[str]:
     return DECODERS.names()
 
 
-def load_weights(module: nn.Module, path: str | os.PathLike, what: str = "weights") -> nn.Module:
-    """Load a state-dict file into ``module`` strictly (in place).
-
-    Accepts the original's checkpoints (SyncBN extras, missing ``num_batches_tracked``) and
-    files saved from a DataParallel/DDP wrapper (``module.`` prefix, stripped and logged).
+def read_state_dict(path: str | os.PathLike, what: str = "weights") -> dict[str, torch.Tensor]:
+    """The state dict saved in ``path`` (CPU tensors, ``module.`` prefix stripped).
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
-        RuntimeError: the file is unreadable or its keys/shapes do not match; names the file.
+        RuntimeError: the file is unreadable or holds no state dict; names the file.
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
@@ -59,7 +57,20 @@ def load_weights(module: nn.Module, path: str | os.PathLike, what: str = "weight
         raise RuntimeError(f"cannot read {what} file {path}: {error}") from error
     if not isinstance(state, Mapping):
         raise RuntimeError(f"{what} file {path} holds a {type(state).__name__}, not a state dict")
-    state = strip_module_prefix(state, path)
+    return strip_module_prefix(state, path)
+
+
+def load_weights(module: nn.Module, path: str | os.PathLike, what: str = "weights") -> nn.Module:
+    """Load a state-dict file into ``module`` strictly (in place).
+
+    Accepts the original's checkpoints (SyncBN extras, missing ``num_batches_tracked``) and
+    files saved from a DataParallel/DDP wrapper (``module.`` prefix, stripped and logged).
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        RuntimeError: the file is unreadable or its keys/shapes do not match; names the file.
+    """
+    state = read_state_dict(path, what)
     try:
         module.load_state_dict(state, strict=True)
     except RuntimeError as error:
