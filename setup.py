@@ -9,7 +9,8 @@ setup(
     license="MIT",
     python_requires=">=3.9",
     packages=find_packages(include=["mit_semseg", "mit_semseg.*"]),
-    package_data={"mit_semseg": ["data/*.csv"]},
+    # the class table and the config recipes (--cfg NAME) travel with the package
+    package_data={"mit_semseg": ["data/*.csv", "config/files/*.yaml"]},
     install_requires=[
         "numpy",
         "torch>=2.1",
@@ -18,6 +19,16 @@ setup(
         "yacs",
         "tqdm",
         "matplotlib",
+        "Pillow",  # header reads of the start-up data check, palette labels
     ],
-    extras_require={"test": ["pytest", "pytest-timeout", "ruff"]},
+    # "wheel" lets tests/test_install.py build the wheel offline with older setuptools
+    extras_require={"test": ["pytest", "pytest-timeout", "ruff", "wheel"]},
+    entry_points={
+        "console_scripts": [
+            "mit-semseg-train = mit_semseg.cli.train:main",
+            "mit-semseg-eval = mit_semseg.cli.eval:main",
+            "mit-semseg-eval-multipro = mit_semseg.cli.eval_multipro:main",
+            "mit-semseg-test = mit_semseg.cli.test:main",
+        ],
+    },
 )
