@@ -52,7 +52,7 @@ _C.DATASET.random_flip = True
 # What the scripts check in the sample lists before building a model (train.py: list_train,
 # eval.py/eval_multipro.py: list_val). Options: "headers" (every file exists, its header is
 # readable, JPEG/PNG files are complete, image, label and list sizes agree, labels have one
-# channel; about 10 s for ADE20K's 20k training images), "full" (also decodes every image and
+# channel; seconds for ADE20K's 20k training images), "full" (also decodes every image and
 # label and checks label values <= num_class; minutes for ADE20K), "off".
 _C.DATASET.preflight = "headers"
 
