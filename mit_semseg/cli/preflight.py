@@ -96,7 +96,8 @@ def model_skeleton(cfg: Any) -> nn.Module:
 def _pooled_to_one_value(module: nn.Module) -> bool:
     """A block that pools its input to 1x1 and then normalises it with BatchNorm (PSPNet's
     first pyramid level)."""
-    if not isinstance(module, nn.Sequential) or not isinstance(module[0], nn.AdaptiveAvgPool2d):
+    if not isinstance(module, nn.Sequential) or not len(module) or not isinstance(
+            module[0], nn.AdaptiveAvgPool2d):
         return False
     size = module[0].output_size
     return size in (1, (1, 1)) and any(isinstance(m, _BatchNorm) for m in module)
