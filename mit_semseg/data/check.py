@@ -44,6 +44,9 @@ from mit_semseg.data.transforms import (
 __all__ = ["CheckReport", "check_dataset", "main", "read_header"]
 
 _PNG_IEND = b"IEND"
+_EXIF_ORIENTATION = 0x0112
+# orientations whose upright picture is the stored one transposed (rotated by 90 degrees)
+_TRANSPOSED = (5, 6, 7, 8)
 # Pillow modes that read_label accepts: one channel of class indices (8/16 bit, or a palette)
 _LABEL_MODES = ("1", "L", "P", "I", "I;16", "I;16B", "I;16L")
 
@@ -120,11 +123,16 @@ class _UnreadableHeader(ImageReadError):
     """Pillow cannot identify the file (OpenCV may still decode it)."""
 
 
-def read_header(path: str | os.PathLike) -> tuple[int, int, str]:
+def read_header(path: str | os.PathLike, upright: bool = True) -> tuple[int, int, str]:
     """``(width, height, Pillow mode)`` of an image file, from its header alone.
 
     Besides the header, only the file's last bytes are read: a JPEG or PNG cut short (an
     interrupted copy or download) lacks its end marker.
+
+    Args:
+        path: the file.
+        upright: the size once the EXIF orientation is applied (images are read upright;
+            labels, False, are read as stored).
 
     Raises:
         FileNotFoundError: the file does not exist.
@@ -138,6 +146,8 @@ def read_header(path: str | os.PathLike) -> tuple[int, int, str]:
                 with Image.open(f) as image:
                     width, height = image.size
                     mode, kind = image.mode, image.format
+                    if upright and image.getexif().get(_EXIF_ORIENTATION) in _TRANSPOSED:
+                        width, height = height, width
             except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
                 raise _UnreadableHeader(f"{path}: cannot read the image header ({exc})"
                                         ) from None
@@ -157,7 +167,7 @@ def _header_or_decoded(path: str, read_pixels) -> tuple[int, int, str]:
     """The header of ``path``; a file whose header Pillow cannot read is decoded with
     ``read_pixels`` (OpenCV reads a few formats Pillow does not), which raises if it fails."""
     try:
-        return read_header(path)
+        return read_header(path, upright=read_pixels is read_image)
     except _UnreadableHeader:
         pixels = read_pixels(path)
     return pixels.shape[1], pixels.shape[0], "L" if pixels.ndim == 2 else "RGB"

@@ -127,11 +127,21 @@ def test_summary_names_the_first_problems_and_the_count(synthetic_root, tmp_path
 
 
 def test_read_header_does_not_decode(tmp_path):
-    from PIL import Image
+    from PIL import Image, ImageOps
 
     path = tmp_path / "a.png"
     Image.new("L", (7, 5)).save(path)
     assert read_header(path) == (7, 5, "L")
+    # a phone photo stored sideways: images are read upright, labels as stored
+    for orientation in range(1, 9):
+        exif = Image.Exif()
+        exif[0x0112] = orientation
+        photo = tmp_path / f"o{orientation}.jpg"
+        Image.new("RGB", (7, 5)).save(photo, exif=exif)
+        with Image.open(photo) as image:
+            upright = ImageOps.exif_transpose(image).size
+        assert read_header(photo)[:2] == upright
+        assert read_header(photo, upright=False)[:2] == (7, 5)
     with pytest.raises(FileNotFoundError, match="no such file"):
         read_header(tmp_path / "none.png")
 
