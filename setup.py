@@ -9,7 +9,8 @@ setup(
     license="MIT",
     python_requires=">=3.9",
     packages=find_packages(include=["mit_semseg", "mit_semseg.*"]),
-    package_data={"mit_semseg": ["data/*.csv"]},
+    # the class table and the config recipes (--cfg NAME) travel with the package
+    package_data={"mit_semseg": ["data/*.csv", "config/files/*.yaml"]},
     install_requires=[
         "numpy",
         "torch>=2.1",
@@ -19,10 +20,20 @@ setup(
         "tqdm",
         "filelock",  # serialises concurrent downloads of one file (already a torch dependency)
         "matplotlib",
+        "Pillow",  # header reads of the start-up data check, palette labels
     ],
     extras_require={
-        "test": ["pytest", "pytest-timeout", "ruff"],
+        # "wheel" lets tests/test_install.py build the wheel offline with older setuptools
+        "test": ["pytest", "pytest-timeout", "ruff", "wheel"],
         # ONNX export (python -m mit_semseg.export) and the onnxruntime inference backend
         "onnx": ["onnx", "onnxscript", "onnxruntime"],
+    },
+    entry_points={
+        "console_scripts": [
+            "mit-semseg-train = mit_semseg.cli.train:main",
+            "mit-semseg-eval = mit_semseg.cli.eval:main",
+            "mit-semseg-eval-multipro = mit_semseg.cli.eval_multipro:main",
+            "mit-semseg-test = mit_semseg.cli.test:main",
+        ],
     },
 )

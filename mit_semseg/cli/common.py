@@ -1,13 +1,19 @@
 """What the four scripts share: the command line, exit codes, logging and config translations.
 
-Every script takes ``--cfg FILE``, ``--gpus DEVICES`` (``--gpu`` is the same flag, the
+Every script takes ``--cfg FILE|NAME``, ``--gpus DEVICES`` (``--gpu`` is the same flag, the
 original's eval/test spelling) and trailing ``KEY VALUE`` config overrides. A ``main(argv)``
-returns its exit code:
+returns its exit code, the same in all four scripts:
 
 * 0: everything ran;
-* 1 (:data:`EXIT_SOME_FAILED`): it ran, but some inputs failed (reported by name);
-* 2 (:data:`EXIT_USAGE`): nothing ran because of the command line, the config or a missing
-  file, reported as one line ``script.py: error: ...`` on stderr (as argparse does).
+* 1 (:data:`EXIT_SOME_FAILED`): it ran, but some inputs failed (reported by name), or the run
+  stopped part-way (a worker failed, the disk filled up);
+* 2 (:data:`EXIT_USAGE`): nothing ran because of the command line, the config, the data or a
+  file, reported as one line ``script.py: error: ...`` on stderr (as argparse does) naming
+  the file or config key and the fix. :mod:`mit_semseg.cli.preflight` finds these before any
+  slow work.
+
+Each script is also installed as a console command (``mit-semseg-train``, ``mit-semseg-eval``,
+``mit-semseg-eval-multipro``, ``mit-semseg-test``) running the same ``main``.
 """
 
 from __future__ import annotations
@@ -16,11 +22,14 @@ import argparse
 import logging
 import os
 import sys
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, NoReturn
 
 import torch
 
 from mit_semseg.cli.devices import resolve_devices
+from mit_semseg.download import DownloadError
 from mit_semseg.engine.inference import TrainedModel
 
 __all__ = [
@@ -29,6 +38,8 @@ __all__ = [
     "EXIT_USAGE",
     "SETUP_ERRORS",
     "UsageError",
+    "print_error",
+    "program_name",
     "script_parser",
     "setup_logging",
     "single_device",
@@ -38,18 +49,26 @@ __all__ = [
 
 EXIT_SOME_FAILED = 1
 EXIT_USAGE = 2
-DEFAULT_CFG = "config/ade20k-resnet50dilated-ppm_deepsup.yaml"
+DEFAULT_CFG = "ade20k-resnet50dilated-ppm_deepsup"
 
 
 class UsageError(ValueError):
     """A bad command line (flag, value or combination)."""
 
 
-# What a user fixes (bad config, key, device, missing file); config.ConfigError, UsageError and
-# NotSupportedCliException are ValueErrors.
-SETUP_ERRORS = (FileNotFoundError, ValueError)
+# What a user fixes: a bad config, key, device, file or folder (config.ConfigError, UsageError,
+# preflight.SetupError and NotSupportedCliException are ValueErrors; FileNotFoundError and
+# PermissionError are OSErrors) or a download that failed (offline, bad URL, wrong hash).
+SETUP_ERRORS = (OSError, ValueError, DownloadError)
 
 LOG_FORMAT = "[%(asctime)s %(levelname)s %(filename)s line %(lineno)d %(process)d] %(message)s"
+
+_EXIT_STATUS_HELP = """\
+exit status:
+  0  everything ran
+  1  it ran, but some inputs failed (each is reported by name) or the run stopped part-way
+  2  nothing ran: a bad command line, config key, data list or file, reported as one line
+     "{prog}: error: ..." that names the file or key and the fix"""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -59,20 +78,59 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(message)
 
 
-def script_parser(prog: str, description: str, devices_help: str) -> argparse.ArgumentParser:
+def program_name(script: str) -> str:
+    """The name the user typed: the console command (``mit-semseg-train``) when the script was
+    started as one, else ``script`` (``train.py``)."""
+    invoked = os.path.splitext(os.path.basename(sys.argv[0] if sys.argv else ""))[0]
+    return invoked if invoked.startswith("mit-semseg-") else script
+
+
+def _config_help() -> str:
+    from mit_semseg.config import defaults, packaged_configs
+
+    names = "\n".join(f"    {name}" for name in packaged_configs())
+    return (f"config:\n  --cfg takes a YAML file or the name of a packaged config:\n{names}\n"
+            "  KEY VALUE pairs after the flags override single config keys.\n"
+            f"  Every key, its default and its meaning: {Path(defaults.__file__).resolve()}\n"
+            "  (in a clone: mit_semseg/config/defaults.py; guides in docs/).")
+
+
+def script_parser(prog: str, description: str, devices_help: str,
+                  examples: Sequence[str] = ()) -> argparse.ArgumentParser:
     """A parser with ``--cfg``, ``--gpus``/``--gpu`` and the trailing ``opts``; the script adds
-    its own flags (before the overrides on the command line)."""
-    parser = _Parser(prog=prog, description=description)
-    parser.add_argument("--cfg", default=DEFAULT_CFG, metavar="FILE", help="YAML config file")
+    its own flags (before the overrides on the command line).
+
+    ``--help`` ends with ``examples`` (``{prog}`` stands for the command, e.g.
+    ``python train.py`` or ``mit-semseg-train``), the packaged configs, where every config key
+    is documented, and the exit statuses.
+    """
+    command = f"python {prog}" if prog.endswith(".py") else prog
+    epilog = "\n\n".join(
+        (["examples:\n" + "\n".join("  " + e.format(prog=command) for e in examples)]
+         if examples else [])
+        + [_config_help(), _EXIT_STATUS_HELP.format(prog=prog)])
+    parser = _Parser(prog=prog, description=description, epilog=epilog,
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cfg", default=DEFAULT_CFG, metavar="FILE|NAME",
+                        help="YAML config file, or the name of a packaged config "
+                             "(default: %(default)s)")
     parser.add_argument("--gpus", "--gpu", dest="gpus", default=None, metavar="DEVICES",
-                        help=f"{devices_help}; default: the config's DEVICE")
-    parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides: KEY VALUE ...")
+                        help=f"{devices_help} (default: the config's DEVICE, itself \"auto\" "
+                             "by default: GPU 0 if there is one, else the CPU)")
+    parser.add_argument("opts", nargs=argparse.REMAINDER, metavar="KEY VALUE",
+                        help="config overrides (default: none)")
     return parser
+
+
+def print_error(prog: str, error: BaseException | str) -> None:
+    """``prog: error: message`` as one line on stderr (a message spanning lines is joined)."""
+    message = " ".join(line.strip() for line in str(error).splitlines() if line.strip())
+    print(f"{prog}: error: {message}", file=sys.stderr)
 
 
 def usage_error(prog: str, error: BaseException) -> int:
     """Report a setup error as one line on stderr; return :data:`EXIT_USAGE`."""
-    print(f"{prog}: error: {error}", file=sys.stderr)
+    print_error(prog, error)
     return EXIT_USAGE
 
 

@@ -84,6 +84,6 @@ def resolve_devices(spec: str, cuda_count: int | None = None) -> list[torch.devi
     if missing:
         raise NotSupportedCliException(
             f'"{spec}": GPU(s) {missing} requested but this machine has {cuda_count} CUDA '
-            'device(s); use "cpu" to train on the CPU'
+            'device(s); use "cpu" to run on the CPU'
         )
     return [torch.device("cuda", i) for i in indices]

@@ -2,15 +2,17 @@
 
 Example::
 
-    python eval.py --cfg config/ade20k-resnet50dilated-ppm_deepsup.yaml --gpus 0
-    python eval.py --cfg config/synthetic-mobilenetv2dilated-c1_deepsup.yaml --gpus cpu \\
+    python eval.py --cfg ade20k-resnet50dilated-ppm_deepsup --gpus 0
+    python eval.py --cfg synthetic-mobilenetv2dilated-c1_deepsup --gpus cpu \\
         VAL.checkpoint epoch_4.pth VAL.visualize True
 
 Loads ``DIR/encoder_<VAL.checkpoint>`` and ``DIR/decoder_<VAL.checkpoint>``, predicts every
 validation image at all ``DATASET.imgSizes`` (averaging probabilities; with ``VAL.flip`` also
 flipped) at its original resolution, prints per-class IoU and the summary line, and writes
 ``DIR/eval_metrics.json``, ``DIR/class_iou.csv``, ``DIR/confusion_matrix.{npy,png}`` (and
-``DIR/result/*.png`` with ``VAL.visualize True``). Exit code 0 on success, 2 on bad input.
+``DIR/result/*.png`` with ``VAL.visualize True``). Before building the model it checks the
+validation list, the weight files and DIR (:mod:`mit_semseg.cli.preflight`). Exit status 0 on
+success, 2 on a setup error (:mod:`mit_semseg.cli.common`).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import argparse
 import logging
 from typing import Any
 
-from mit_semseg.cli import common
+from mit_semseg.cli import common, preflight
 from mit_semseg.config import load_config
 from mit_semseg.engine.evaluation import EvalJob, evaluate_shard, report_results
 from mit_semseg.engine.precision import check_amp
@@ -28,9 +30,19 @@ PROG = "eval.py"
 logger = logging.getLogger("eval")
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = common.script_parser(PROG, "Semantic segmentation evaluation",
-                                  devices_help='device: a GPU index such as 0, or "cpu"')
+EXAMPLES = (
+    "{prog} --cfg ade20k-resnet50dilated-ppm_deepsup --gpus 0 DIR ckpt/my_run",
+    "{prog} --cfg config/ade20k-hrnetv2.yaml --gpu cpu VAL.checkpoint epoch_30.pth VAL.flip True",
+    "{prog} --cfg my_config.yaml --gpus cpu VAL.visualize True   # pictures in DIR/result/",
+)
+
+
+def parse_args(argv: list[str] | None = None, prog: str = PROG) -> argparse.Namespace:
+    parser = common.script_parser(
+        prog, "Evaluate a trained model (DIR/{encoder,decoder}_<VAL.checkpoint>) on\n"
+        "DATASET.list_val in one process: mIoU, pixel accuracy, per-class IoU and the\n"
+        "confusion matrix, written to DIR.",
+        devices_help='one device: a GPU index such as 0, or "cpu"', examples=EXAMPLES)
     return parser.parse_args(argv)
 
 
@@ -44,19 +56,22 @@ def eval_job(cfg: Any) -> EvalJob:
 
 
 def main(argv: list[str] | None = None) -> int:
+    prog = common.program_name(PROG) if argv is None else PROG
     common.setup_logging()
     try:
-        args = parse_args(argv)
+        args = parse_args(argv, prog)
         cfg = load_config(args.cfg, args.opts)
         device = common.single_device(args.gpus or cfg.DEVICE,
                                       "; use eval_multipro.py for several")
         check_amp(cfg.VAL.amp, device, "VAL.amp")
+        job = eval_job(cfg)
+        preflight.check_evaluation(cfg, job.model.weight_files(), "VAL.checkpoint", "DIR",
+                                   "list_val")
         common.setup_logging(cfg.DIR, filename="eval_log.txt")
         logger.info("evaluating %s on %s with %s", cfg.DIR, device, args.cfg)
-        job = eval_job(cfg)
         result = evaluate_shard(job, device, progress=True)
     except common.SETUP_ERRORS as exc:
-        return common.usage_error(PROG, exc)
+        return common.usage_error(prog, exc)
     _, text = report_results(job, result, extra={"processes": 1, "device": str(device)})
     print(text)
     print("Evaluation Done!")

@@ -2,14 +2,16 @@
 
 Example::
 
-    python eval_multipro.py --cfg config/ade20k-resnet50dilated-ppm_deepsup.yaml --gpus 0-3
-    python eval_multipro.py --cfg config/synthetic-mobilenetv2dilated-c1_deepsup.yaml \\
-        --gpus cpu --workers 2
+    python eval_multipro.py --cfg ade20k-resnet50dilated-ppm_deepsup --gpus 0-3
+    python eval_multipro.py --cfg synthetic-mobilenetv2dilated-c1_deepsup --gpus cpu \\
+        --workers 2
 
 The list is cut into contiguous shards, one per process (never an empty one). Every process
 returns the integer confusion matrix of its shard; the master adds them, so the metrics are
-identical whatever the number of processes. If a worker fails, the master stops the others and
-exits with code 1 after printing the worker's error. Outputs are those of ``eval.py``.
+identical whatever the number of processes. The master checks the list, the weight files and
+DIR before starting any worker (exit status 2 on a setup error). If a worker fails, the master
+stops the others and exits with status 1 after printing the worker's error. Outputs are those
+of ``eval.py``.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from typing import Any
 import torch
 import torch.multiprocessing as mp
 
-from mit_semseg.cli import common
+from mit_semseg.cli import common, preflight
 from mit_semseg.cli.devices import resolve_devices
 from mit_semseg.cli.eval import eval_job
 from mit_semseg.config import load_config
@@ -46,15 +48,23 @@ logger = logging.getLogger("eval_multipro")
 _POLL_SECONDS = 0.5
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+EXAMPLES = (
+    "{prog} --cfg ade20k-resnet50dilated-ppm_deepsup --gpus 0-3 DIR ckpt/my_run",
+    "{prog} --cfg ade20k-resnet18dilated-ppm_deepsup --gpus cpu --workers 2",
+    "{prog} --cfg my_config.yaml --gpus 0,2 VAL.checkpoint epoch_10.pth",
+)
+
+
+def parse_args(argv: list[str] | None = None, prog: str = PROG) -> argparse.Namespace:
     parser = common.script_parser(
-        PROG, "Multi-process semantic segmentation evaluation",
-        devices_help='GPUs, e.g. "0-3" or "0,2"; "cpu" for CPU processes')
+        prog, "Evaluate a trained model (DIR/{encoder,decoder}_<VAL.checkpoint>) on\n"
+        "DATASET.list_val with one process per device; the metrics equal eval.py's.",
+        devices_help='GPUs, e.g. "0-3" or "0,2"; "cpu" for CPU processes', examples=EXAMPLES)
     parser.add_argument("--workers", type=int, default=None,
-                        help="number of processes when --gpus is cpu (default 1)")
+                        help="number of processes when --gpus is cpu (default: 1)")
     parser.add_argument("--start-method", choices=("auto", "fork", "spawn"), default="auto",
                         help="how worker processes start; auto = fork for CPU-only runs on "
-                             "Linux, else spawn")
+                             "Linux, else spawn (default: %(default)s)")
     return parser.parse_args(argv)
 
 
@@ -160,19 +170,20 @@ def _run_workers(job: EvalJob, devices: list[torch.device], num_images: int,
 
 
 def main(argv: list[str] | None = None) -> int:
+    prog = common.program_name(PROG) if argv is None else PROG
     common.setup_logging()
     try:
-        args = parse_args(argv)
+        args = parse_args(argv, prog)
         cfg = load_config(args.cfg, args.opts)
         devices = _devices(args, cfg)
         for device in set(devices):
             check_amp(cfg.VAL.amp, device, "VAL.amp")
         job = eval_job(cfg)
+        preflight.check_evaluation(cfg, job.model.weight_files(), "VAL.checkpoint", "DIR",
+                                   "list_val")
         num_images = len(job.dataset())
-        if num_images == 0:
-            raise ValueError(f"no validation images in {job.list_val}")
     except common.SETUP_ERRORS as exc:
-        return common.usage_error(PROG, exc)
+        return common.usage_error(prog, exc)
     common.setup_logging(cfg.DIR, filename="eval_log.txt")
     results = _run_workers(job, devices, num_images, args.start_method)
     if results is None:

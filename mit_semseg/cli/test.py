@@ -3,7 +3,7 @@
 Example::
 
     python test.py --imgs photo.jpg more_photos/ list.txt \\
-        --cfg config/ade20k-resnet50dilated-ppm_deepsup.yaml --gpus cpu \\
+        --cfg ade20k-resnet50dilated-ppm_deepsup --gpus cpu \\
         DIR ckpt/ade20k-resnet50dilated-ppm_deepsup TEST.result out/ TEST.save_label True
 
 ``--imgs`` takes image files, folders (searched recursively for all common image extensions)
@@ -15,8 +15,10 @@ relative to the list's folder). For every image ``TEST.result/<name>.png`` shows
 ``<name>`` is the image's path relative to the inputs' common folder, ``/`` replaced by ``__``.
 
 Grayscale, RGBA, 16-bit and tiny images are converted; unreadable files (missing, empty,
-corrupt) are reported by name and skipped. Exit code: 0 if every image was processed, 1 if some
-could not be, 2 on a setup error (bad config, missing checkpoint, no input images).
+corrupt) are reported by name and skipped. Before building the model it checks the weight
+files and that ``TEST.result`` is writable (:mod:`mit_semseg.cli.preflight`). Exit status: 0 if
+every image was processed, 1 if some could not be, 2 on a setup error (bad config, missing or
+unfitting checkpoint, unwritable output folder, no input images).
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from mit_semseg.cli import common
+from mit_semseg.cli import common, preflight
 from mit_semseg.config import load_config
 from mit_semseg.data import ImageReadError, TestDataset, dataset_palette
 from mit_semseg.engine.evaluation import resolve_class_names
@@ -49,11 +51,22 @@ PROG = "test.py"
 logger = logging.getLogger("test")
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = common.script_parser(PROG, "Semantic segmentation inference",
-                                  devices_help='device: a GPU index such as 0, or "cpu"')
+EXAMPLES = (
+    "{prog} --imgs photo.jpg --cfg ade20k-resnet50dilated-ppm_deepsup --gpus cpu "
+    "DIR ckpt/ade20k-resnet50dilated-ppm_deepsup TEST.result out/",
+    "{prog} --imgs holiday/ list.txt --cfg my_config.yaml --gpu 0 TEST.save_label True",
+    "{prog} --imgs big.jpg --cfg config/ade20k-hrnetv2.yaml TEST.window_size 600",
+)
+
+
+def parse_args(argv: list[str] | None = None, prog: str = PROG) -> argparse.Namespace:
+    parser = common.script_parser(
+        prog, "Segment images with a trained model (DIR/{encoder,decoder}_<TEST.checkpoint>)\n"
+        "and write one picture per image (input, prediction, legend) to TEST.result.",
+        devices_help='one device: a GPU index such as 0, or "cpu"', examples=EXAMPLES)
     parser.add_argument("--imgs", required=True, nargs="+", metavar="PATH",
-                        help="images, folders or list files")
+                        help="images, folders (searched recursively) or list files "
+                             "(.txt/.lst/.odgt); required")
     return parser.parse_args(argv)
 
 
@@ -121,9 +134,10 @@ def _segment_all(cfg: Any, module: nn.Module, device: torch.device, images: list
 
 
 def main(argv: list[str] | None = None) -> int:
+    prog = common.program_name(PROG) if argv is None else PROG
     common.setup_logging()
     try:
-        args = parse_args(argv)
+        args = parse_args(argv, prog)
         cfg = load_config(args.cfg, args.opts)
         device = common.single_device(args.gpus or cfg.DEVICE)
         check_amp(cfg.TEST.amp, device, "TEST.amp")
@@ -132,9 +146,12 @@ def main(argv: list[str] | None = None) -> int:
             logger.error("%s", problem)
         if not images:
             raise FileNotFoundError("no input images found in --imgs " + " ".join(args.imgs))
-        module = load_segmentation_module(common.trained_model(cfg, cfg.TEST.checkpoint), device)
+        model = common.trained_model(cfg, cfg.TEST.checkpoint)
+        preflight.check_evaluation(cfg, model.weight_files(), "TEST.checkpoint", "TEST.result",
+                                   None)
+        module = load_segmentation_module(model, device)
     except common.SETUP_ERRORS as exc:
-        return common.usage_error(PROG, exc)
+        return common.usage_error(prog, exc)
     failed = len(problems) + _segment_all(cfg, module, device, images)
     done = len(images) + len(problems) - failed
     logger.info("Inference done! %d image(s) written to %s, %d failed", done,

@@ -1,17 +1,22 @@
 """Train a segmentation model (``train.py``).
 
-  python train.py --cfg config/ade20k-resnet50dilated-ppm_deepsup.yaml --gpus 0-3 [KEY VALUE ...]
+  python train.py --cfg ade20k-resnet50dilated-ppm_deepsup --gpus 0-3 [KEY VALUE ...]
   python train.py --cfg config/synthetic-mobilenetv2dilated-c1_deepsup.yaml --gpus cpu
   torchrun --nproc_per_node 4 train.py --cfg ...            # one process per device (DDP)
   python train.py --cfg ... --resume auto                     # continue a killed run
 
+Before building the model (and downloading ImageNet weights) it checks the model names, the
+training list, the weight files to start from and DIR (:mod:`mit_semseg.cli.preflight`).
 Writes to cfg.DIR: config.yaml, log.txt, {encoder,decoder,history}_epoch_N.pth,
-checkpoint_last.pth and training_curves.png. See docs/training.md.
+checkpoint_last.pth and training_curves.png. See docs/training.md. Exit status: 0 when
+training finished, 1 when it stopped part-way (e.g. the disk filled up; resume with
+``--resume auto``), 2 on a setup error.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import functools
 import logging
 import os
@@ -19,7 +24,7 @@ from typing import Any
 
 import torch
 
-from mit_semseg.cli import common
+from mit_semseg.cli import common, preflight
 from mit_semseg.cli.devices import NotSupportedCliException, resolve_devices
 from mit_semseg.config import load_config
 from mit_semseg.data import TrainDataset, build_train_loader
@@ -41,26 +46,50 @@ from mit_semseg.models import build_segmentation_model
 from mit_semseg.plotting import plot_training_curves
 
 PROG = "train.py"
+# writing an output failed: the disk or quota is full, the folder became read-only or broke
+_WRITE_ERRNOS = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC), errno.EROFS, errno.EACCES,
+                 errno.EPERM, errno.EIO}
 logger = logging.getLogger("train")
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+EXAMPLES = (
+    "{prog} --cfg ade20k-resnet50dilated-ppm_deepsup --gpus 0-3 DIR ckpt/my_run",
+    "{prog} --cfg synthetic-mobilenetv2dilated-c1_deepsup --gpus cpu TRAIN.num_epoch 2",
+    "{prog} --cfg my_config.yaml --gpus cpu --resume auto   # continue a stopped run",
+)
+
+
+def parse_args(argv: list[str] | None = None, prog: str = PROG) -> argparse.Namespace:
     parser = common.script_parser(
-        PROG, "Train a semantic segmentation network",
-        devices_help='devices: "0-3", "gpu0,gpu2", "cpu", "cpux2" (2 CPU replicas)')
+        prog, "Train a semantic segmentation network on DATASET.list_train; checkpoints,\n"
+        "log and training curves go to DIR. Under torchrun, one process per device.",
+        devices_help='devices: "0-3", "gpu0,gpu2", "cpu", "cpux2" (2 CPU replicas)',
+        examples=EXAMPLES)
     parser.add_argument("--resume", default=None, metavar="PATH|auto",
-                        help="continue from a checkpoint_last.pth ('auto': the one in DIR)")
+                        help="continue from a checkpoint_last.pth ('auto': the one in DIR, "
+                             "if any; default: TRAIN.resume, itself empty = start afresh)")
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
+    prog = common.program_name(PROG) if argv is None else PROG
     try:
-        args = parse_args(argv)
+        args = parse_args(argv, prog)
         cfg, dist_ctx, devices = setup(args)
         state = build_state(cfg, dist_ctx, devices)
     except common.SETUP_ERRORS as exc:
-        return common.usage_error(PROG, exc)
-    train(cfg, state, len(devices))
+        return common.usage_error(prog, exc)
+    try:
+        train(cfg, state, len(devices))
+    except OSError as exc:
+        if exc.errno not in _WRITE_ERRNOS:
+            raise
+        # the checkpoint files are written atomically: the last complete one can be resumed
+        where = f" ({exc.filename})" if exc.filename else ""
+        common.print_error(prog, f"cannot write to DIR {cfg.DIR}{where}: {exc.strerror}; "
+                                 f"training stopped at iteration {state.iteration}; make room "
+                                 "or fix the folder, then continue with --resume auto")
+        return common.EXIT_SOME_FAILED
     cleanup_distributed()
     return 0
 
@@ -78,6 +107,8 @@ def setup(args: argparse.Namespace) -> tuple[Any, DistContext, list[torch.device
                                            "give --gpus cpu or --gpus 0 (LOCAL_RANK picks the GPU)")
         if devices[0].type == "cuda":
             devices = [torch.device("cuda", dist_ctx.local_rank)]
+    common.setup_logging(None, dist_ctx.rank)  # the console, until DIR is known to be usable
+    preflight.check_training(cfg, len(devices), dist_ctx.world_size)
     common.setup_logging(cfg.DIR, dist_ctx.rank)
     if dist_ctx.is_main:
         ckpt.remove_stale_temp_files(cfg.DIR)
@@ -117,6 +148,8 @@ def build_state(cfg: Any, dist_ctx: DistContext, devices: list[torch.device]) ->
     t = cfg.TRAIN
     resume_path = ckpt.resolve_resume_path(t.resume, cfg.DIR)
     saved = ckpt.load_training_state(resume_path) if resume_path else None
+    if saved is not None:
+        preflight.check_resume_state(cfg, saved, resume_path)
     seed_everything(t.seed)  # identical initial weights on every rank
     module, scattered = parallelize(build_module(cfg, len(devices), saved), devices, dist_ctx,
                                     cfg.DIST.sync_bn)
@@ -141,7 +174,8 @@ def open_stream(cfg: Any, workers: int, pin_memory: bool, seed: int, local_index
                 start_step: int) -> torch.utils.data.DataLoader:
     """One device's training loader (see :func:`mit_semseg.data.loader.device_batches`)."""
     dataset = TrainDataset(cfg.DATASET.root_dataset, cfg.DATASET.list_train, cfg.DATASET,
-                           batch_per_gpu=cfg.TRAIN.batch_size_per_gpu)
+                           batch_per_gpu=cfg.TRAIN.batch_size_per_gpu,
+                           skip_bad_samples=cfg.TRAIN.skip_bad_samples)
     return build_train_loader(dataset, num_devices=1, workers=workers, seed=seed,
                               start_iter=start_step, num_steps=cfg.TRAIN.epoch_iters,
                               pin_memory=pin_memory)

@@ -17,13 +17,24 @@ import yaml
 from yacs.config import CfgNode
 
 from .defaults import _C
+from .packaged import packaged_configs, resolve_config_file
 
-__all__ = ["cfg", "CfgNode", "ConfigError", "get_cfg_defaults", "load_config", "validate_config"]
+__all__ = [
+    "cfg",
+    "CfgNode",
+    "ConfigError",
+    "get_cfg_defaults",
+    "load_config",
+    "packaged_configs",
+    "resolve_config_file",
+    "validate_config",
+]
 
 cfg = _C.clone()
 
 _AMP_CHOICES = ("", "bf16", "fp16")
 _BACKEND_CHOICES = ("auto", "nccl", "gloo")
+_PREFLIGHT_CHOICES = ("headers", "full", "off")
 _DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
 
@@ -118,6 +129,8 @@ def validate_config(node: CfgNode, source: str = "config") -> None:
         f"({d.padding_constant}) must be >= DATASET.segm_downsampling_rate "
         f"({d.segm_downsampling_rate})", source,
     )
+    _check(d.preflight in _PREFLIGHT_CHOICES, "DATASET.preflight",
+           f"must be one of {_PREFLIGHT_CHOICES}, got {d.preflight!r}", source)
     _check(
         bool(_DEVICE_PATTERN.match(node.DEVICE)), "DEVICE",
         f"must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {node.DEVICE!r}", source,
@@ -159,7 +172,8 @@ def load_config(cfg_file: str | os.PathLike | None = None, opts: Sequence[str] =
     """Build the configuration of a run: defaults <- YAML file <- ``KEY VALUE`` overrides.
 
     Args:
-        cfg_file: YAML file overriding some defaults (``None``: defaults only).
+        cfg_file: YAML file overriding some defaults, or the name of a packaged config (see
+            :func:`resolve_config_file`); ``None``: defaults only.
         opts: flat list of command-line overrides, e.g. ``["TRAIN.num_epoch", "5"]``; values
             are parsed as Python literals (``"(300,)"`` becomes a tuple).
 
@@ -167,16 +181,14 @@ def load_config(cfg_file: str | os.PathLike | None = None, opts: Sequence[str] =
         A validated, frozen :class:`CfgNode`.
 
     Raises:
-        FileNotFoundError: ``cfg_file`` does not exist.
+        FileNotFoundError: ``cfg_file`` is neither a file nor a packaged config's name.
         ConfigError: unknown key, wrong type or invalid value; the message names the file or
             the command line and the key.
     """
     node = get_cfg_defaults()
     source = "defaults"
     if cfg_file is not None:
-        source = os.fspath(cfg_file)
-        if not os.path.isfile(source):
-            raise FileNotFoundError(f"config file not found: {source}")
+        source = os.fspath(resolve_config_file(cfg_file))
         with open(source, encoding="utf-8") as f:
             try:
                 tree = yaml.safe_load(f) or {}

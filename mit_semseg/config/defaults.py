@@ -1,7 +1,8 @@
 """Every configuration key of mit_semseg, with its default and meaning.
 
-This file is the single place where keys are defined. A YAML file in ``config/`` only overrides
-values defined here; yacs rejects any key that does not exist below, so a typo fails loudly.
+This file is the single place where keys are defined. A YAML file (the shipped recipes are in
+``mit_semseg/config/files/``, linked from the repository's ``config/``) only overrides values
+defined here; yacs rejects any key that does not exist below, so a typo fails loudly.
 Keys inherited from the original ``mit_semseg`` 1.0.0 keep their (mixed-case) names so that old
 configs and command lines keep working; keys added by this project are snake_case.
 
@@ -48,6 +49,12 @@ _C.DATASET.segm_downsampling_rate = 8
 # Randomly flip training images horizontally (probability 0.5). The original ignored this key and
 # always flipped; here False switches flipping off.
 _C.DATASET.random_flip = True
+# What the scripts check in the sample lists before building a model (train.py: list_train,
+# eval.py/eval_multipro.py: list_val). Options: "headers" (every file exists, its header is
+# readable, JPEG/PNG files are complete, image, label and list sizes agree, labels have one
+# channel; seconds for ADE20K's 20k training images), "full" (also decodes every image and
+# label and checks label values <= num_class; minutes for ADE20K), "off".
+_C.DATASET.preflight = "headers"
 
 # -----------------------------------------------------------------------------
 # Model
@@ -121,6 +128,11 @@ _C.TRAIN.resume = ""
 # Write the resumable DIR/checkpoint_last.pth every this many iterations (0 = only at the end
 # of each epoch). It is always written at the end of an epoch.
 _C.TRAIN.checkpoint_every = 500
+# A training sample that cannot be loaded (missing, corrupt, mis-sized, label values out of
+# range) stops the run with an error naming it (False), or is logged as a warning and replaced
+# by another sample of the list (True). The replacement depends only on the seed and the
+# iteration, so resumed and multi-process runs stay identical to uninterrupted ones.
+_C.TRAIN.skip_bad_samples = False
 
 # -----------------------------------------------------------------------------
 # Distributed (torchrun) training

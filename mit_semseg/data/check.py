@@ -4,9 +4,19 @@ Reads every record of an ``.odgt`` list and reports malformed lines, missing or 
 files, image/label/list size mismatches and label values above ``num_class``, together with
 per-class pixel statistics (share of labelled pixels, number of images containing the class).
 
+Two depths:
+
+* full (the default here): every image and label is decoded, so corrupt pixel data and label
+  values above ``num_class`` are found, and the class statistics are computed;
+* headers only (``full=False``, what the scripts run before every training and evaluation,
+  ``DATASET.preflight``): each file's header is read with Pillow's lazy ``Image.open`` and
+  its last bytes are checked for the end marker of a JPEG or PNG, so missing, unreadable,
+  truncated and mis-sized files and colour label maps are found without decoding a pixel.
+
 Command line (exit status 1 when a problem is found)::
 
-    python -m mit_semseg.data.check data/training.odgt --num-class 150 [--root data/]
+    python -m mit_semseg.data.check data/training.odgt --num-class 150 [--root data/] \\
+        [--headers-only]
 """
 
 from __future__ import annotations
@@ -16,15 +26,29 @@ import json
 import os
 import sys
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from mit_semseg.data.odgt import TRAIN_KEYS, OdgtError, check_record
-from mit_semseg.data.transforms import ImageReadError, read_image, read_label
+from mit_semseg.data.transforms import (
+    _JPEG_EOI,
+    _JPEG_TRAILER_SLACK,
+    ImageReadError,
+    read_image,
+    read_label,
+)
 
-__all__ = ["CheckReport", "check_dataset", "main"]
+__all__ = ["CheckReport", "check_dataset", "main", "read_header"]
+
+_PNG_IEND = b"IEND"
+_EXIF_ORIENTATION = 0x0112
+# orientations whose upright picture is the stored one transposed (rotated by 90 degrees)
+_TRANSPOSED = (5, 6, 7, 8)
+# Pillow modes that read_label accepts: one channel of class indices (8/16 bit, or a palette)
+_LABEL_MODES = ("1", "L", "P", "I", "I;16", "I;16B", "I;16L")
 
 
 @dataclass
@@ -32,17 +56,22 @@ class CheckReport:
     """Result of :func:`check_dataset`.
 
     Attributes:
+        num_lines: non-blank lines of the list.
         num_records: well-formed records in the list.
         num_checked: records whose image and label were both read.
+        num_bad: lines with at least one problem (malformed lines included).
         problems: one ``"<file>:<line>: <what>"`` message per problem.
-        pixel_counts: ``(num_class + 1,)`` pixel counts per label value (index 0 = unlabeled).
+        pixel_counts: ``(num_class + 1,)`` pixel counts per label value (index 0 = unlabeled);
+            full checks only.
         image_counts: ``(num_class + 1,)`` number of images containing each label value.
         out_of_range: label value -> number of images containing it (values > num_class).
     """
 
     num_class: int
+    num_lines: int = 0
     num_records: int = 0
     num_checked: int = 0
+    num_bad: int = 0
     problems: list[str] = field(default_factory=list)
     pixel_counts: np.ndarray = None  # type: ignore[assignment]
     image_counts: np.ndarray = None  # type: ignore[assignment]
@@ -57,10 +86,17 @@ class CheckReport:
         """True when no problem was found."""
         return not self.problems
 
+    def summary(self, max_problems: int = 3) -> str:
+        """The problems in one line: how many lines are bad and the first ``max_problems``."""
+        shown = "; ".join(self.problems[:max_problems])
+        more = len(self.problems) - max_problems
+        return (f"{self.num_bad} of {self.num_lines} line(s) bad: {shown}"
+                + (f"; and {more} more problem(s)" if more > 0 else ""))
+
     def format(self, class_names: Sequence[str] | None = None, max_problems: int = 50) -> str:
         """Human-readable report: summary, problems, per-class statistics."""
         lines = [f"records: {self.num_records}, read: {self.num_checked}, "
-                 f"problems: {len(self.problems)}"]
+                 f"bad lines: {self.num_bad}, problems: {len(self.problems)}"]
         for problem in self.problems[:max_problems]:
             lines.append(f"  PROBLEM {problem}")
         if len(self.problems) > max_problems:
@@ -83,44 +119,150 @@ class CheckReport:
         return "\n".join(lines)
 
 
-def _check_one(record: dict, where: str, root: str, report: CheckReport) -> None:
-    image_path = os.path.join(root, record["fpath_img"])
-    label_path = os.path.join(root, record["fpath_segm"])
+class _UnreadableHeader(ImageReadError):
+    """Pillow cannot identify the file (OpenCV may still decode it)."""
+
+
+def read_header(path: str | os.PathLike, upright: bool = True) -> tuple[int, int, str]:
+    """``(width, height, Pillow mode)`` of an image file, from its header alone.
+
+    Besides the header, only the file's last bytes are read: a JPEG or PNG cut short (an
+    interrupted copy or download) lacks its end marker.
+
+    Args:
+        path: the file.
+        upright: the size once the EXIF orientation is applied (images are read upright;
+            labels, False, are read as stored).
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        ImageReadError: not an image Pillow can identify, or a truncated JPEG/PNG.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with open(path, "rb") as f:
+            try:
+                with Image.open(f) as image:
+                    width, height = image.size
+                    mode, kind = image.mode, image.format
+                    if upright and image.getexif().get(_EXIF_ORIENTATION) in _TRANSPOSED:
+                        width, height = height, width
+            except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+                raise _UnreadableHeader(f"{path}: cannot read the image header ({exc})"
+                                        ) from None
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - _JPEG_TRAILER_SLACK))
+            tail = f.read()
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise ImageReadError(f"{path}: is a directory, expected an image file") from None
+    if (kind == "JPEG" and _JPEG_EOI not in tail) or (kind == "PNG" and _PNG_IEND not in tail):
+        raise ImageReadError(f"{path}: truncated {kind} (no end marker)")
+    return width, height, mode
+
+
+def _header_or_decoded(path: str, read_pixels) -> tuple[int, int, str]:
+    """The header of ``path``; a file whose header Pillow cannot read is decoded with
+    ``read_pixels`` (OpenCV reads a few formats Pillow does not), which raises if it fails."""
+    try:
+        return read_header(path, upright=read_pixels is read_image)
+    except _UnreadableHeader:
+        pixels = read_pixels(path)
+    return pixels.shape[1], pixels.shape[0], "L" if pixels.ndim == 2 else "RGB"
+
+
+@dataclass
+class _Sample:
+    """One well-formed record and the result of checking its files."""
+
+    record: dict
+    where: str
+    paths: tuple[str, str]
+    read: bool = False  # both files could be read
+    problems: list[str] = field(default_factory=list)
+    label_counts: np.ndarray | None = None  # full checks: pixels per label value
+
+
+def _check_sizes(sample: _Sample, image_size: tuple[int, int],
+                 label_size: tuple[int, int]) -> None:
+    """Image vs label vs list sizes, each ``(width, height)``."""
+    (image_path, label_path), where, record = sample.paths, sample.where, sample.record
+    width, height = image_size
+    if label_size != image_size:
+        sample.problems.append(f"{where}: label {label_path} is {label_size[0]}x"
+                               f"{label_size[1]}, image is {width}x{height}")
+    if (record["width"], record["height"]) != image_size:
+        sample.problems.append(f"{where}: list says {record['width']}x{record['height']}, "
+                               f"image {image_path} is {width}x{height}")
+
+
+def _check_headers(sample: _Sample) -> _Sample:
+    image_path, label_path = sample.paths
+    try:
+        width, height, _ = _header_or_decoded(image_path, read_image)
+        label_width, label_height, mode = _header_or_decoded(label_path, read_label)
+    except (OSError, ImageReadError) as exc:
+        sample.problems.append(f"{sample.where}: {exc}")
+        return sample
+    sample.read = True
+    if mode not in _LABEL_MODES:
+        sample.problems.append(
+            f"{sample.where}: label {label_path} has mode {mode}; label maps must be "
+            "single-channel class indices (convert colour-coded masks to indices first)")
+    _check_sizes(sample, (width, height), (label_width, label_height))
+    return sample
+
+
+def _check_pixels(sample: _Sample) -> _Sample:
+    image_path, label_path = sample.paths
     try:
         image = read_image(image_path)
         label = read_label(label_path)
     except (OSError, ImageReadError) as exc:
-        report.problems.append(f"{where}: {exc}")
-        return
+        sample.problems.append(f"{sample.where}: {exc}")
+        return sample
+    sample.read = True
     height, width = image.shape[:2]
-    if label.shape != (height, width):
-        report.problems.append(f"{where}: label {label_path} is {label.shape[1]}x"
-                               f"{label.shape[0]}, image is {width}x{height}")
-    if (record["width"], record["height"]) != (width, height):
-        report.problems.append(f"{where}: list says {record['width']}x{record['height']}, "
-                               f"image {image_path} is {width}x{height}")
-    counts = np.bincount(label.ravel())
-    present = np.flatnonzero(counts)
-    high = present[present > report.num_class]
-    if len(high):
-        report.problems.append(f"{where}: {label_path} has label values "
-                               f"{high.tolist()} > num_class {report.num_class}")
-        for value in high.tolist():
-            report.out_of_range[value] = report.out_of_range.get(value, 0) + 1
-    counts = counts[: report.num_class + 1]
-    report.pixel_counts[: len(counts)] += counts
-    report.image_counts[: len(counts)] += counts > 0
-    report.num_checked += 1
+    _check_sizes(sample, (width, height), (label.shape[1], label.shape[0]))
+    sample.label_counts = np.bincount(label.ravel())
+    return sample
+
+
+def _add(report: CheckReport, sample: _Sample) -> None:
+    """Adds one checked record to the report (label values above num_class are found here)."""
+    counts = sample.label_counts
+    if counts is not None:
+        present = np.flatnonzero(counts)
+        high = present[present > report.num_class].tolist()
+        if high:
+            sample.problems.append(f"{sample.where}: {sample.paths[1]} has label values "
+                                   f"{high} > num_class {report.num_class}")
+            for value in high:
+                report.out_of_range[value] = report.out_of_range.get(value, 0) + 1
+        counts = counts[: report.num_class + 1]
+        report.pixel_counts[: len(counts)] += counts
+        report.image_counts[: len(counts)] += counts > 0
+    report.num_checked += sample.read
+    report.num_bad += bool(sample.problems)
+    report.problems.extend(sample.problems)
 
 
 def check_dataset(odgt: str | os.PathLike, num_class: int,
-                  root: str | os.PathLike | None = None) -> CheckReport:
+                  root: str | os.PathLike | None = None, *, full: bool = True,
+                  threads: int = 8) -> CheckReport:
     """Checks every record of ``odgt``; never raises on bad data, reports it instead.
 
     Args:
         odgt: the list file.
         num_class: number of classes (label values 1..num_class; 0 = unlabeled).
         root: folder the list's paths are relative to (default: the list's folder).
+        full: decode every image and label (pixel data, label values, class statistics);
+            False reads only the file headers (see the module docstring), tens of times
+            faster (benchmarks/bench_preflight.py).
+        threads: files are read by this many threads (waiting for a disk or a network
+            folder, and decoding, release the GIL); problems are reported in list order.
     """
     if num_class < 1:
         raise ValueError(f"num_class must be >= 1, got {num_class}")
@@ -132,6 +274,8 @@ def check_dataset(odgt: str | os.PathLike, num_class: int,
     except (OSError, UnicodeDecodeError) as exc:
         report.problems.append(f"{odgt}: cannot read the list ({exc})")
         return report
+    # each line is either a problem (malformed) or a sample whose files are checked
+    entries: list[str | _Sample] = []
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
@@ -139,13 +283,23 @@ def check_dataset(odgt: str | os.PathLike, num_class: int,
         try:
             record = check_record(json.loads(line), where, TRAIN_KEYS)
         except json.JSONDecodeError as exc:
-            report.problems.append(f"{where}: malformed JSON ({exc.msg})")
+            entries.append(f"{where}: malformed JSON ({exc.msg})")
             continue
         except OdgtError as exc:
-            report.problems.append(str(exc))
+            entries.append(str(exc))
             continue
-        report.num_records += 1
-        _check_one(record, where, root, report)
+        entries.append(_Sample(record, where, (os.path.join(root, record["fpath_img"]),
+                                               os.path.join(root, record["fpath_segm"]))))
+    samples = [e for e in entries if isinstance(e, _Sample)]
+    report.num_lines, report.num_records = len(entries), len(samples)
+    with ThreadPoolExecutor(max(1, threads)) as pool:
+        checked = iter(pool.map(_check_pixels if full else _check_headers, samples))
+        for entry in entries:
+            if isinstance(entry, str):
+                report.problems.append(entry)
+                report.num_bad += 1
+            else:
+                _add(report, next(checked))
     if report.num_records == 0:
         report.problems.append(f"{odgt}: no valid record")
     return report
@@ -162,13 +316,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--class-info", default=None,
                         help="class table CSV (Idx,Name) for names in the statistics")
     parser.add_argument("--max-problems", type=int, default=50, help="problems listed in full")
+    parser.add_argument("--headers-only", action="store_true",
+                        help="read file headers instead of decoding every image and label "
+                             "(fast; no label values or class statistics)")
     args = parser.parse_args(argv)
     names = None
     if args.class_info:
         from mit_semseg.data.palette import load_class_info
 
         names = load_class_info(args.class_info)["names"]
-    report = check_dataset(args.odgt, args.num_class, args.root)
+    report = check_dataset(args.odgt, args.num_class, args.root, full=not args.headers_only)
     sys.stdout.write(report.format(names, args.max_problems) + "\n")
     sys.exit(0 if report.ok else 1)
 

@@ -53,6 +53,14 @@ TRAIN_LENGTH = 2**31 - 1
 # Distinct streams of the SeedSequence so the pass shuffles and per-item draws never collide.
 _STREAM_ORDER = 0
 _STREAM_ITEM = 1
+_STREAM_REPLACEMENT = 2
+
+# With skip_bad_samples, a bad sample is replaced by up to this many other draws before the
+# item fails (a list where most samples are bad needs fixing, not skipping).
+MAX_REPLACEMENTS = 10
+# what loading a bad sample raises: missing or unreadable file (OSError), undecodable file
+# (ImageReadError), sizes or label values that disagree with the list or num_class
+_SAMPLE_ERRORS = (OSError, ValueError)
 
 
 def _empty(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
@@ -210,6 +218,10 @@ class TrainDataset(_LabelledDataset):
         seed: seed of the sample stream; ``None`` takes ``torch.initial_seed()`` (so
             ``torch.manual_seed`` before construction makes runs reproducible).
             :func:`~mit_semseg.data.loader.build_train_loader` sets it from its ``seed``.
+        skip_bad_samples: a sample that fails to load is logged (once per process) and
+            replaced by another one of the same orientation, drawn from ``(seed, index,
+            position, attempt)`` alone, so items stay a pure function of the seed and the
+            index; False (the default) raises the error, which names the sample.
         max_sample, start_idx, end_idx: subset of the list, as in the original.
 
     Item ``i`` is ``{'img_data': (B, 3, H, W) float32, 'seg_label': (B, H/r, W/r) int64}``
@@ -224,9 +236,12 @@ class TrainDataset(_LabelledDataset):
         opt: Any,
         batch_per_gpu: int = 1,
         seed: int | None = None,
+        skip_bad_samples: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(root_dataset, odgt, opt, **kwargs)
+        self.skip_bad_samples = bool(skip_bad_samples)
+        self._reported_bad: set[int] = set()
         if self.num_sample == 0:
             raise ValueError("TrainDataset: the selected slice of the sample list is empty")
         if batch_per_gpu < 1:
@@ -305,13 +320,37 @@ class TrainDataset(_LabelledDataset):
             flips[:] = False
         return records, short, [bool(f) for f in flips]
 
+    def _load_or_replace(self, record: int, index: int, position: int
+                         ) -> tuple[np.ndarray, np.ndarray]:
+        """The pair of ``record``, or with ``skip_bad_samples`` that of a replacement."""
+        try:
+            return self._load_pair(record)
+        except _SAMPLE_ERRORS as exc:
+            if not self.skip_bad_samples:
+                raise
+            error = exc
+        portrait = self.list_sample[record]["height"] > self.list_sample[record]["width"]
+        bucket = self._buckets[0 if portrait else 1]
+        for attempt in range(MAX_REPLACEMENTS):
+            if record not in self._reported_bad:
+                self._reported_bad.add(record)
+                logger.warning("skipping a bad training sample (TRAIN.skip_bad_samples): %s",
+                               error)
+            rng = np.random.default_rng(
+                [self.seed, _STREAM_REPLACEMENT, int(index), position, attempt])
+            record = int(bucket[rng.integers(len(bucket))])
+            try:
+                return self._load_pair(record)
+            except _SAMPLE_ERRORS as exc:
+                error = exc
+        raise RuntimeError(f"training item {index}: {MAX_REPLACEMENTS} replacements of a bad "
+                           f"sample failed as well, the last with: {error}; check the list "
+                           "with python -m mit_semseg.data.check")
+
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         records, short, flips = self.batch_plan(index)
-        sizes = [
-            scaled_size(self.list_sample[i]["height"], self.list_sample[i]["width"], short,
-                        self.imgMaxSize)
-            for i in records
-        ]
+        pairs = [self._load_or_replace(i, index, b) for b, i in enumerate(records)]
+        sizes = [scaled_size(*image.shape[:2], short, self.imgMaxSize) for image, _ in pairs]
         canvas_h = round_up(max(h for h, _ in sizes), self.padding_constant)
         canvas_w = round_up(max(w for _, w in sizes), self.padding_constant)
         rate = self.segm_downsampling_rate
@@ -319,8 +358,7 @@ class TrainDataset(_LabelledDataset):
         canvas = images.numpy()
         labels = _empty((len(records), canvas_h // rate, canvas_w // rate), torch.int64)
         labels.fill_(-1)
-        for b, (i, (h, w), flip) in enumerate(zip(records, sizes, flips)):
-            image, label = self._load_pair(i)
+        for b, ((image, label), (h, w), flip) in enumerate(zip(pairs, sizes, flips)):
             if flip:
                 image, label = cv2.flip(image, 1), cv2.flip(label, 1)
             image = resize_image(image, h, w)

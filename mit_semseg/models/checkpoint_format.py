@@ -35,6 +35,7 @@ __all__ = [
     "attach_upstream_bn_buffers",
     "key_differences",
     "load_weights",
+    "read_state_dict",
     "strip_module_prefix",
 ]
 
@@ -166,6 +167,29 @@ def key_differences(
     return sorted(expected - given), sorted(given - expected)
 
 
+def read_state_dict(path: str | os.PathLike, what: str = "weights") -> dict[str, torch.Tensor]:
+    """The state dict saved in ``path`` (CPU tensors, ``module.`` prefix stripped).
+
+    Args:
+        path: ``torch.save``d state dict.
+        what: how error messages call the file (e.g. "resnet50 encoder weights").
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        RuntimeError: the file is unreadable or holds no state dict; names the file.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{what} file not found: {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises many types for corrupt/foreign files
+        raise RuntimeError(f"cannot read {what} file {path}: {error}") from error
+    if not isinstance(state, Mapping):
+        raise RuntimeError(f"{what} file {path} holds a {type(state).__name__}, not a state dict")
+    return strip_module_prefix(state, path)
+
+
 def load_weights(module: nn.Module, path: str | os.PathLike, what: str = "weights") -> nn.Module:
     """Load a state-dict file into ``module`` strictly (in place).
 
@@ -181,16 +205,7 @@ def load_weights(module: nn.Module, path: str | os.PathLike, what: str = "weight
         FileNotFoundError: ``path`` does not exist.
         RuntimeError: the file is unreadable or its keys/shapes do not match; names the file.
     """
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{what} file not found: {path}")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises many types for corrupt/foreign files
-        raise RuntimeError(f"cannot read {what} file {path}: {error}") from error
-    if not isinstance(state, Mapping):
-        raise RuntimeError(f"{what} file {path} holds a {type(state).__name__}, not a state dict")
-    state = strip_module_prefix(state, path)
+    state = read_state_dict(path, what)
     try:
         module.load_state_dict(state, strict=True)
     except RuntimeError as error:

@@ -94,17 +94,18 @@ def load_script(name: str):
 
 @pytest.fixture
 def in_process(capsys):
-    """Runs a script's ``main(argv)`` in this process; returns ``(exit_code, output)``.
+    """Runs a script's ``main(argv)`` in this process; returns ``(exit_code, output)``, or
+    ``(exit_code, stdout, stderr)`` with ``streams=True``.
 
     The scripts configure the root logger; its handlers are restored afterwards.
     """
     root = logging.getLogger()
     saved = (root.handlers[:], root.level)
 
-    def call(script: str, *args: str) -> tuple[int, str]:
+    def call(script: str, *args: str, streams: bool = False) -> tuple:
         code = load_script(script).main(list(args))
         out = capsys.readouterr()
-        return code, out.out + out.err
+        return (code, out.out, out.err) if streams else (code, out.out + out.err)
 
     yield call
     for handler in root.handlers[:]:

@@ -43,3 +43,16 @@ def test_single_device():
     assert common.single_device("cpu").type == "cpu"
     with pytest.raises(common.UsageError, match="--gpus takes one device, got 'cpux2'; more"):
         common.single_device("cpux2", "; more")
+
+
+@pytest.mark.parametrize("argv0, name", [("/venv/bin/mit-semseg-train", "mit-semseg-train"),
+                                         ("venv/Scripts/mit-semseg-test.exe", "mit-semseg-test"),
+                                         ("train.py", "x.py"), ("/usr/lib/pytest", "x.py")])
+def test_errors_and_help_name_the_command_the_user_typed(argv0, name, monkeypatch):
+    monkeypatch.setattr("sys.argv", [argv0])
+    assert common.program_name("x.py") == name
+
+
+def test_multi_line_messages_become_one_line(capsys):
+    common.print_error("x.py", ValueError("first\n  second\n\nthird"))
+    assert capsys.readouterr().err == "x.py: error: first second third\n"

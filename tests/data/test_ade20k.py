@@ -87,8 +87,8 @@ def test_download_unpack_list_and_check(http_server, ade_zip, tmp_path, capsys):
     root = tmp_path / "data"
     assert main(["--root", str(root), "--url", url, "--no-progress"]) == 0
     out = capsys.readouterr().out
-    assert "training: records: 3, read: 3, problems: 0" in out
-    assert "validation: records: 2, read: 2, problems: 0" in out
+    assert "training: records: 3, read: 3, bad lines: 0, problems: 0" in out
+    assert "validation: records: 2, read: 2, bad lines: 0, problems: 0" in out
     assert "DATASET.root_dataset" in out  # not ./data: the command says how to point at it
     for split in ("training", "validation"):
         records, _ = read_odgt(root / f"{split}.odgt")

@@ -1,3 +1,5 @@
+import logging
+
 import numpy as np
 import pytest
 import torch
@@ -310,3 +312,81 @@ def test_compat_import_path():
     import mit_semseg.dataset as compat
 
     assert compat.TrainDataset is TrainDataset and compat.TestDataset is TestDataset
+
+
+def _list_with_bad_samples(samples):
+    """Six good 16x16 samples and, at lines 2, 4 and 6, a missing image, a corrupt image and a
+    label value above num_class."""
+    rng = np.random.default_rng(9)
+    good = [samples.add(*random_pair(rng, 16, 16)) for _ in range(6)]
+    corrupt = samples.add(*random_pair(rng, 16, 16))
+    (samples.root / corrupt["fpath_img"]).write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    label = np.ones((16, 16), np.uint8)
+    label[0, 0] = 9
+    out_of_range = samples.add(np.zeros((16, 16, 3), np.uint8), label)
+    missing = dict(good[0], fpath_img="img/none.png")
+    records = [good[0], missing, good[1], corrupt, good[2], out_of_range, *good[3:]]
+    return str(samples.odgt(records)), {1, 3, 5}
+
+
+def test_bad_samples_stop_the_stream_unless_skipped(samples, caplog, monkeypatch):
+    odgt, bad = _list_with_bad_samples(samples)
+    strict = TrainDataset(samples.root, odgt, make_opt(), batch_per_gpu=3, seed=0)
+    first_bad = next(i for i in range(20) if bad & set(strict.batch_plan(i)[0]))
+    with pytest.raises((FileNotFoundError, ValueError), match=r"list\.odgt:[246]"):
+        strict[first_bad]
+
+    skipping = TrainDataset(samples.root, odgt, make_opt(), batch_per_gpu=3, seed=0,
+                            skip_bad_samples=True)
+    loaded = []  # the records whose pairs went into the item, in slot order
+    load_pair = skipping._load_pair
+
+    def spy(record):
+        pair = load_pair(record)
+        loaded.append(record)
+        return pair
+
+    monkeypatch.setattr(skipping, "_load_pair", spy)
+    with caplog.at_level(logging.WARNING, logger="mit_semseg.data.datasets"):
+        for i in range(12):  # 4 passes over the 9 samples
+            loaded.clear()
+            item = skipping[i]
+            planned, short, flips = skipping.batch_plan(i)
+            assert not bad & set(loaded) and len(loaded) == 3
+            assert [r for r in planned if r not in bad] == [r for r, p in zip(loaded, planned)
+                                                           if p not in bad]
+            # the item is exactly the one its good records (replacements included) make
+            monkeypatch.setattr(strict, "batch_plan", lambda _, plan=(list(loaded), short,
+                                                                      flips): plan)
+            expected = strict[i]
+            for key in ("img_data", "seg_label"):
+                torch.testing.assert_close(item[key], expected[key], rtol=0, atol=0)
+    assert sorted(m.split("list.odgt:")[1][0] for m in caplog.messages) == ["2", "4", "6"]
+
+
+def test_replacements_are_a_function_of_seed_and_index(samples):
+    """What keeps resumed and torchrun runs identical: item i does not depend on which items
+    were read before it (nor in which process)."""
+    odgt, bad = _list_with_bad_samples(samples)
+
+    def make(seed):
+        return TrainDataset(samples.root, odgt, make_opt(), batch_per_gpu=2, seed=seed,
+                            skip_bad_samples=True)
+
+    forward, backward = make(5), make(5)
+    indices = [i for i in range(15) if bad & set(forward.batch_plan(i)[0])]
+    assert len(indices) >= 3
+    a = {i: forward[i] for i in indices}
+    b = {i: backward[i] for i in reversed(indices)}
+    for i in indices:
+        for key in ("img_data", "seg_label"):
+            torch.testing.assert_close(a[i][key], b[i][key], rtol=0, atol=0)
+
+
+def test_a_list_of_only_bad_samples_still_fails(samples):
+    rng = np.random.default_rng(10)
+    good = samples.add(*random_pair(rng, 8, 8))
+    odgt = str(samples.odgt([dict(good, fpath_img=f"img/none{i}.png") for i in range(3)]))
+    ds = TrainDataset(samples.root, odgt, make_opt(), seed=0, skip_bad_samples=True)
+    with pytest.raises(RuntimeError, match="10 replacements of a bad sample failed"):
+        ds[0]
