@@ -38,7 +38,7 @@ from mit_semseg.inference import (
     predict_probs,
 )
 from mit_semseg.utils import NotSupportedCliException, resolve_devices, setup_logging
-from mit_semseg.visualize import class_fractions, prediction_panel, save_image
+from mit_semseg.viz import class_fractions, prediction_panel, save_image
 
 logger = logging.getLogger("test")
 

@@ -23,8 +23,8 @@ from mit_semseg import checkpoint as ckpt
 from mit_semseg import training as tr
 from mit_semseg.config import ConfigError, load_config
 from mit_semseg.lib.nn.distributed import cleanup_distributed
-from mit_semseg.plotting import plot_training_curves
 from mit_semseg.utils import NotSupportedCliException, resolve_devices, setup_logging
+from mit_semseg.viz import plot_training_curves
 
 logger = logging.getLogger("train")
 

@@ -30,7 +30,7 @@ from torch import nn
 from mit_semseg.inference import Window, predict_probs
 from mit_semseg.metrics import confusion_matrix, scores_from_confusion
 from mit_semseg.utils import atomic_write, atomic_write_text
-from mit_semseg.visualize import confusion_matrix_figure, eval_panel, save_image
+from mit_semseg.viz import confusion_matrix_figure, eval_panel, save_image
 
 __all__ = [
     "EvalResult",
@@ -111,6 +111,7 @@ def evaluate(
     visualize_dir: str | Path | None = None,
     palette: np.ndarray | None = None,
     on_image: Callable[[], None] | None = None,
+    class_names: Sequence[str] | None = None,
 ) -> EvalResult:
     """Runs inference over a validation set and accumulates the confusion matrix.
 
@@ -124,9 +125,11 @@ def evaluate(
         window: sliding-window size or ``(size, stride)``; ``None`` = whole images.
         amp: reduced-precision inference (see :func:`predict_probs`); ``""`` = fp32.
         progress: show a tqdm progress bar.
-        visualize_dir: if given, write ``[image | ground truth | prediction]`` PNGs there.
+        visualize_dir: if given, write ``image | ground truth | prediction | legend`` PNGs
+            there (see :func:`mit_semseg.viz.eval_panel`).
         palette: ``(N, 3)`` colours, required with ``visualize_dir``.
         on_image: called after each image (progress reporting from worker processes).
+        class_names: names in the pictures' legends; ``None`` = ``class_<i>``.
 
     Returns:
         the accumulated :class:`EvalResult`.
@@ -158,7 +161,8 @@ def evaluate(
             image = np.asarray(sample["img_ori"])
             image = image[0] if image.ndim == 4 else image
             name = _result_name(sample.get("info"), count)
-            save_image(Path(visualize_dir) / name, eval_panel(image, label, pred, palette))
+            panel = eval_panel(image, label, pred, palette, class_names)
+            save_image(Path(visualize_dir) / name, panel)
         count += 1
         if on_image is not None:
             on_image()
@@ -359,6 +363,8 @@ def evaluate_shard(
         visualize_dir=visualize_dir,
         palette=ade_palette(num_class) if visualize_dir is not None else None,
         on_image=on_image,
+        class_names=(resolve_class_names(num_class, cfg.DATASET.root_dataset)
+                     if visualize_dir is not None else None),
     )
 
 

@@ -3,7 +3,7 @@
 The names the original ``mit_semseg.utils`` exported (``setup_logger``, ``find_recursive``,
 ``AverageMeter``, ``parse_devices``, ``NotSupportedCliException``, ``accuracy``,
 ``intersectionAndUnion``, ``colorEncode``) keep working; the metric and colouring functions live
-in :mod:`mit_semseg.metrics` and :mod:`mit_semseg.visualize` and are forwarded on first use.
+in :mod:`mit_semseg.metrics` and :mod:`mit_semseg.viz` and are forwarded on first use.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ LOG_FORMAT = "[%(asctime)s %(levelname)s %(filename)s line %(lineno)d %(process)
 _FORWARDED = {
     "accuracy": "mit_semseg.metrics",
     "intersectionAndUnion": "mit_semseg.metrics",
-    "colorEncode": "mit_semseg.visualize",
+    "colorEncode": "mit_semseg.viz.colorize",
 }
 
 
