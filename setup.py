@@ -19,5 +19,5 @@ setup(
         "tqdm",
         "matplotlib",
     ],
-    extras_require={"test": ["pytest", "pytest-timeout", "ruff"]},
+    extras_require={"test": ["pytest", "pytest-timeout", "pytest-xdist", "ruff"]},
 )
