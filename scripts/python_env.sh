@@ -58,8 +58,11 @@ remove .venv (rm -rf .venv) to recreate it with $PYTHON"
         echo "Using the virtual environment .venv/ (Python $venv_version)"
     else
         echo "Not inside a virtual environment: creating one in .venv/ with $executable (Python $version)"
-        "$base" -m venv .venv || python_env_fail "could not create .venv with $executable; on \
-Debian/Ubuntu install the venv module first (sudo apt install python3-venv), or set PYTHON=..."
+        if ! "$base" -m venv .venv; then
+            rm -rf .venv  # half-made (no pip), it would be taken for a working one next time
+            python_env_fail "could not create .venv with $executable; on Debian/Ubuntu install \
+the venv module first (sudo apt install python3-venv), or set PYTHON=..."
+        fi
     fi
     PY=$PWD/.venv/bin/python
     echo "  (to use it yourself: source .venv/bin/activate)"

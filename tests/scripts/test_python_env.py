@@ -88,3 +88,22 @@ def test_a_dot_venv_of_another_python_version_is_not_silently_used(tmp_path):
     proc = choose(tmp_path, {"PYTHON": str(BASE_PYTHON)})
     assert proc.returncode != 0
     assert ".venv has Python 3.8" in proc.stderr and "rm -rf .venv" in proc.stderr
+
+
+def test_a_failed_venv_creation_is_explained_and_leaves_no_half_made_venv(tmp_path):
+    # an interpreter without a working venv module (Debian without python3-venv): it gets as
+    # far as .venv/bin/python, then fails for lack of ensurepip
+    fake = tmp_path / "python3"
+    fake.write_text(
+        "#!/bin/sh\n"
+        'case "$1" in\n'
+        '  -c) case "$2" in *in_env*) echo "0 3.11 /usr/bin/python3";; esac; exit 0;;\n'
+        '  -m) mkdir -p .venv/bin && touch .venv/bin/python && chmod +x .venv/bin/python\n'
+        '      echo "ensurepip is not available" >&2; exit 1;;\n'
+        "esac\n"
+    )
+    fake.chmod(0o755)
+    proc = choose(tmp_path / "clone", {"PYTHON": str(fake)})
+    assert proc.returncode != 0
+    assert "could not create .venv" in proc.stderr and "python3-venv" in proc.stderr
+    assert not (tmp_path / "clone" / ".venv").exists()
