@@ -3,6 +3,7 @@
     python3 scripts/measure_quickstart.py                      # in this clone, as it is
     python3 scripts/measure_quickstart.py --clone /tmp/fresh   # in a fresh clone (no .venv/ yet:
                                                                # includes creating it and pip)
+    python3 scripts/measure_quickstart.py --only tests --serial-tests   # pytest-xdist's gain
 
 It runs ``bash scripts/demo.sh`` and then ``bash scripts/test.sh`` (the README's order), prints
 their output as it comes and, at the end, one line per command: wall seconds, CPU seconds
@@ -28,9 +29,15 @@ import time
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-COMMANDS = {"demo": ["bash", "scripts/demo.sh"], "tests": ["bash", "scripts/test.sh"]}
+COMMANDS = {
+    "demo": ["bash", "scripts/demo.sh"],
+    "tests": ["bash", "scripts/test.sh"],
+    # the same suite in one pytest process, the baseline for test.sh's pytest-xdist workers
+    "tests-serial": ["bash", "scripts/test.sh", "-n", "0"],
+}
 _DEMO_WORK_STARTS = re.compile(r"^=== \[\s*(\d+)s\] generating the synthetic dataset")
-_PYTEST_SECONDS = re.compile(r" in (\d+(?:\.\d+)?)s(?: \(|\s*=*$)")
+# pytest's closing line, with or without -q: "==== 530 passed, 2 skipped in 1304.02s (0:21:44) ===="
+_PYTEST_SECONDS = re.compile(r"\d+ (?:passed|failed)\b.* in (\d+(?:\.\d+)?)s\b")
 
 
 def machine() -> dict:
@@ -79,7 +86,7 @@ def run(name: str, cwd: Path, log_dir: Path) -> dict:
             log.write(line)
             if work_start is None and (match := _DEMO_WORK_STARTS.match(line)):
                 work_start = float(match[1])
-            if line.startswith("=") and (match := _PYTEST_SECONDS.search(line)):
+            if match := _PYTEST_SECONDS.search(line):
                 pytest_seconds = float(match[1])
         returncode = proc.wait()
     wall = time.monotonic() - start
@@ -99,7 +106,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clone", type=Path, metavar="DIR",
                         help="git clone this repository into DIR (must not exist) and run there")
-    parser.add_argument("--only", choices=sorted(COMMANDS), help="run one of the two commands")
+    parser.add_argument("--only", choices=["demo", "tests"], help="run one of the two commands")
+    parser.add_argument("--serial-tests", action="store_true",
+                        help="also run the tests in one pytest process (test.sh -n 0), after "
+                             "test.sh, to compare")
     parser.add_argument("--json", type=Path, metavar="FILE", help="also write the results here")
     args = parser.parse_args()
     cwd = REPO_ROOT
@@ -110,9 +120,9 @@ def main() -> int:
     log_dir.mkdir(exist_ok=True)
     info = machine()
     results = {}
-    for name in COMMANDS:
-        if args.only in (None, name):
-            results[name] = run(name, cwd, log_dir)
+    names = [n for n in ("demo", "tests") if args.only in (None, n)]
+    for name in names + (["tests-serial"] if args.serial_tests else []):
+        results[name] = run(name, cwd, log_dir)
     info["load_after"] = os.getloadavg()[0]
     busy = info["load_before"] > 0.5 * info["cores"]
     print(f"\nMachine: {info['cpu']}, {info['cores']} cores usable, "
@@ -123,8 +133,11 @@ def main() -> int:
     for r in results.values():
         setup = f", of which {r['setup_s']:.0f} s setup (environment + pip)" \
             if r["setup_s"] is not None else ""
-        print(f"{r['command']:<22} wall {r['wall_s']:7.1f} s{setup}; CPU {r['cpu_s']:7.1f} s; "
+        print(f"{r['command']:<28} wall {r['wall_s']:7.1f} s{setup}; CPU {r['cpu_s']:7.1f} s; "
               f"exit {r['returncode']}")
+    if "tests" in results and "tests-serial" in results:
+        ratio = results["tests"]["wall_s"] / results["tests-serial"]["wall_s"]
+        print(f"test.sh (pytest-xdist) / test.sh -n 0 (serial), wall: {ratio:.2f}x")
     if args.json:
         args.json.write_text(json.dumps({"machine": info, "results": results}, indent=2) + "\n")
     return max((r["returncode"] for r in results.values()), default=0)

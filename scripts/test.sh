@@ -17,7 +17,7 @@ install_project "[test]"
 [ -d .upstream/mit_semseg ] || "$PY" -m pip install -q --no-deps --target .upstream mit-semseg==1.0.0 \
     || echo "warning: could not install mit-semseg==1.0.0; equivalence tests will be skipped"
 "$PY" -m ruff check mit_semseg tests benchmarks scripts ./*.py
-# Two or more pytest workers (pytest-xdist, one per core, at most 4): the suite runs in about
-# 2/3 of the serial time on 2 cores (scripts/measure_quickstart.py; README, Quick start).
-# --dist loadgroup keeps tests marked xdist_group together in one worker.
+# One pytest worker per core (pytest-xdist, at most 4): faster than one process on 2 cores,
+# measured in the README's Quick start (scripts/measure_quickstart.py --serial-tests); -n 0
+# runs serially. --dist loadgroup keeps tests marked xdist_group together in one worker.
 "$PY" -m pytest -n auto --maxprocesses 4 --dist loadgroup "$@"

@@ -69,9 +69,9 @@ def make_legend(
     Args:
         rows: ``(text, rgb_colour)`` in display order.
         height: height of the legend image; rows that do not fit are counted in a last
-            ``+N more`` line instead.
+            ``+N smaller`` line instead (rows come largest first).
         scale: font scale (see :func:`mit_semseg.viz.text.text_scale`).
-        hidden: classes already left out by the caller, added to the ``+N more`` count.
+        hidden: smaller classes already left out by the caller, added to that count.
 
     Returns:
         ``(height, width, 3)`` uint8 RGB image on white, as wide as its longest line.
@@ -83,7 +83,8 @@ def make_legend(
     if len(rows) + (hidden > 0) > capacity:  # keep the last line for the count
         hidden += len(rows) - (capacity - 1)
         rows = rows[: capacity - 1]
-    lines = [text for text, _ in rows] + ([f"+{hidden} more"] if hidden else [])
+    more = f"+{hidden} smaller class" + ("es" if hidden > 1 else "")
+    lines = [text for text, _ in rows] + ([more] if hidden else [])
     swatch = row_height - 2 * max(row_height // 6, 2)
     text_left = swatch + max(swatch // 2, 4)
     width = text_left + max((text_size(t, scale)[0] for t in lines), default=0) + 4

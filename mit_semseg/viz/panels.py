@@ -139,7 +139,7 @@ def prediction_panel(
     """The test.py picture: ``image | prediction | legend with each class's pixel share``.
 
     Classes covering less than :data:`~mit_semseg.viz.legend.MIN_LEGEND_FRACTION` of the
-    image are counted in a ``+N more`` line instead of being listed.
+    image are counted in a ``+N smaller classes`` line instead of being listed.
 
     Args:
         image: ``(H, W, 3)`` uint8 RGB input.
