@@ -1,18 +1,16 @@
 """The README demo end to end (without pip install): train briefly on CPU, reach mIoU >= 0.80,
 print every output, and the numbers the README quotes are the ones the demo prints."""
 
-import importlib.util
 import json
 import os
 import re
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
+from eval_fixtures import REPO_ROOT, load_script
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 # where the demo's printed scores are quoted, as the demo prints them
 QUOTING_DOCS = [REPO_ROOT / "README.md", REPO_ROOT / "docs" / "evaluation.md",
                 REPO_ROOT / "docs" / "training.md"]
@@ -20,14 +18,6 @@ SCORE_LINE = re.compile(r"Validation mean IoU: (\d\.\d{4}), pixel accuracy: (\d+
 # Float rounding differs between CPUs (kernels chosen by ISA), so another machine's run may
 # differ in the last digits; a changed demo (data, schedule, model) moves the scores by more.
 MIOU_TOLERANCE, ACCURACY_TOLERANCE = 0.003, 0.3
-
-
-def _demo_summary():
-    spec = importlib.util.spec_from_file_location(
-        "demo_summary", REPO_ROOT / "scripts" / "demo_summary.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_the_docs_quote_the_demo_scores_in_the_printed_format():
@@ -62,7 +52,7 @@ def test_demo_reaches_target_miou_and_prints_what_the_docs_quote(tmp_path):
     assert metrics["mean_iou"] >= 0.80
     printed = proc.stdout.splitlines()
     # the scores printed are eval.py's, and every file written is listed
-    summary = _demo_summary()
+    summary = load_script("scripts/demo_summary.py")
     assert summary.score_line(tmp_path / "ckpt" / "eval_metrics.json") in printed
     for folder in ("data", "ckpt", "out"):
         for entry in summary.describe(tmp_path / folder):

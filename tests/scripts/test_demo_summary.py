@@ -1,16 +1,14 @@
 """scripts/demo_summary.py: the scores and the file list printed at the end of the demo."""
 
-import importlib.util
 import json
 import subprocess
 import sys
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+from eval_fixtures import REPO_ROOT, load_script
+
 SCRIPT = REPO_ROOT / "scripts" / "demo_summary.py"
-spec = importlib.util.spec_from_file_location("demo_summary", SCRIPT)
-demo_summary = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(demo_summary)
+demo_summary = load_script("scripts/demo_summary.py")
 
 
 def _touch(folder: Path, *names: str) -> None:

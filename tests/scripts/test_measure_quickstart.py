@@ -1,13 +1,8 @@
 """scripts/measure_quickstart.py: timings of the README commands and the machine description."""
 
-import importlib.util
-from pathlib import Path
+from eval_fixtures import load_script
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-spec = importlib.util.spec_from_file_location(
-    "measure_quickstart", REPO_ROOT / "scripts" / "measure_quickstart.py")
-measure = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(measure)
+measure = load_script("scripts/measure_quickstart.py")
 
 
 def test_machine_names_cpu_cores_and_load():
