@@ -58,7 +58,8 @@ def side_by_side(images: Sequence[np.ndarray], gap: int = SEPARATOR) -> np.ndarr
 
 def titled(image: np.ndarray, title: str, scale: float) -> np.ndarray:
     """``image`` under a white title bar with ``title`` centred (left-aligned if wider)."""
-    width, height = text_size(title, scale)
+    width = text_size(title, scale)[0]
+    height = text_size("Ag", scale)[1]  # not the title's own: every column's bar is as high
     bar = np.full((int(round(height * 1.7)), image.shape[1], 3), 255, np.uint8)
     put_text(bar, title, max((image.shape[1] - width) // 2, 0), (bar.shape[0] - height) // 2,
              scale)

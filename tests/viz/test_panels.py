@@ -56,6 +56,9 @@ def test_titled_puts_the_title_above_the_image():
     ink = np.argwhere((out[:bar] < 128).any(axis=-1))
     assert len(ink) > 30
     assert abs(ink[:, 1].mean() - 100) < 15  # centred
+    # the same bar height whatever the letters, so that the columns of a panel line up
+    assert titled(image, "classes", 0.6).shape == out.shape
+    assert titled(image, "(gjp)", 0.6).shape == out.shape
 
 
 def test_eval_panel_layout_enlarged_framed_titled_with_a_legend():
