@@ -24,7 +24,7 @@ setup(
     ],
     extras_require={
         # "wheel" lets tests/test_install.py build the wheel offline with older setuptools
-        "test": ["pytest", "pytest-timeout", "ruff", "wheel"],
+        "test": ["pytest", "pytest-timeout", "pytest-xdist", "ruff", "wheel"],
         # ONNX export (python -m mit_semseg.export) and the onnxruntime inference backend
         "onnx": ["onnx", "onnxscript", "onnxruntime"],
     },

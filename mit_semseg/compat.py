@@ -22,7 +22,7 @@ from mit_semseg.data.datasets import BaseDataset, TestDataset, TrainDataset, Val
 from mit_semseg.metrics import accuracy, intersectionAndUnion
 from mit_semseg.models.builder import build_decoder, build_encoder, check_fc_dim
 from mit_semseg.models.layers import NormLayer, init_weights
-from mit_semseg.visualize import colorEncode
+from mit_semseg.viz import colorEncode
 
 __all__ = [
     # mit_semseg.utils

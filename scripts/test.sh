@@ -1,13 +1,23 @@
 #!/usr/bin/env bash
-# Set up a fresh machine and run the default test suite (what CI runs).
+# Set up a fresh machine and run the default test suite (what CI runs): lint, then pytest.
+#
+#   bash scripts/test.sh                # the default suite
+#   bash scripts/test.sh -m slow        # extra arguments go to pytest
+#
+# Outside a virtual environment it creates .venv/ in the clone and installs there (see
+# scripts/python_env.sh); inside one it installs into that one. PYTHON picks the interpreter.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export PIP_DISABLE_PIP_VERSION_CHECK=1
-python -m pip install -q torch==2.14.1 torchvision==0.29.1
-python -m pip install -q -e ".[test]"
+source scripts/python_env.sh
+
+choose_python
+install_project "[test,onnx]"  # onnx: the export tests
 # The original package (same import name) goes into its own folder; the equivalence tests and
 # benchmarks import it in a subprocess with PYTHONPATH=.upstream.
-[ -d .upstream/mit_semseg ] || python -m pip install -q --no-deps --target .upstream mit-semseg==1.0.0 \
+[ -d .upstream/mit_semseg ] || "$PY" -m pip install -q --no-deps --target .upstream mit-semseg==1.0.0 \
     || echo "warning: could not install mit-semseg==1.0.0; equivalence tests will be skipped"
-python -m ruff check mit_semseg tests benchmarks ./*.py
-python -m pytest
+"$PY" -m ruff check mit_semseg tests benchmarks scripts ./*.py
+# One pytest worker per core (pytest-xdist, at most 4): faster than one process on 2 cores,
+# measured in the README's Quick start (scripts/measure_quickstart.py --serial-tests); -n 0
+# runs serially. --dist loadgroup keeps tests marked xdist_group together in one worker.
+"$PY" -m pytest -n auto --maxprocesses 4 --dist loadgroup "$@"

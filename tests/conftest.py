@@ -8,7 +8,18 @@ import torch
 from local_http import http_server  # noqa: F401  (fixture: a local HTTP server for downloads)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-SHARED_REFERENCE = REPO_ROOT.parent / "shared" / "reference"
+
+
+def pytest_configure(config):
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        # pytest -n N: the workers share the cores, so each worker, and every process it starts,
+        # gets its share of threads instead of one per core. Tests that compare with a
+        # subprocess (the original package) need both sides on the same thread count: oneDNN
+        # picks other kernels for another count, which changes results by ~1e-4.
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        torch.set_num_threads(threads)
+        os.environ["OMP_NUM_THREADS"] = str(threads)
 
 
 @pytest.fixture(autouse=True)

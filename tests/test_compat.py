@@ -38,13 +38,13 @@ def test_find_recursive_sorted(tmp_path):
 
 
 def test_original_import_paths_give_the_package_objects():
-    from mit_semseg import dataset, metrics, utils, visualize
+    from mit_semseg import dataset, metrics, utils, viz
     from mit_semseg.cli import devices
     from mit_semseg.data import datasets
 
     assert utils.accuracy is metrics.accuracy
     assert utils.intersectionAndUnion is metrics.intersectionAndUnion
-    assert utils.colorEncode is visualize.colorEncode
+    assert utils.colorEncode is viz.colorEncode
     assert utils.parse_devices is devices.parse_devices
     assert utils.NotSupportedCliException is devices.NotSupportedCliException
     assert utils.AverageMeter is compat.AverageMeter

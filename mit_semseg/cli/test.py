@@ -45,7 +45,7 @@ from mit_semseg.engine.inference import (
     predict_probs,
 )
 from mit_semseg.engine.precision import check_amp
-from mit_semseg.visualize import class_fractions, prediction_panel, save_image
+from mit_semseg.viz import class_fractions, prediction_panel, save_image
 
 PROG = "test.py"
 logger = logging.getLogger("test")

@@ -43,7 +43,7 @@ from mit_semseg.engine.trainer import (
 )
 from mit_semseg.files import atomic_write_text
 from mit_semseg.models import build_segmentation_model
-from mit_semseg.plotting import plot_training_curves
+from mit_semseg.viz import plot_training_curves
 
 PROG = "train.py"
 # writing an output failed: the disk or quota is full, the folder became read-only or broke

@@ -3,30 +3,48 @@
 Public API::
 
     from mit_semseg.data import TrainDataset, ValDataset, TestDataset, build_train_loader
+
+The names are imported from their modules on first use. Importing every submodule here would
+make ``python -m mit_semseg.data.odgt`` (and the other command-line modules) load its own module
+twice, once as a submodule and once as ``__main__``, which runpy warns about.
 """
 
-from mit_semseg.data.datasets import BaseDataset, TestDataset, TrainDataset, ValDataset
-from mit_semseg.data.loader import TrainSampler, build_train_loader, worker_init_fn
-from mit_semseg.data.odgt import OdgtError, build_odgt, list_images, read_odgt, write_odgt
-from mit_semseg.data.palette import ade_palette, class_names, dataset_palette, load_class_info
-from mit_semseg.data.transforms import ImageReadError
+from __future__ import annotations
 
-__all__ = [
-    "BaseDataset",
-    "ImageReadError",
-    "OdgtError",
-    "TestDataset",
-    "TrainDataset",
-    "TrainSampler",
-    "ValDataset",
-    "ade_palette",
-    "build_odgt",
-    "build_train_loader",
-    "class_names",
-    "dataset_palette",
-    "list_images",
-    "load_class_info",
-    "read_odgt",
-    "worker_init_fn",
-    "write_odgt",
-]
+import importlib
+from typing import Any
+
+# public name -> submodule that defines it
+_EXPORTS = {
+    "BaseDataset": "datasets",
+    "TestDataset": "datasets",
+    "TrainDataset": "datasets",
+    "ValDataset": "datasets",
+    "TrainSampler": "loader",
+    "build_train_loader": "loader",
+    "worker_init_fn": "loader",
+    "OdgtError": "odgt",
+    "build_odgt": "odgt",
+    "list_images": "odgt",
+    "read_odgt": "odgt",
+    "write_odgt": "odgt",
+    "ade_palette": "palette",
+    "class_names": "palette",
+    "dataset_palette": "palette",
+    "load_class_info": "palette",
+    "ImageReadError": "transforms",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+    globals()[name] = value  # later look-ups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

@@ -35,7 +35,7 @@ from mit_semseg.engine.inference import (
 )
 from mit_semseg.files import atomic_write, atomic_write_text
 from mit_semseg.metrics import confusion_matrix, scores_from_confusion
-from mit_semseg.visualize import confusion_matrix_figure, eval_panel, save_image
+from mit_semseg.viz import confusion_matrix_figure, eval_panel, save_image
 
 __all__ = [
     "EvalJob",
@@ -117,6 +117,7 @@ def evaluate(
     visualize_dir: str | Path | None = None,
     palette: np.ndarray | None = None,
     on_image: Callable[[], None] | None = None,
+    class_names: Sequence[str] | None = None,
 ) -> EvalResult:
     """Runs inference over a validation set and accumulates the confusion matrix.
 
@@ -130,9 +131,11 @@ def evaluate(
         window: sliding-window size or ``(size, stride)``; ``None`` = whole images.
         amp: reduced-precision inference (see :func:`predict_probs`); ``""`` = fp32.
         progress: show a tqdm progress bar.
-        visualize_dir: if given, write ``[image | ground truth | prediction]`` PNGs there.
+        visualize_dir: if given, write ``image | ground truth | prediction | legend`` PNGs
+            there (see :func:`mit_semseg.viz.eval_panel`).
         palette: ``(N, 3)`` colours, required with ``visualize_dir``.
         on_image: called after each image (progress reporting from worker processes).
+        class_names: names in the pictures' legends; ``None`` = ``class_<i>``.
 
     Returns:
         the accumulated :class:`EvalResult`.
@@ -164,7 +167,8 @@ def evaluate(
             image = np.asarray(sample["img_ori"])
             image = image[0] if image.ndim == 4 else image
             name = _result_name(sample.get("info"), count)
-            save_image(Path(visualize_dir) / name, eval_panel(image, label, pred, palette))
+            panel = eval_panel(image, label, pred, palette, class_names)
+            save_image(Path(visualize_dir) / name, panel)
         count += 1
         if on_image is not None:
             on_image()
@@ -400,6 +404,8 @@ def evaluate_shard(
         visualize_dir=visualize_dir,
         palette=dataset_palette(num_class, job.root_dataset) if visualize_dir else None,
         on_image=on_image,
+        class_names=(resolve_class_names(num_class, job.root_dataset)
+                     if visualize_dir is not None else None),
     )
 
 

@@ -19,10 +19,12 @@ from mit_semseg.engine.evaluation import (
     write_results,
 )
 from mit_semseg.metrics import confusion_matrix, scores_from_confusion
+from mit_semseg.viz import eval_panel
 
 NUM_CLASS = 4
 CPU = torch.device("cpu")
 PALETTE = np.array([[255, 0, 0], [0, 255, 0], [0, 0, 255], [9, 9, 9]], np.uint8)
+NAMES = ["wall", "sky", "floor", "tree"]
 
 
 class ChannelArgmaxSeg(nn.Module):
@@ -72,13 +74,18 @@ def test_evaluate_accumulates_exact_confusion(tmp_path):
         visualize_dir=tmp_path / "result",
         palette=PALETTE,
         on_image=lambda: calls.append(1),
+        class_names=NAMES,
     )
     np.testing.assert_array_equal(result.confusion, _expected_conf(samples))
     assert result.num_images == 5 and len(calls) == 5 and result.seconds > 0
     files = sorted(p.name for p in (tmp_path / "result").iterdir())
     assert files == [f"img_{i}.png" for i in range(5)]
+    # the picture of the first image: its ground truth and the model's prediction, named
+    first = samples[0]
+    pred = first["img_data"][0][0].numpy().argmax(0)
+    expected = eval_panel(first["img_ori"], first["seg_label"][0].numpy(), pred, PALETTE, NAMES)
     panel = cv2.imread(str(tmp_path / "result" / "img_0.png"))
-    assert panel.shape == (6, 24, 3)
+    np.testing.assert_array_equal(panel[..., ::-1], expected)
 
 
 def test_sharded_results_add_up_to_the_whole():

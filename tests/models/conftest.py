@@ -1,19 +1,13 @@
 import json
-import os
 from pathlib import Path
 
 import pytest
 
 from mit_semseg.models import DECODERS, ENCODERS
 
-# A compact copy of ../shared/reference/upstream_state_dict_keys.json (the original's keys and
-# shapes, recorded from mit-semseg 1.0.0) travels with the tests, so a bare clone checks them too;
-# MIT_SEMSEG_REFERENCE_DIR points at another folder holding that file.
-SHARED_REFERENCE_FILE = (Path(__file__).resolve().parents[2].parent / "shared" / "reference"
-                         / "upstream_state_dict_keys.json")
-REFERENCE_FILE = (Path(os.environ["MIT_SEMSEG_REFERENCE_DIR"]) / "upstream_state_dict_keys.json"
-                  if os.environ.get("MIT_SEMSEG_REFERENCE_DIR")
-                  else Path(__file__).resolve().parent / "data" / "upstream_state_dict_keys.json")
+# The original's state-dict keys and shapes, recorded from mit-semseg 1.0.0, travel with the
+# tests, so that a bare clone checks them.
+REFERENCE_FILE = Path(__file__).resolve().parent / "data" / "upstream_state_dict_keys.json"
 
 
 @pytest.fixture(scope="session")

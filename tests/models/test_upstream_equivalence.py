@@ -16,6 +16,10 @@ import torch.nn as nn
 
 from mit_semseg.models import build_segmentation_model
 
+# Under pytest -n (scripts/test.sh) one worker runs this whole module, so that the expensive
+# module fixture, which runs every case through the original, runs once.
+pytestmark = pytest.mark.xdist_group("upstream_equivalence")
+
 RUNNER = Path(__file__).with_name("upstream_runner.py")
 NUM_CLASS = 11
 TOLERANCE = 1e-5

@@ -1,21 +1,37 @@
-"""The README demo end to end (without pip install): train briefly on CPU, reach mIoU >= 0.80."""
+"""The README demo end to end (without pip install): train briefly on CPU, reach mIoU >= 0.80,
+print every output, and the numbers the README quotes are the ones the demo prints."""
 
 import json
 import os
+import re
 import subprocess
+import sys
 import time
-from pathlib import Path
 
 import pytest
+from eval_fixtures import REPO_ROOT, load_script
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+# where the demo's printed scores are quoted, as the demo prints them
+QUOTING_DOCS = [REPO_ROOT / "README.md", REPO_ROOT / "docs" / "evaluation.md",
+                REPO_ROOT / "docs" / "training.md"]
+SCORE_LINE = re.compile(r"Validation mean IoU: (\d\.\d{4}), pixel accuracy: (\d+\.\d{2})%")
+# Float rounding differs between CPUs (kernels chosen by ISA), so another machine's run may
+# differ in the last digits; a changed demo (data, schedule, model) moves the scores by more.
+MIOU_TOLERANCE, ACCURACY_TOLERANCE = 0.003, 0.3
+
+
+def test_the_docs_quote_the_demo_scores_in_the_printed_format():
+    # the fast half of the check below: every quoting file has a score line to compare
+    for path in QUOTING_DOCS:
+        assert SCORE_LINE.search(path.read_text(encoding="utf-8")), path
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(900)
-def test_demo_reaches_target_miou(tmp_path):
+@pytest.mark.timeout(1200)
+def test_demo_reaches_target_miou_and_prints_what_the_docs_quote(tmp_path):
     env = dict(
         os.environ,
+        PYTHON=sys.executable,
         DEMO_SKIP_INSTALL="1",
         DEMO_DATA=str(tmp_path / "data"),
         DEMO_CKPT=str(tmp_path / "ckpt"),
@@ -34,6 +50,21 @@ def test_demo_reaches_target_miou(tmp_path):
     metrics = json.loads((tmp_path / "ckpt" / "eval_metrics.json").read_text())
     print(f"demo: {elapsed:.0f}s, mIoU {metrics['mean_iou']:.4f}")
     assert metrics["mean_iou"] >= 0.80
-    # the budget is 10 minutes including a pip install of about 2 minutes
-    assert elapsed < 480
-    assert list((tmp_path / "out").glob("*.png")) and "Outputs:" in proc.stdout
+    printed = proc.stdout.splitlines()
+    # the scores printed are eval.py's, and every file written is listed
+    summary = load_script("scripts/demo_summary.py")
+    assert summary.score_line(tmp_path / "ckpt" / "eval_metrics.json") in printed
+    for folder in ("data", "ckpt", "out"):
+        for entry in summary.describe(tmp_path / folder):
+            assert f"    {entry}" in printed, entry
+    assert "    training_curves.png" in printed
+    assert list((tmp_path / "out").glob("*.png"))
+    # the docs quote these scores
+    miou, accuracy = SCORE_LINE.search(proc.stdout).groups()
+    for path in QUOTING_DOCS:
+        quoted = SCORE_LINE.findall(path.read_text(encoding="utf-8"))
+        assert quoted, f"{path} quotes no demo score"
+        for doc_miou, doc_accuracy in quoted:
+            assert abs(float(doc_miou) - float(miou)) <= MIOU_TOLERANCE, (path, miou)
+            assert abs(float(doc_accuracy) - float(accuracy)) <= ACCURACY_TOLERANCE, \
+                (path, accuracy)
