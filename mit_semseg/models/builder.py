@@ -10,6 +10,8 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
+from mit_semseg.nn.deterministic import NLLLoss
+
 from .compat import strip_module_prefix
 from .pretrained import load_pretrained
 from .registry import DECODERS, ENCODERS
@@ -163,7 +165,7 @@ def build_segmentation_model(arch_encoder: str, arch_decoder: str, num_class: in
                             weights=weights_decoder, use_softmax=use_softmax,
                             norm_layer=norm_layer, in_channels=widths)
     deep_sup = deep_sup_scale if getattr(decoder, "deep_sup", False) else None
-    return SegmentationModule(encoder, decoder, nn.NLLLoss(ignore_index=-1),
+    return SegmentationModule(encoder, decoder, NLLLoss(ignore_index=-1),
                               deep_sup_scale=deep_sup)
 
 

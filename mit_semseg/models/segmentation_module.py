@@ -9,6 +9,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from mit_semseg.nn.deterministic import NLLLoss
+
 from .decoders.blocks import upsample
 
 __all__ = ["SegmentationModule", "pixel_accuracy"]
@@ -33,7 +35,8 @@ class SegmentationModule(nn.Module):
     Args:
         net_enc: encoder; called as ``net_enc(x, return_feature_maps=True)`` -> list of maps.
         net_dec: decoder with ``logits(maps)`` (and ``aux_logits(maps)`` for deep supervision).
-        crit: loss on log-probabilities; default ``nn.NLLLoss(ignore_index=-1)``.
+        crit: loss on log-probabilities; default ``NLLLoss(ignore_index=-1)`` (``nn.NLLLoss``
+            with a deterministic form on CUDA, see :mod:`mit_semseg.nn.deterministic`).
         deep_sup_scale: weight of the auxiliary loss, or ``None`` for no auxiliary loss.
     """
 
@@ -47,7 +50,7 @@ class SegmentationModule(nn.Module):
             )
         self.encoder = net_enc
         self.decoder = net_dec
-        self.crit = crit if crit is not None else nn.NLLLoss(ignore_index=-1)
+        self.crit = crit if crit is not None else NLLLoss(ignore_index=-1)
         self.deep_sup_scale = deep_sup_scale
 
     @staticmethod

@@ -10,6 +10,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from mit_semseg.nn.deterministic import AdaptiveAvgPool2d, interpolate_bilinear
+
 __all__ = [
     "NormLayer",
     "conv3x3_bn_relu",
@@ -49,13 +51,14 @@ def pyramid_pooling_branch(in_planes: int, out_planes: int, scale: int,
 
     Keys ``1.weight`` and ``2.*`` (index 0 is the parameter-free pooling).
     """
-    return nn.Sequential(nn.AdaptiveAvgPool2d(scale), *conv1x1_bn_relu(in_planes, out_planes,
-                                                                       norm_layer))
+    return nn.Sequential(AdaptiveAvgPool2d(scale), *conv1x1_bn_relu(in_planes, out_planes,
+                                                                    norm_layer))
 
 
 def upsample(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
-    """Bilinear resize with ``align_corners=False`` (the only mode the models use)."""
-    return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
+    """Bilinear resize with ``align_corners=False`` (the only mode the models use); a
+    deterministic form in deterministic CUDA training (:mod:`mit_semseg.nn.deterministic`)."""
+    return interpolate_bilinear(x, size)
 
 
 def is_pointwise_affine(norm: nn.Module) -> bool:

@@ -16,6 +16,8 @@ from functools import partial
 import torch
 import torch.nn as nn
 
+from mit_semseg.nn.deterministic import AdaptiveAvgPool2d
+
 from ..registry import DECODERS
 from .base import SegmentationDecoder
 from .blocks import (
@@ -63,7 +65,7 @@ class UPerNet(SegmentationDecoder):
         super().__init__(num_class, widths, use_softmax, deep_sup)
         self.fast_pooling = fast_pooling
         top = widths[-1]
-        self.ppm_pooling = nn.ModuleList(nn.AdaptiveAvgPool2d(scale) for scale in pool_scales)
+        self.ppm_pooling = nn.ModuleList(AdaptiveAvgPool2d(scale) for scale in pool_scales)
         self.ppm_conv = nn.ModuleList(
             conv1x1_bn_relu(top, PPM_CHANNELS, norm_layer) for _ in pool_scales
         )

@@ -30,7 +30,8 @@ from typing import Callable
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
+
+from mit_semseg.nn.deterministic import interpolate_bilinear
 
 from ..compat import attach_upstream_bn_buffers
 from ..registry import ENCODERS
@@ -50,7 +51,7 @@ BOTTLENECK_EXPANSION = 4
 
 
 def _resize_like(x: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
-    return F.interpolate(x, size=reference.shape[2:], mode="bilinear", align_corners=False)
+    return interpolate_bilinear(x, reference.shape[2:])
 
 
 def _conv_norm(in_ch: int, out_ch: int, kernel: int, stride: int, norm_layer: NormLayer,
