@@ -20,6 +20,7 @@ import logging
 from typing import Any
 
 from mit_semseg.cli import common
+from mit_semseg.cli.devices import bind_cuda_device
 from mit_semseg.config import load_config
 from mit_semseg.engine.evaluation import EvalJob, evaluate_shard, report_results
 from mit_semseg.engine.precision import check_amp
@@ -51,6 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         device = common.single_device(args.gpus or cfg.DEVICE,
                                       "; use eval_multipro.py for several")
         check_amp(cfg.VAL.amp, device, "VAL.amp")
+        bind_cuda_device(device)
         common.setup_logging(cfg.DIR, filename="eval_log.txt")
         logger.info("evaluating %s on %s with %s", cfg.DIR, device, args.cfg)
         job = eval_job(cfg)
