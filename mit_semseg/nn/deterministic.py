@@ -46,12 +46,13 @@ def bilinear_matrix(in_size: int, out_size: int, device: torch.device | None = N
     Row ``o`` samples source coordinate ``(o + 0.5) * in / out - 0.5`` (clamped at 0) between
     its two neighbours, as torch's kernel does. Built with device ops only (no host copy).
     """
-    target = torch.arange(out_size, device=device, dtype=torch.float32)
+    exact = torch.promote_types(dtype, torch.float32)  # the precision torch's kernel uses
+    target = torch.arange(out_size, device=device, dtype=exact)
     source = ((target + 0.5) * (in_size / out_size) - 0.5).clamp(min=0)
     low = source.floor().clamp(max=in_size - 1)
     high = (low + 1).clamp(max=in_size - 1)
     frac = source - low
-    columns = torch.arange(in_size, device=device, dtype=torch.float32)
+    columns = torch.arange(in_size, device=device, dtype=exact)
     weights = ((1 - frac)[:, None] * (columns == low[:, None])
                + frac[:, None] * (columns == high[:, None]))
     return weights.to(dtype)
@@ -66,7 +67,8 @@ def pooling_matrix(in_size: int, out_size: int, device: torch.device | None = No
     end = ((bins + 1) * in_size + out_size - 1) // out_size
     columns = torch.arange(in_size, device=device)
     inside = (columns >= start[:, None]) & (columns < end[:, None])
-    return (inside.to(torch.float32) / (end - start)[:, None].to(torch.float32)).to(dtype)
+    exact = torch.promote_types(dtype, torch.float32)
+    return (inside.to(exact) / (end - start)[:, None].to(exact)).to(dtype)
 
 
 def _separable(x: Tensor, rows: Tensor, cols: Tensor) -> Tensor:
