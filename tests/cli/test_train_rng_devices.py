@@ -92,12 +92,9 @@ def _max_difference(a: dict, b: dict) -> float:
 
 @pytest.mark.parametrize("device, amp", [
     ("cpu", ""),
-    pytest.param("0", "", marks=pytest.mark.skipif(not torch.cuda.is_available(),
-                                                   reason="needs CUDA")),
-    pytest.param("0", "fp16", marks=pytest.mark.skipif(not torch.cuda.is_available(),
-                                                       reason="needs CUDA")),
-    pytest.param("0", "bf16", marks=pytest.mark.skipif(not torch.cuda.is_available(),
-                                                       reason="needs CUDA")),
+    pytest.param("0", "", marks=pytest.mark.cuda),
+    pytest.param("0", "fp16", marks=pytest.mark.cuda),
+    pytest.param("0", "bf16", marks=pytest.mark.cuda),
 ])
 def test_resume_restores_the_generators_dropout_draws_from(dataset, tmp_path, in_process,  # noqa: F811
                                                             monkeypatch, device, amp):

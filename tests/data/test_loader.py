@@ -209,7 +209,7 @@ def test_each_gpu_gets_its_own_generator_seed_whatever_the_process_layout(monkey
         seed_cuda_generators(304, [cuda0, cuda1], [0])
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.cuda
 def test_cuda_generators_survive_the_data_stream_and_differ_per_gpu_cuda():
     gpus = [torch.device("cuda", i) for i in range(torch.cuda.device_count())]
     seed_cuda_generators(304, gpus, global_device_indices(0, len(gpus)))

@@ -133,7 +133,7 @@ def test_process_rng_state_takes_gpu_states_by_global_device_index():
     assert ckpt.process_rng_state(dp, rank=0, first_gpu=0, num_gpus=0)["cuda"] == []
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.cuda
 def test_cuda_rng_round_trip_reproduces_dropout_masks_cuda():
     gpu = torch.device("cuda", 0)
     state = ckpt.capture_rng_state([gpu])

@@ -91,7 +91,7 @@ def test_models_use_the_deterministic_ops():
     assert all(isinstance(m, det.AdaptiveAvgPool2d) for m in upernet.decoder.ppm_pooling)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.cuda
 @pytest.mark.parametrize("decoder", ["ppm_deepsup", "upernet"])
 def test_deterministic_cuda_training_step_is_bitwise_reproducible_cuda(decoder, monkeypatch):
     from mit_semseg.engine.determinism import configure_determinism

@@ -123,7 +123,7 @@ def test_synced_batchnorm_reads_nothing_back_to_the_host(monkeypatch):
     assert_close(2 * sync.weight.grad, plain.weight.grad, "weight grad")
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.cuda
 def test_synced_batchnorm_never_synchronises_the_gpu_cuda(monkeypatch):
     """The same on cuda:0, checked by CUDA itself: any synchronising call raises."""
     sync = convert_sync_batchnorm(nn.Sequential(nn.BatchNorm2d(4)))[0].cuda()
@@ -138,7 +138,7 @@ def test_synced_batchnorm_never_synchronises_the_gpu_cuda(monkeypatch):
     assert torch.isfinite(x.grad).all()
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.cuda
 @pytest.mark.parametrize("dtype, tol", [(torch.float16, 5e-3), (torch.bfloat16, 3e-2)])
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_ddp_synced_batchnorm_world_size_one_under_autocast_cuda(dtype, tol, channels_last):

@@ -162,6 +162,7 @@ def test_constructor_rejects_bad_arguments():
         DataParallelWithCallback(_net(), device_ids=[0], num_cpu_replicas=2)
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 GPUs")
 def test_two_gpus_equal_full_batch_batchnorm():
     plain = nn.BatchNorm2d(4).cuda()

@@ -356,7 +356,7 @@ def _two_replicas_on_gpu0(sync: nn.Module, x: torch.Tensor, g: torch.Tensor):
     return outs, torch.cat([p.grad for p in parts])
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.cuda
 @pytest.mark.parametrize("dtype, tol", [(torch.float16, 5e-3), (torch.bfloat16, 3e-2)])
 @pytest.mark.parametrize("channels_last", [False, True])
 @pytest.mark.parametrize("eps_mode", ["plus", "clamp"])
@@ -383,7 +383,7 @@ def test_replicas_on_gpu_under_autocast_equal_batchnorm_cuda(dtype, tol, channel
     compare_bn_state(sync, plain, atol=1e-3)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.cuda
 def test_replica_statistics_never_synchronise_the_gpu_cuda():
     sync = SynchronizedBatchNorm2d(4, eps_mode="clamp").cuda()
     x = torch.randn(6, 4, 5, 5, device="cuda")
