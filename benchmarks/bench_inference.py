@@ -17,7 +17,10 @@ Predictions of the first run of each side are compared: max |score difference| (
 every 4th pixel), share of equal pixels, and mIoU against the labels (equal within 1e-4 = pass).
 
     python benchmarks/bench_inference.py [--models r18d_c1ds] [--images 2] [--repeats 3]
-        [--variants ours upstream ours_plain ours_bf16]
+        [--variants ours upstream ours_plain ours_bf16] [--device cpu|cuda]
+
+With ``--device cuda`` both sides run on GPU 0, the inputs copied from the host inside the
+timed region, and each image is timed up to a device synchronisation.
 """
 
 from __future__ import annotations
@@ -53,22 +56,22 @@ TARGET = 0.7  # ours / original time per image
 MIOU_TOLERANCE = 1e-4
 
 
-def _forward_ours(module: Any, img_list: list, seg_size: tuple[int, int], opts: dict) -> Any:
-    import torch
-
+def _forward_ours(module: Any, img_list: list, seg_size: tuple[int, int], opts: dict,
+                  device: Any) -> Any:
     from mit_semseg.engine.inference import predict_probs
 
-    return predict_probs(module, img_list, seg_size, torch.device("cpu"),
-                         amp=opts.get("amp", ""))
+    return predict_probs(module, img_list, seg_size, device, amp=opts.get("amp", ""))
 
 
-def _forward_upstream(module: Any, img_list: list, seg_size: tuple[int, int]) -> Any:
+def _forward_upstream(module: Any, img_list: list, seg_size: tuple[int, int],
+                      device: Any) -> Any:
     import torch
 
     with torch.no_grad():
-        scores = torch.zeros(1, NUM_CLASS, *seg_size)
+        scores = torch.zeros(1, NUM_CLASS, *seg_size, device=device)
         for img in img_list:
-            scores = scores + module({"img_data": img}, segSize=seg_size) / len(img_list)
+            probs = module({"img_data": img.to(device)}, segSize=seg_size)
+            scores = scores + probs / len(img_list)
     return scores[0]
 
 
@@ -79,26 +82,28 @@ def measure(impl: str, job: dict[str, Any]) -> dict[str, Any]:
     torch = common.worker_setup()
     opts = VARIANTS[job["variant"]][1]
     encoder, decoder, fc_dim = MODELS[job["model"]]
+    device = common.worker_device(job)
     module = common.build_module(impl, encoder, decoder, fc_dim, NUM_CLASS, job["weights"],
-                                 train=False)
+                                 train=False).to(device)
     if opts.get("fast"):
         from mit_semseg.perf import optimize_for_inference
 
-        optimize_for_inference(module, torch.device("cpu"))
+        optimize_for_inference(module, device)
     samples = torch.load(job["inputs"])
     times, outputs = [], []
     for index, sample in enumerate([samples[0]] + samples):  # the first pass warms up
         seg_size = tuple(sample["seg_size"])
         start = time.perf_counter()
         if impl == "ours":
-            scores = _forward_ours(module, sample["img_data"], seg_size, opts)
+            scores = _forward_ours(module, sample["img_data"], seg_size, opts, device)
         else:
-            scores = _forward_upstream(module, sample["img_data"], seg_size)
+            scores = _forward_upstream(module, sample["img_data"], seg_size, device)
         pred = scores.argmax(0)
+        common.synchronize(device)
         elapsed = time.perf_counter() - start
         if index > 0:
             times.append(elapsed)
-            outputs.append({"pred": pred, "scores": scores[:, ::GRID, ::GRID].clone()})
+            outputs.append({"pred": pred.cpu(), "scores": scores[:, ::GRID, ::GRID].cpu()})
     if job.get("out"):
         torch.save(outputs, job["out"])
     return {"image_s": sum(times) / len(times), "images_s": times}
@@ -188,6 +193,7 @@ def _compare(outs: dict[str, list], samples: list) -> tuple[list[str], bool]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     common.add_common_args(parser, repeats=3)
+    common.add_device_arg(parser)
     parser.add_argument("--models", nargs="+", choices=sorted(MODELS), default=["r18d_c1ds"])
     parser.add_argument("--variants", nargs="+", choices=sorted(VARIANTS),
                         default=["ours", "upstream", "ours_plain", "ours_bf16"])
@@ -219,7 +225,7 @@ def main() -> None:
                 out = tmp / f"{name}_{variant}_out.pt"
                 out = None if out.exists() else str(out)
                 job = {"variant": variant, "model": name, "weights": weights,
-                       "inputs": str(inputs), "out": out}
+                       "inputs": str(inputs), "out": out, "device": args.device}
                 return common.run_worker(__file__, VARIANTS[variant][0], upstream, job,
                                          args.threads)
 

@@ -53,6 +53,13 @@ def add_common_args(parser: argparse.ArgumentParser, repeats: int, threads: int 
     parser.add_argument("--job", help=argparse.SUPPRESS)
 
 
+def add_device_arg(parser: argparse.ArgumentParser) -> None:
+    """``--device``: where the measuring processes compute (the results of a CUDA run go to
+    their own sections of RESULTS.md, ``<name>_cuda``)."""
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                        help="compute device of the measuring processes (cuda = GPU 0)")
+
+
 def find_upstream(explicit: str | None) -> Path:
     """Folder whose ``mit_semseg`` is the original 1.0.0; exits with instructions if absent."""
     candidates = [explicit, os.environ.get("MIT_SEMSEG_UPSTREAM"), str(REPO_ROOT / ".upstream")]
@@ -132,8 +139,9 @@ def verdict(ratio: float, target: float, lower_is_better: bool) -> str:
     return f"{'meets' if met else 'MISSES'} the {sign} {target:g}x target"
 
 
-def machine_description(threads: int | None = None) -> str:
-    """CPU model, core count and library versions, for the results file."""
+def machine_description(threads: int | None = None, device: str = "cpu") -> str:
+    """CPU model, core count and library versions (and the GPU for ``device`` cuda), for the
+    results file."""
     cpu = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:
@@ -148,6 +156,9 @@ def machine_description(threads: int | None = None) -> str:
     text = (f"{cpu}, {os.cpu_count()} logical CPUs, {platform.system()} {platform.release()}; "
             f"Python {platform.python_version()}, torch {torch.__version__}, "
             f"numpy {numpy.__version__}, opencv {cv2.__version__}, Pillow {PIL.__version__}")
+    if device == "cuda":
+        text = (f"{torch.cuda.get_device_name(0)} (CUDA {torch.version.cuda}, cuDNN "
+                f"{torch.backends.cudnn.version()}), host {text}")
     if threads is not None:
         text += f"; {threads} torch thread(s) per measuring process"
     try:
@@ -191,7 +202,12 @@ def update_results_section(name: str, body: str, path: Path = RESULTS) -> None:
 def report(name: str, title: str, args: argparse.Namespace, command: str, lines: Sequence[str]
            ) -> None:
     """Prints the report and writes it as section ``name`` of RESULTS.md (unless --no-write)."""
-    body = "\n".join([f"## {title}", "", f"Machine: {machine_description(args.threads)}.", "",
+    device = getattr(args, "device", "cpu")
+    if device != "cpu":
+        name, title, command = f"{name}_{device}", f"{title} on {device}", (
+            f"{command} --device {device}")
+    body = "\n".join([f"## {title}", "",
+                      f"Machine: {machine_description(args.threads, device)}.", "",
                       *lines, "", f"Re-run: `{command}`", ""])
     print("\n" + body)
     if not args.no_write:
@@ -209,6 +225,26 @@ def worker_setup() -> Any:
         torch.set_num_threads(threads)
     torch.manual_seed(0)
     return torch
+
+
+def worker_device(job: dict[str, Any]) -> Any:
+    """The device a measuring process computes on (``job["device"]``, default CPU); a CUDA
+    device becomes the process' current one."""
+    import torch
+
+    device = torch.device(job.get("device", "cpu"))
+    if device.type == "cuda":
+        device = torch.device("cuda", 0)
+        torch.cuda.set_device(device)
+    return device
+
+
+def synchronize(device: Any) -> None:
+    """Wait for ``device`` to finish its queued work (timings of CUDA code need it)."""
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def peak_rss_mib() -> float:
