@@ -90,7 +90,10 @@ def run_worker(script: str | Path, impl: str, upstream: Path, job: dict[str, Any
     """
     root = REPO_ROOT if impl == "ours" else upstream
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    env.update(PYTHONPATH=str(root), OMP_NUM_THREADS=str(threads),
+    # other entries of PYTHONPATH (e.g. a folder of extra packages) stay, minus any mit_semseg
+    others = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep)
+              if p and not (Path(p) / "mit_semseg").is_dir()]
+    env.update(PYTHONPATH=os.pathsep.join([str(root), *others]), OMP_NUM_THREADS=str(threads),
                MKL_NUM_THREADS=str(threads), BENCH_THREADS=str(threads))
     cmd = [sys.executable, str(script), "--measure", impl, "--job", json.dumps(job)]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout,
