@@ -63,8 +63,13 @@ echo "gpu_smoke: using $PY ($("$PY" -c 'import sys, torch; print(sys.version.spl
 missing_modules() {  # prints the pip names of the modules $PY cannot import
     "$PY" - "$MODULES" <<'EOF'
 import importlib.util, sys
+def present(module):
+    try:
+        return importlib.util.find_spec(module) is not None
+    except Exception:  # a broken install counts as missing
+        return False
 pairs = [item.split(":") for item in sys.argv[1].split()]
-print(" ".join(pip for module, pip in pairs if importlib.util.find_spec(module) is None))
+print(" ".join(pip for module, pip in pairs if not present(module)))
 EOF
 }
 
@@ -83,6 +88,7 @@ fi
 MISSING=$(missing_modules)
 if [ -n "$MISSING" ]; then
     SITE=$(mktemp -d /tmp/gpu_smoke_site.XXXXXX)
+    trap 'rm -rf "$SITE"' EXIT
     echo "gpu_smoke: $PY lacks: $MISSING; installing into $SITE"
     if compgen -G "$DEPS_DIR/*.whl" >/dev/null; then
         "$PY" -m pip install -q --no-index --no-deps --no-compile --target "$SITE" \
