@@ -28,7 +28,11 @@ every 4th pixel), share of equal pixels, and mIoU against the labels (equal with
 
     python benchmarks/bench_inference.py [--models r18d_c1ds] [--images 2] [--repeats 3]
         [--threads 1 2] [--variants ours upstream ours_plain ours_bf16 ours_compiled
-        ours_onnxruntime]
+        ours_onnxruntime] [--device cpu|cuda]
+
+With ``--device cuda`` both sides run on GPU 0, the inputs copied from the host inside the
+timed region, and each image is timed up to a device synchronisation (the compiled and
+onnxruntime variants are CPU-only).
 """
 
 from __future__ import annotations
@@ -68,16 +72,14 @@ TARGET = 0.8  # ours / original time per image, fp32 (issue 15)
 MIOU_TOLERANCE = 1e-4
 
 
-def _forward_ours(module: Any, img_list: list, seg_size: tuple[int, int], opts: dict) -> Any:
-    import torch
-
+def _forward_ours(module: Any, img_list: list, seg_size: tuple[int, int], opts: dict,
+                  device: Any) -> Any:
     from mit_semseg.engine.inference import predict_probs
 
-    return predict_probs(module, img_list, seg_size, torch.device("cpu"),
-                         amp=opts.get("amp", ""))
+    return predict_probs(module, img_list, seg_size, device, amp=opts.get("amp", ""))
 
 
-def _prepare_ours(module: Any, opts: dict, job: dict) -> Any:
+def _prepare_ours(module: Any, opts: dict, job: dict, device: Any) -> Any:
     """The variant's inference object (what ``predict_probs`` gets)."""
     import torch
 
@@ -89,20 +91,22 @@ def _prepare_ours(module: Any, opts: dict, job: dict) -> Any:
 
         return OnnxRuntimeSegmenter(job["onnx"], threads=torch.get_num_threads())
     if opts.get("fast"):
-        optimize_for_inference(module, torch.device("cpu"))
+        optimize_for_inference(module, device)
     if opts.get("compile"):
         network = LogitsNetwork(module.encoder, module.decoder)
         return LogitsSegmenter(compile_module(network, freezing=True))
     return module
 
 
-def _forward_upstream(module: Any, img_list: list, seg_size: tuple[int, int]) -> Any:
+def _forward_upstream(module: Any, img_list: list, seg_size: tuple[int, int],
+                      device: Any) -> Any:
     import torch
 
     with torch.no_grad():
-        scores = torch.zeros(1, NUM_CLASS, *seg_size)
+        scores = torch.zeros(1, NUM_CLASS, *seg_size, device=device)
         for img in img_list:
-            scores = scores + module({"img_data": img}, segSize=seg_size) / len(img_list)
+            probs = module({"img_data": img.to(device)}, segSize=seg_size)
+            scores = scores + probs / len(img_list)
     return scores[0]
 
 
@@ -113,13 +117,14 @@ def measure(impl: str, job: dict[str, Any]) -> dict[str, Any]:
     torch = common.worker_setup()
     opts = VARIANTS[job["variant"]][1]
     encoder, decoder, fc_dim = MODELS[job["model"]]
+    device = common.worker_device(job)
     setup_start = time.perf_counter()
     module = None
     if not opts.get("onnxruntime"):
         module = common.build_module(impl, encoder, decoder, fc_dim, NUM_CLASS, job["weights"],
-                                     train=False)
+                                     train=False).to(device)
     if impl == "ours":
-        module = _prepare_ours(module, opts, job)
+        module = _prepare_ours(module, opts, job, device)
     setup_s = time.perf_counter() - setup_start
     samples = torch.load(job["inputs"], weights_only=True)
     times, outputs = [], []
@@ -127,16 +132,17 @@ def measure(impl: str, job: dict[str, Any]) -> dict[str, Any]:
         seg_size = tuple(sample["seg_size"])
         start = time.perf_counter()
         if impl == "ours":
-            scores = _forward_ours(module, sample["img_data"], seg_size, opts)
+            scores = _forward_ours(module, sample["img_data"], seg_size, opts, device)
         else:
-            scores = _forward_upstream(module, sample["img_data"], seg_size)
+            scores = _forward_upstream(module, sample["img_data"], seg_size, device)
         pred = scores.argmax(0)
+        common.synchronize(device)
         elapsed = time.perf_counter() - start
         if index == 0:
             first_s = elapsed
         else:
             times.append(elapsed)
-            outputs.append({"pred": pred, "scores": scores[:, ::GRID, ::GRID].clone()})
+            outputs.append({"pred": pred.cpu(), "scores": scores[:, ::GRID, ::GRID].cpu()})
     if job.get("out"):
         torch.save(outputs, job["out"])
     return {"image_s": sum(times) / len(times), "images_s": times, "first_s": first_s,
@@ -241,6 +247,7 @@ def _export_onnx(name: str, weights: dict, tmp: Path) -> tuple[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     common.add_common_args(parser, repeats=3, thread_counts=(1, 2))
+    common.add_device_arg(parser)
     parser.add_argument("--models", nargs="+", choices=sorted(MODELS), default=["r18d_c1ds"])
     parser.add_argument("--variants", nargs="+", choices=sorted(VARIANTS),
                         default=["ours", "upstream", "ours_plain", "ours_bf16"])
@@ -287,7 +294,8 @@ def main() -> None:
                     out = tmp / f"{name}_{variant}_out.pt"
                     out = None if out.exists() else str(out)
                     job = {"variant": variant, "model": name, "weights": weights,
-                           "inputs": str(inputs), "out": out, "onnx": onnx_path}
+                           "inputs": str(inputs), "out": out, "onnx": onnx_path,
+                           "device": args.device}
                     return common.run_worker(__file__, VARIANTS[variant][0], upstream, job,
                                              threads, env=compile_env)
 

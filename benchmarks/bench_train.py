@@ -16,9 +16,14 @@ times; the table shows the medians and every run.
 Variant ``ours_bf16`` is ours with ``TRAIN.amp bf16`` (autocast; fast on CPUs with AMX or
 AVX-512 bf16 units, numbers change slightly).
 
+With ``--device cuda`` both sides train on GPU 0 (each step timed up to a device
+synchronisation) and memory is the peak of ``torch.cuda.max_memory_allocated`` during the
+steps minus the allocation before the first step.
+
     python benchmarks/bench_train.py [--models r18d_c1ds r50d_ppmds r50_upernet]
         [--variants ours upstream ours_bf16]
         [--batch 2] [--size 384] [--steps 3] [--warmup 1] [--repeats 3] [--threads 2]
+        [--device cpu|cuda]
 """
 
 from __future__ import annotations
@@ -54,8 +59,7 @@ def _current_rss_mib() -> float:
     return int(line.split()[1]) / 1024.0
 
 
-def _train_ours(module: Any, batch: dict, steps: int, opts: dict) -> list[float]:
-    import torch
+def _train_ours(module: Any, batch: dict, steps: int, opts: dict, device: Any) -> list[float]:
 
     from mit_semseg.engine.optim import PolySchedule, build_optimizers
     from mit_semseg.engine.precision import grad_scaler
@@ -68,17 +72,21 @@ def _train_ours(module: Any, batch: dict, steps: int, opts: dict) -> list[float]
     optimizers = build_optimizers(module.encoder, module.decoder, lr_encoder=LR,
                                   lr_decoder=LR, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
     schedule = PolySchedule({"encoder": LR, "decoder": LR}, max_iters=steps, power=0.9)
-    cpu, amp = torch.device("cpu"), opts.get("amp", "")
+    amp = opts.get("amp", "")
     state = TrainState(module=module, optimizers=optimizers, schedule=schedule,
-                       scaler=grad_scaler(cpu, amp), epoch_iters=steps, device=cpu, amp=amp,
-                       disp_iter=10**9)
+                       scaler=grad_scaler(device, amp), epoch_iters=steps, device=device,
+                       amp=amp, disp_iter=10**9)
+
+    def stamp(_: Any) -> None:
+        common.synchronize(device)
+        stamps.append(time.perf_counter())
+
     stamps = [time.perf_counter()]
-    train_one_epoch(state, [[batch]] * steps,
-                    on_step=lambda _: stamps.append(time.perf_counter()))
+    train_one_epoch(state, [[batch]] * steps, on_step=stamp)
     return [b - a for a, b in zip(stamps, stamps[1:])]
 
 
-def _train_upstream(module: Any, batch: dict, steps: int) -> list[float]:
+def _train_upstream(module: Any, batch: dict, steps: int, device: Any) -> list[float]:
     import torch
 
     optimizers = [torch.optim.SGD(net.parameters(), lr=LR, momentum=MOMENTUM,
@@ -92,6 +100,7 @@ def _train_upstream(module: Any, batch: dict, steps: int) -> list[float]:
         loss.mean().backward()
         for optimizer in optimizers:
             optimizer.step()
+        common.synchronize(device)
         times.append(time.perf_counter() - start)
     return times
 
@@ -100,23 +109,31 @@ def measure(impl: str, job: dict[str, Any]) -> dict[str, Any]:
     """In the worker process: per-step times and the memory of one training run."""
     torch = common.worker_setup()
     encoder, decoder, fc_dim, _ = MODELS[job["model"]]
+    device = common.worker_device(job)
     module = common.build_module(impl, encoder, decoder, fc_dim, NUM_CLASS, job["weights"],
-                                 train=True)
+                                 train=True).to(device)
     batch = torch.load(job["inputs"], weights_only=True)
-    steps = job["warmup"] + job["steps"]
-    rss_before = _current_rss_mib()
-    if impl == "ours":
-        times = _train_ours(module, batch, steps, VARIANTS[job["variant"]][1])
+    batch = {k: v.to(device) for k, v in batch.items()}  # both sides start from device data
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        mem_before = torch.cuda.memory_allocated(device) / 2**20
     else:
-        times = _train_upstream(module, batch, steps)
+        mem_before = _current_rss_mib()
+    steps = job["warmup"] + job["steps"]
+    if impl == "ours":
+        times = _train_ours(module, batch, steps, VARIANTS[job["variant"]][1], device)
+    else:
+        times = _train_upstream(module, batch, steps, device)
     timed = times[job["warmup"]:]
-    return {"step_s": statistics.median(timed), "steps_s": timed,
-            "mem_mib": common.peak_rss_mib() - rss_before}
+    peak = (torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda"
+            else common.peak_rss_mib())
+    return {"step_s": statistics.median(timed), "steps_s": timed, "mem_mib": peak - mem_before}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     common.add_common_args(parser, repeats=3)
+    common.add_device_arg(parser)
     parser.add_argument("--models", nargs="+", choices=sorted(MODELS), default=list(MODELS))
     parser.add_argument("--variants", nargs="+", choices=sorted(VARIANTS),
                         default=["ours", "upstream", "ours_bf16"])
@@ -146,7 +163,7 @@ def main() -> None:
                                                    (args.batch, label_size, label_size))},
                        inputs)
             job = {"model": name, "weights": weights, "inputs": str(inputs),
-                   "steps": args.steps, "warmup": args.warmup}
+                   "steps": args.steps, "warmup": args.warmup, "device": args.device}
             runs = common.alternate(
                 args.repeats,
                 lambda v, job=job: common.run_worker(__file__, VARIANTS[v][0], upstream,
@@ -179,8 +196,10 @@ def main() -> None:
         f"batch {args.batch} of {args.size}x{args.size} px, {NUM_CLASS} classes, deep "
         f"supervision weight 0.4 for `*_deepsup`; same weights and batch on both sides. "
         f"Median of {args.steps} steps after {args.warmup} warm-up step(s) per run, "
-        f"{args.repeats} alternating runs per side, each a fresh process. Peak MiB = peak RSS "
-        "during the steps minus RSS before the first step.",
+        f"{args.repeats} alternating runs per side, each a fresh process. Peak MiB = peak "
+        + ("GPU memory allocated during the steps minus the allocation before the first step."
+           if args.device == "cuda" else
+           "RSS during the steps minus RSS before the first step."),
         "",
         common.markdown_table(header, rows),
         "",

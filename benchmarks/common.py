@@ -63,6 +63,13 @@ def add_common_args(parser: argparse.ArgumentParser, repeats: int, threads: int 
     parser.add_argument("--job", help=argparse.SUPPRESS)
 
 
+def add_device_arg(parser: argparse.ArgumentParser) -> None:
+    """``--device``: where the measuring processes compute (the results of a CUDA run go to
+    their own sections of RESULTS.md, ``<name>_cuda``)."""
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                        help="compute device of the measuring processes (cuda = GPU 0)")
+
+
 def find_upstream(explicit: str | None) -> Path:
     """Folder whose ``mit_semseg`` is the original 1.0.0; exits with instructions if absent."""
     candidates = [explicit, os.environ.get("MIT_SEMSEG_UPSTREAM"), str(REPO_ROOT / ".upstream")]
@@ -95,7 +102,10 @@ def run_worker(script: str | Path, impl: str, upstream: Path, job: dict[str, Any
     root = REPO_ROOT if impl == "ours" else upstream
     extra = env or {}
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    env.update(PYTHONPATH=str(root), OMP_NUM_THREADS=str(threads),
+    # other entries of PYTHONPATH (e.g. a folder of extra packages) stay, minus any mit_semseg
+    others = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep)
+              if p and not (Path(p) / "mit_semseg").is_dir()]
+    env.update(PYTHONPATH=os.pathsep.join([str(root), *others]), OMP_NUM_THREADS=str(threads),
                MKL_NUM_THREADS=str(threads), BENCH_THREADS=str(threads), **extra)
     cmd = [sys.executable, str(script), "--measure", impl, "--job", json.dumps(job)]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout,
@@ -174,8 +184,9 @@ def isa_description() -> str:
     return text + f"; PyTorch CPU capability {torch.backends.cpu.get_cpu_capability()}"
 
 
-def machine_description(threads: int | Sequence[int] | None = None) -> str:
-    """CPU model, instruction sets, core count and library versions, for the results file."""
+def machine_description(threads: int | Sequence[int] | None = None, device: str = "cpu") -> str:
+    """CPU model, instruction sets, core count and library versions (and the GPU for ``device``
+    cuda), for the results file."""
     cpu = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:
@@ -191,6 +202,9 @@ def machine_description(threads: int | Sequence[int] | None = None) -> str:
             f"{platform.system()} {platform.release()}; "
             f"Python {platform.python_version()}, torch {torch.__version__}, "
             f"numpy {numpy.__version__}, opencv {cv2.__version__}, Pillow {PIL.__version__}")
+    if device == "cuda":
+        text = (f"{torch.cuda.get_device_name(0)} (CUDA {torch.version.cuda}, cuDNN "
+                f"{torch.backends.cudnn.version()}), host {text}")
     if threads is not None:
         counts = [threads] if isinstance(threads, int) else list(threads)
         text += f"; {' and '.join(map(str, counts))} torch thread(s) per measuring process"
@@ -235,7 +249,12 @@ def update_results_section(name: str, body: str, path: Path = RESULTS) -> None:
 def report(name: str, title: str, args: argparse.Namespace, command: str, lines: Sequence[str]
            ) -> None:
     """Prints the report and writes it as section ``name`` of RESULTS.md (unless --no-write)."""
-    body = "\n".join([f"## {title}", "", f"Machine: {machine_description(args.threads)}.", "",
+    device = getattr(args, "device", "cpu")
+    if device != "cpu":
+        name, title, command = f"{name}_{device}", f"{title} on {device}", (
+            f"{command} --device {device}")
+    body = "\n".join([f"## {title}", "",
+                      f"Machine: {machine_description(args.threads, device)}.", "",
                       *lines, "", f"Re-run: `{command}`", ""])
     print("\n" + body)
     if not args.no_write:
@@ -253,6 +272,26 @@ def worker_setup() -> Any:
         torch.set_num_threads(threads)
     torch.manual_seed(0)
     return torch
+
+
+def worker_device(job: dict[str, Any]) -> Any:
+    """The device a measuring process computes on (``job["device"]``, default CPU); a CUDA
+    device becomes the process' current one."""
+    import torch
+
+    device = torch.device(job.get("device", "cpu"))
+    if device.type == "cuda":
+        device = torch.device("cuda", 0)
+        torch.cuda.set_device(device)
+    return device
+
+
+def synchronize(device: Any) -> None:
+    """Wait for ``device`` to finish its queued work (timings of CUDA code need it)."""
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def peak_rss_mib() -> float:

@@ -13,7 +13,7 @@ What changes on the way (all exact up to float rounding; the export checks it):
 * BatchNorm is folded into the convolutions; deep-supervision heads are dropped (they only
   serve training);
 * for ONNX, every ``AdaptiveAvgPool2d`` (PPM and UPerNet pyramid pooling) becomes
-  :class:`mit_semseg.resample.MatrixAdaptiveAvgPool2d`: ONNX pooling has fixed kernels, which
+  :class:`mit_semseg.nn.resample.MatrixAdaptiveAvgPool2d`: ONNX pooling has fixed kernels, which
   cannot give PyTorch's adaptive bins for an input size that is only known at run time.
 
 Command line (the config gives the architecture, ``DIR`` + ``TEST.checkpoint`` the weights)::
@@ -41,8 +41,8 @@ from torch import nn
 
 from mit_semseg.files import atomic_write
 from mit_semseg.models.layers import upsample
+from mit_semseg.nn.resample import MatrixAdaptiveAvgPool2d
 from mit_semseg.perf import LogitsNetwork, fold_batchnorm
-from mit_semseg.resample import MatrixAdaptiveAvgPool2d
 
 __all__ = [
     "FORMATS",

@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from mit_semseg.resample import bilinear_matrix
+from mit_semseg.nn.resample import bilinear_matrix
 
 __all__ = [
     "CONV_PLANS",

@@ -9,6 +9,7 @@ from mit_semseg.engine import score_maps
 from mit_semseg.engine.inference import predict_probs
 from mit_semseg.models import DECODERS, ENCODERS, build_segmentation_model
 from mit_semseg.models.segmentation_module import softmax_over_classes
+from mit_semseg.nn.resample import MatrixAdaptiveAvgPool2d, bilinear_matrix
 from mit_semseg.perf import (
     CONV_PLANS,
     ConvPlan,
@@ -23,7 +24,6 @@ from mit_semseg.perf import (
     optimize_for_inference,
     to_channels_last,
 )
-from mit_semseg.resample import MatrixAdaptiveAvgPool2d, bilinear_matrix
 
 CPU = torch.device("cpu")
 NUM_CLASS = 7

@@ -6,7 +6,7 @@ import re
 
 import torch
 
-__all__ = ["NotSupportedCliException", "parse_devices", "resolve_devices"]
+__all__ = ["NotSupportedCliException", "bind_cuda_device", "parse_devices", "resolve_devices"]
 
 
 class NotSupportedCliException(ValueError):
@@ -87,3 +87,15 @@ def resolve_devices(spec: str, cuda_count: int | None = None) -> list[torch.devi
             'device(s); use "cpu" to run on the CPU'
         )
     return [torch.device("cuda", i) for i in indices]
+
+
+def bind_cuda_device(device: torch.device) -> None:
+    """Make a CUDA ``device`` the current device of this process (nothing for the CPU).
+
+    Everything that uses "the current device" (the pinned-memory thread of a DataLoader,
+    lazily created CUDA contexts, ``torch.cuda`` calls without a device) then lands on it.
+    Without this, a process computing on GPU N also creates a context (~0.5 GB) on GPU 0,
+    which fails outright when GPU 0 is in exclusive-process mode.
+    """
+    if device.type == "cuda":
+        torch.cuda.set_device(device)

@@ -22,6 +22,7 @@ import logging
 from typing import Any
 
 from mit_semseg.cli import common, preflight
+from mit_semseg.cli.devices import bind_cuda_device
 from mit_semseg.config import load_config
 from mit_semseg.engine.evaluation import EvalJob, evaluate_shard, report_results
 from mit_semseg.engine.precision import check_amp
@@ -67,6 +68,7 @@ def main(argv: list[str] | None = None) -> int:
         job = eval_job(cfg)
         preflight.check_evaluation(cfg, job.model.weight_files(), "VAL.checkpoint", "DIR",
                                    "list_val")
+        bind_cuda_device(device)
         common.setup_logging(cfg.DIR, filename="eval_log.txt")
         logger.info("evaluating %s on %s with %s", cfg.DIR, device, args.cfg)
         result = evaluate_shard(job, device, progress=True)

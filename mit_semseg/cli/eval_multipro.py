@@ -29,7 +29,7 @@ import torch
 import torch.multiprocessing as mp
 
 from mit_semseg.cli import common, preflight
-from mit_semseg.cli.devices import resolve_devices
+from mit_semseg.cli.devices import bind_cuda_device, resolve_devices
 from mit_semseg.cli.eval import eval_job
 from mit_semseg.config import load_config
 from mit_semseg.engine.evaluation import (
@@ -73,6 +73,7 @@ def _worker(rank: int, job: EvalJob, device: str, start: int, end: int, threads:
     """Evaluates one shard and reports progress, the result or the error through ``messages``."""
     common.setup_logging(rank=1)  # warnings and errors only: the master does the talking
     try:
+        bind_cuda_device(torch.device(device))  # before anything could touch GPU 0
         if threads > 0:
             torch.set_num_threads(threads)
         result = evaluate_shard(job, torch.device(device), start, end,
@@ -104,11 +105,19 @@ def _threads_per_process(devices: list[torch.device]) -> int:
 
 
 def _start_method(requested: str, devices: list[torch.device]) -> str:
-    # CUDA cannot be used in forked children; CPU-only runs fork, which skips re-importing torch
-    # in every child (the master has run no torch computation yet, so forking is safe)
+    """The multiprocessing start method for ``--start-method requested``.
+
+    CUDA cannot be used in a forked child once the parent has initialised it (the master
+    queries the GPUs while resolving ``--gpus``), so ``fork`` with CUDA devices is a usage
+    error. CPU-only runs fork by default on Linux, which skips re-importing torch in every
+    child (the master has run no torch computation yet, so forking is safe).
+    """
+    cpu_only = all(d.type == "cpu" for d in devices)
+    if requested == "fork" and not cpu_only:
+        raise common.UsageError("--start-method fork cannot be used with CUDA devices (a "
+                                "forked child cannot use CUDA); use spawn or auto")
     if requested != "auto":
         return requested
-    cpu_only = all(d.type == "cpu" for d in devices)
     return "fork" if cpu_only and sys.platform.startswith("linux") else "spawn"
 
 
@@ -148,7 +157,7 @@ def _run_workers(job: EvalJob, devices: list[torch.device], num_images: int,
     shards = shard_ranges(num_images, len(devices))
     devices = devices[: len(shards)]
     threads = _threads_per_process(devices)
-    mp_context = mp.get_context(_start_method(start_method, devices))
+    mp_context = mp.get_context(start_method)
     messages = mp_context.Queue()
     procs = []
     for rank, ((start, end), device) in enumerate(zip(shards, devices)):
@@ -176,6 +185,7 @@ def main(argv: list[str] | None = None) -> int:
         args = parse_args(argv, prog)
         cfg = load_config(args.cfg, args.opts)
         devices = _devices(args, cfg)
+        start_method = _start_method(args.start_method, devices)
         for device in set(devices):
             check_amp(cfg.VAL.amp, device, "VAL.amp")
         job = eval_job(cfg)
@@ -185,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     except common.SETUP_ERRORS as exc:
         return common.usage_error(prog, exc)
     common.setup_logging(cfg.DIR, filename="eval_log.txt")
-    results = _run_workers(job, devices, num_images, args.start_method)
+    results = _run_workers(job, devices, num_images, start_method)
     if results is None:
         return common.EXIT_SOME_FAILED
     total = sum(results[1:], results[0])

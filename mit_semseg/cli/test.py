@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from mit_semseg.cli import common, preflight
+from mit_semseg.cli.devices import bind_cuda_device
 from mit_semseg.config import load_config
 from mit_semseg.data import ImageReadError, TestDataset, dataset_palette
 from mit_semseg.engine.evaluation import resolve_class_names
@@ -97,8 +98,23 @@ def _window(cfg: Any) -> Window | None:
     return cfg.TEST.window_size, cfg.TEST.window_stride or cfg.TEST.window_size * 2 // 3
 
 
+def _poisons_device(exc: BaseException) -> bool:
+    """A CUDA error (device-side assert, illegal address...) after which this process' CUDA
+    context is unusable: every later CUDA call would fail with it too. Running out of memory
+    is not one."""
+    if isinstance(exc, torch.cuda.OutOfMemoryError):
+        return False
+    return isinstance(exc, getattr(torch, "AcceleratorError", ())) or (
+        isinstance(exc, RuntimeError) and "CUDA error" in str(exc))
+
+
 def _segment_all(cfg: Any, module: nn.Module, device: torch.device, images: list[Path]) -> int:
-    """Predict and write every image; return how many failed (each is logged by name)."""
+    """Predict and write every image; return how many failed (each is logged by name).
+
+    An image that fails is skipped, except after a CUDA error that leaves the device unusable:
+    then the remaining images are not attempted (they would all fail the same way) and count
+    as failed.
+    """
     from tqdm import tqdm
 
     num_class = cfg.DATASET.num_class
@@ -123,6 +139,13 @@ def _segment_all(cfg: Any, module: nn.Module, device: torch.device, images: list
             failed += 1
             continue
         except Exception as exc:  # one bad image must not stop the batch
+            if _poisons_device(exc):
+                remaining = len(images) - index
+                logger.error("stopped at %s: %s: %s; this CUDA error leaves the device unusable "
+                             "for this process, so the %d image(s) from this one on are not "
+                             "processed (rerun with CUDA_LAUNCH_BLOCKING=1 to see the kernel "
+                             "that failed)", path, type(exc).__name__, exc, remaining)
+                return failed + remaining
             logger.error("skipped: %s: %s: %s", path, type(exc).__name__, exc)
             logger.debug("traceback", exc_info=True)
             failed += 1
@@ -141,6 +164,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_config(args.cfg, args.opts)
         device = common.single_device(args.gpus or cfg.DEVICE)
         check_amp(cfg.TEST.amp, device, "TEST.amp")
+        bind_cuda_device(device)
         images, problems = collect_images(args.imgs)
         for problem in problems:
             logger.error("%s", problem)

@@ -25,11 +25,17 @@ from typing import Any
 import torch
 
 from mit_semseg.cli import common, preflight
-from mit_semseg.cli.devices import NotSupportedCliException, resolve_devices
+from mit_semseg.cli.devices import NotSupportedCliException, bind_cuda_device, resolve_devices
 from mit_semseg.config import load_config
 from mit_semseg.data import TrainDataset, build_train_loader
-from mit_semseg.data.loader import device_batches, seed_everything
+from mit_semseg.data.loader import (
+    device_batches,
+    global_device_indices,
+    seed_cuda_generators,
+    seed_everything,
+)
 from mit_semseg.engine import checkpoint as ckpt
+from mit_semseg.engine.determinism import configure_determinism
 from mit_semseg.engine.distributed import DistContext, cleanup_distributed, init_distributed
 from mit_semseg.engine.optim import PolySchedule, build_optimizers
 from mit_semseg.engine.precision import check_amp, grad_scaler
@@ -107,9 +113,11 @@ def setup(args: argparse.Namespace) -> tuple[Any, DistContext, list[torch.device
                                            "give --gpus cpu or --gpus 0 (LOCAL_RANK picks the GPU)")
         if devices[0].type == "cuda":
             devices = [torch.device("cuda", dist_ctx.local_rank)]
+    bind_cuda_device(devices[0])
     common.setup_logging(None, dist_ctx.rank)  # the console, until DIR is known to be usable
     preflight.check_training(cfg, len(devices), dist_ctx.world_size)
     common.setup_logging(cfg.DIR, dist_ctx.rank)
+    configure_determinism(cfg.TRAIN.deterministic)  # before anything can start cuBLAS
     if dist_ctx.is_main:
         ckpt.remove_stale_temp_files(cfg.DIR)
         atomic_write_text(os.path.join(cfg.DIR, "config.yaml"), cfg.dump())
@@ -163,8 +171,11 @@ def build_state(cfg: Any, dist_ctx: DistContext, devices: list[torch.device]) ->
                               t.epoch_iters * t.num_epoch, t.lr_pow),
         scaler=grad_scaler(devices[0], t.amp), epoch_iters=t.epoch_iters, device=devices[0],
         scattered=scattered, amp=t.amp, fix_bn=t.fix_bn, disp_iter=t.disp_iter,
-        dist_ctx=dist_ctx, iteration=t.start_epoch * t.epoch_iters)
+        dist_ctx=dist_ctx, max_nonfinite_steps=t.max_nonfinite_steps,
+        iteration=t.start_epoch * t.epoch_iters)
     seed_everything(t.seed + dist_ctx.rank)  # ranks draw different dropout masks
+    # and so does every GPU; a resumed run then restores all of these generators
+    seed_cuda_generators(t.seed, devices, global_device_indices(dist_ctx.rank, len(devices)))
     if saved is not None:
         restore_training_state(state, saved, resume_path)
     return state
@@ -198,8 +209,7 @@ def train(cfg: Any, state: TrainState, num_devices: int) -> None:
     # TRAIN.workers is shared by this process' devices
     make_loader = functools.partial(open_stream, cfg, -(-t.workers // num_devices),
                                     state.device.type == "cuda")
-    rank = state.dist_ctx.rank
-    device_indices = [rank * num_devices + i for i in range(num_devices)]
+    device_indices = global_device_indices(state.dist_ctx.rank, num_devices)
     logger.info("1 Epoch = %d iters; %d device(s) x %d process(es) x %d images per device",
                 t.epoch_iters, num_devices, state.dist_ctx.world_size, t.batch_size_per_gpu)
     while state.epoch < t.num_epoch:

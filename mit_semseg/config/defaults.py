@@ -122,6 +122,15 @@ _C.TRAIN.pretrained = True
 # Mixed precision. Options: "" (off, fp32), "bf16" (CPU or CUDA), "fp16" (CUDA only, with a
 # gradient scaler).
 _C.TRAIN.amp = ""
+# fp16 only: consecutive steps with a non-finite loss that the gradient scaler may skip (it drops
+# the update and lowers its scale) before training stops with an error. Without a gradient
+# scaler (fp32, bf16) the first non-finite loss stops training.
+_C.TRAIN.max_nonfinite_steps = 10
+# Bitwise-reproducible training on CUDA: TF32 off, deterministic cuDNN/cuBLAS algorithms
+# (CUBLAS_WORKSPACE_CONFIG=:4096:8), torch.use_deterministic_algorithms and deterministic forms of
+# the upsampling, pooling and loss kernels. Slower (docs/training.md); CPU runs are deterministic
+# either way.
+_C.TRAIN.deterministic = False
 # Resume a killed run. Options: "" (start fresh), "auto" (DIR/checkpoint_last.pth if it exists,
 # else start fresh), or a path to a checkpoint_last.pth-style file (must exist).
 _C.TRAIN.resume = ""

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import random
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import cv2
@@ -33,6 +33,9 @@ __all__ = [
     "build_train_loader",
     "data_seed",
     "device_batches",
+    "device_seed",
+    "global_device_indices",
+    "seed_cuda_generators",
     "seed_everything",
     "worker_init_fn",
 ]
@@ -129,7 +132,11 @@ def build_train_loader(
 
 
 def seed_everything(seed: int) -> None:
-    """Seed Python's, NumPy's and torch's global generators (all devices)."""
+    """Seed Python's, NumPy's and torch's global generators, the CPU one and every CUDA one.
+
+    Every CUDA device gets the same seed here (``torch.manual_seed``); a training process then
+    gives each of its GPUs a stream of its own with :func:`seed_cuda_generators`.
+    """
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
@@ -140,19 +147,63 @@ def data_seed(seed: int, epoch: int, device_index: int) -> int:
     return int(np.random.SeedSequence([seed, epoch, device_index]).generate_state(1)[0])
 
 
+def global_device_indices(rank: int, num_devices: int) -> list[int]:
+    """Global indices of the ``num_devices`` devices of process ``rank`` (every process of a
+    run drives the same number of devices)."""
+    return [rank * num_devices + i for i in range(num_devices)]
+
+
+def device_seed(seed: int, device_index: int) -> int:
+    """Seed of the CUDA generator (dropout) of the device with global index ``device_index``.
+
+    A spawn key keeps it apart from every :func:`data_seed`.
+    """
+    sequence = np.random.SeedSequence(seed, spawn_key=(device_index,))
+    return int(sequence.generate_state(2, np.uint64)[0] % 2**63)
+
+
+def seed_cuda_generators(seed: int, devices: Sequence[torch.device],
+                         device_indices: Sequence[int]) -> None:
+    """Give each CUDA device of ``devices`` its own generator seed, from ``(seed, global index)``.
+
+    ``torch.manual_seed`` seeds every GPU alike, so the GPUs of a one-process multi-GPU run
+    would draw identical dropout masks. Seeded from the global device index, a GPU draws the
+    same masks whether it is one of several GPUs of a process or a torchrun rank of its own.
+    CPU devices are skipped (they share the CPU generator).
+
+    Args:
+        seed: the run's base seed (``TRAIN.seed``).
+        devices: this process' devices, in local order.
+        device_indices: their global indices (see :func:`device_batches`).
+    """
+    if len(devices) != len(device_indices):
+        raise ValueError(f"{len(devices)} devices but {len(device_indices)} device indices")
+    cuda = [(d, g) for d, g in zip(devices, device_indices) if d.type == "cuda"]
+    if not cuda:
+        return
+    torch.cuda.init()  # fills torch.cuda.default_generators
+    for device, index in cuda:
+        number = device.index if device.index is not None else torch.cuda.current_device()
+        torch.cuda.default_generators[number].manual_seed(device_seed(seed, index))
+
+
 class _PrivateRng:
     """Python/NumPy/torch-CPU generator states that are swapped in around a loader's work.
 
     Datasets draw their augmentations from the global generators when they run in the main
     process (``workers=0``), and a DataLoader draws its base seed from torch's global generator
     when it is started. Swapping in a private state makes each device's stream depend on its
-    own seed only, and leaves the training process' generators (dropout) untouched.
+    own seed only, and leaves the training process' generators untouched: the CPU ones are
+    swapped back afterwards, and the CUDA ones (dropout on GPUs) are never read nor seeded,
+    since loading runs on the CPU.
     """
 
     def __init__(self, seed: int) -> None:
-        with self._swapped_out():
-            seed_everything(seed)
-            self.state = self._capture()
+        # the states seed_everything(seed) would give, made without touching any global
+        # generator (torch.manual_seed would reseed every GPU's)
+        self.state = (random.Random(seed).getstate(),
+                      np.random.RandomState(seed % 2**32).get_state(),
+                      torch.Generator().manual_seed(seed).get_state())
 
     @staticmethod
     def _capture() -> tuple:
@@ -165,21 +216,14 @@ class _PrivateRng:
         torch.set_rng_state(state[2])
 
     @contextlib.contextmanager
-    def _swapped_out(self) -> Iterator[None]:
+    def active(self) -> Iterator[None]:
         outer = self._capture()
+        self._restore(self.state)
         try:
             yield
         finally:
+            self.state = self._capture()
             self._restore(outer)
-
-    @contextlib.contextmanager
-    def active(self) -> Iterator[None]:
-        with self._swapped_out():
-            self._restore(self.state)
-            try:
-                yield
-            finally:
-                self.state = self._capture()
 
 
 def _next_per_device(streams: list[tuple[Iterator[Any], _PrivateRng]]
@@ -202,7 +246,7 @@ def device_batches(make_loader: Callable[[int, int, int], Iterable[Any]], seed: 
 
     Each device's stream is a function of ``(seed, epoch, device index)`` alone (see the module
     docstring), whatever the process layout, the number of loader workers or the state of the
-    global random generators, which this function leaves untouched.
+    global random generators, which this function leaves untouched (the CUDA ones included).
 
     Args:
         make_loader: ``make_loader(seed, local_index, start_step)`` returns an iterable of

@@ -20,7 +20,7 @@ import io
 import logging
 import os
 import random
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -36,6 +36,7 @@ __all__ = [
     "capture_rng_state",
     "epoch_checkpoint_paths",
     "load_training_state",
+    "process_rng_state",
     "remove_stale_temp_files",
     "resolve_resume_path",
     "restore_rng_state",
@@ -93,28 +94,58 @@ def save_epoch_checkpoint(out_dir: str, epoch: int, encoder: nn.Module, decoder:
     return paths
 
 
-def capture_rng_state() -> dict[str, Any]:
-    """The states of Python's, NumPy's and torch's (CPU and CUDA) global generators."""
+def capture_rng_state(cuda_devices: Sequence[torch.device] = ()) -> dict[str, Any]:
+    """The states of Python's, NumPy's and torch's CPU generator, and of the CUDA generators of
+    ``cuda_devices`` (the GPUs this process trains on, in local order; others are not read)."""
     kind, keys, pos, has_gauss, cached = np.random.get_state()
-    state = {
+    return {
         "python": random.getstate(),
         # lists, not an ndarray, so that the file loads with torch.load(weights_only=True)
         "numpy": (kind, keys.tolist(), pos, has_gauss, cached),
         "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "cuda": [torch.cuda.get_rng_state(d) for d in cuda_devices],
     }
-    return state
 
 
-def restore_rng_state(state: Mapping[str, Any]) -> None:
-    """Inverse of :func:`capture_rng_state`."""
+def restore_rng_state(state: Mapping[str, Any],
+                      cuda_devices: Sequence[torch.device] = ()) -> None:
+    """Inverse of :func:`capture_rng_state`.
+
+    Saved CUDA state ``i`` goes to ``cuda_devices[i]``. When the counts differ (a run resumed
+    on fewer or more GPUs than it was saved from), the extra saved states are ignored and a
+    GPU without one keeps its current (freshly seeded) generator; a warning says so.
+    """
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
     kind, keys, pos, has_gauss, cached = state["numpy"]
     np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
     torch.set_rng_state(state["torch"])
-    if state.get("cuda") and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    saved_cuda = list(state.get("cuda") or [])
+    if len(saved_cuda) != len(cuda_devices):
+        logger.warning(
+            "the checkpoint holds %d CUDA generator state(s) for %d GPU(s) of this process: "
+            "%s", len(saved_cuda), len(cuda_devices),
+            "the extra states are ignored" if len(saved_cuda) > len(cuda_devices)
+            else "the other GPUs keep fresh seeds, so their dropout masks differ from the "
+            "saved run's")
+    for device, cuda_state in zip(cuda_devices, saved_cuda):
+        torch.cuda.set_rng_state(cuda_state, device)
+
+
+def process_rng_state(saved: Sequence[Mapping[str, Any]], rank: int, first_gpu: int,
+                      num_gpus: int) -> dict[str, Any]:
+    """What process ``rank`` restores from a checkpoint's ``rng`` list (one entry per saving
+    process): the CPU generators of entry ``rank`` (modulo their number, when the world size
+    changed), and the CUDA states of the GPUs with global indices ``first_gpu`` to
+    ``first_gpu + num_gpus - 1``, taken from all entries in rank order.
+
+    Every process saves the states of its own GPUs in local order, so their concatenation is
+    ordered by global device index, whether one process drove several GPUs or each torchrun
+    rank drove one; a checkpoint listing every GPU of the saving machine (one process) fits
+    the same rule.
+    """
+    all_cuda = [cuda_state for entry in saved for cuda_state in entry.get("cuda") or []]
+    return {**saved[rank % len(saved)], "cuda": all_cuda[first_gpu:first_gpu + num_gpus]}
 
 
 def save_training_state(

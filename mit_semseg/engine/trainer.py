@@ -24,6 +24,7 @@ from torch import nn
 
 from mit_semseg.engine.checkpoint import (
     capture_rng_state,
+    process_rng_state,
     restore_rng_state,
     save_training_state,
     unwrap_model,
@@ -35,6 +36,7 @@ from mit_semseg.engine.precision import autocast
 __all__ = [
     "ResumableCheckpoint",
     "TrainState",
+    "check_labels",
     "forward_batch",
     "new_history",
     "norm_layer_for",
@@ -71,8 +73,12 @@ class TrainState:
         fix_bn: keep the module in eval mode (frozen BatchNorm statistics, no dropout).
         disp_iter: log and record a history point every this many steps.
         dist_ctx: this process' place in a torchrun job.
+        max_nonfinite_steps: with an enabled gradient scaler (fp16), how many consecutive steps
+            with a non-finite loss the scaler may skip before training stops; see
+            :func:`train_step`.
         history: see :func:`new_history`.
         iteration: optimisation steps finished since the start of training.
+        nonfinite_steps: consecutive steps with a non-finite loss up to now.
     """
 
     module: nn.Module
@@ -86,8 +92,10 @@ class TrainState:
     fix_bn: bool = False
     disp_iter: int = 20
     dist_ctx: DistContext = field(default_factory=DistContext)
+    max_nonfinite_steps: int = 10
     history: dict[str, Any] = field(default_factory=new_history)
     iteration: int = 0
+    nonfinite_steps: int = 0
 
     @property
     def net(self) -> nn.Module:
@@ -98,6 +106,15 @@ class TrainState:
     def epoch(self) -> int:
         """0-based epoch of the next step."""
         return self.iteration // self.epoch_iters
+
+    @property
+    def cuda_devices(self) -> list[torch.device]:
+        """The GPUs this process trains on, in local order (empty on the CPU)."""
+        if not self.scattered:
+            return [self.device] if self.device.type == "cuda" else []
+        if getattr(self.module, "cpu_mode", True):
+            return []
+        return [torch.device("cuda", i) for i in self.module.device_ids]
 
 
 # ----------------------------------------------------------------------------- devices
@@ -163,31 +180,86 @@ def forward_batch(module: nn.Module, batch: Sequence[Mapping[str, Any]], device:
 
 
 # ----------------------------------------------------------------------------- the loop
+def check_labels(batch: Sequence[Mapping[str, Any]], num_class: int, where: str) -> None:
+    """Raise ``ValueError`` if a host ``seg_label`` of ``batch`` holds a value outside
+    ``-1..num_class-1``, before it can reach a CUDA kernel.
+
+    On a GPU such a value is a device-side assert in the loss, reported later at an unrelated
+    line and leaving the CUDA context unusable. Labels already on a device are not read here
+    (that would wait for the device); the datasets check every label file as they read it.
+    """
+    for index, item in enumerate(batch):
+        label = item.get("seg_label")
+        if not torch.is_tensor(label) or label.device.type != "cpu" or label.numel() == 0:
+            continue
+        low, high = (int(v) for v in label.aminmax())
+        if low < -1 or high >= num_class:
+            raise ValueError(
+                f"training labels of device {index} at {where} hold values {low}..{high}, "
+                f"but only -1 (ignored) and 0..{num_class - 1} are valid (label PNG values "
+                f"0..{num_class}); check DATASET.num_class, and find the file with "
+                f"python -m mit_semseg.data.check LIST --num-class {num_class}")
+
+
+def _check_finite_loss(state: TrainState, loss: float, where: str) -> bool:
+    """Count a non-finite ``loss`` and raise when the policy of :func:`train_step` says so;
+    return whether the step is to be skipped."""
+    state.nonfinite_steps = 0 if math.isfinite(loss) else state.nonfinite_steps + 1
+    if state.nonfinite_steps == 0:
+        return False
+    hint = "check the labels (0..num_class, 0 = unlabeled) and lower the learning rate"
+    if not state.scaler.is_enabled():
+        raise FloatingPointError(f"loss is {loss} at {where}; {hint}")
+    if state.nonfinite_steps > state.max_nonfinite_steps:
+        raise FloatingPointError(
+            f"loss is {loss} at {where}, the {state.nonfinite_steps}th non-finite loss in a "
+            f"row (TRAIN.max_nonfinite_steps {state.max_nonfinite_steps}); {hint}")
+    logger.warning("loss is %s at %s: the gradient scaler skips this step (%d in a row, "
+                   "at most %d)", loss, where, state.nonfinite_steps, state.max_nonfinite_steps)
+    return True
+
+
 def train_step(state: TrainState, batch: Sequence[Mapping[str, Any]]) -> tuple[float, float]:
     """One optimisation step at the learning rates already set; advances ``state.iteration``.
+
+    A non-finite loss stops training at once, except with an enabled gradient scaler (fp16):
+    there it is one of the overflows the scaler exists for, so the step goes through the
+    scaler, which finds non-finite gradients, skips the update and lowers its scale, and the
+    buffers (BatchNorm running statistics), which that forward pass already updated, are put
+    back as they were; only more than ``state.max_nonfinite_steps`` such steps in a row stop
+    training.
 
     Returns:
         ``(loss, acc)`` of the step, averaged over devices and ranks.
 
     Raises:
-        FloatingPointError: the loss is not finite (on every rank at once).
+        ValueError: a label is out of range (see :func:`check_labels`).
+        FloatingPointError: the loss is not finite, as above (on every rank at once).
     """
+    epoch, step = divmod(state.iteration, state.epoch_iters)
+    where = f"epoch {epoch + 1}, iteration {step}"
+    num_class = getattr(getattr(state.net, "decoder", None), "num_class", None)
+    if num_class is not None:
+        check_labels(batch, num_class, where)
     for optimizer in state.optimizers.values():
         optimizer.zero_grad(set_to_none=True)
+    buffers = list(state.net.buffers()) if state.scaler.is_enabled() else []
+    with torch.no_grad():
+        saved_buffers = [b.clone() for b in buffers]
     with autocast(state.device, state.amp):
         loss, acc = forward_batch(state.module, batch, state.device, state.scattered)
-    # averaged over ranks before the check, so that every rank stops together
+    # averaged over ranks before the check, so that every rank decides alike
     stats = state.dist_ctx.mean(torch.stack([loss.detach().float(), acc.detach().float()]))
     mean_loss, mean_acc = stats.tolist()
-    if not math.isfinite(mean_loss):
-        epoch, step = divmod(state.iteration, state.epoch_iters)
-        raise FloatingPointError(
-            f"loss is {mean_loss} at epoch {epoch + 1}, iteration {step}; check the labels "
-            "(0..num_class, 0 = unlabeled) and lower the learning rate")
+    skipped = _check_finite_loss(state, mean_loss, where)
     state.scaler.scale(loss).backward()
     for optimizer in state.optimizers.values():
         state.scaler.step(optimizer)
     state.scaler.update()
+    if skipped:  # after the backward pass, which checks that its saved inputs are unchanged
+        with torch.no_grad():
+            for buffer, saved in zip(buffers, saved_buffers):
+                buffer.copy_(saved)
     state.iteration += 1
     return mean_loss, mean_acc
 
@@ -199,7 +271,7 @@ class _EpochLog:
         self.state = state
         self.epoch = state.epoch
         self.sums = {"loss": 0.0, "acc": 0.0, "time": 0.0, "data": 0.0}
-        self.steps = 0
+        self.counts = dict.fromkeys(self.sums, 0)
         self.bar = None
         if progress:
             from tqdm import tqdm
@@ -208,15 +280,17 @@ class _EpochLog:
                             dynamic_ncols=True, leave=False)
 
     def mean(self, name: str) -> float:
-        return self.sums[name] / self.steps if self.steps else 0.0
+        return self.sums[name] / self.counts[name] if self.counts[name] else 0.0
 
     def record(self, step: int, lrs: Mapping[str, float], loss: float, acc: float,
                seconds: float, data_seconds: float) -> None:
-        """Account for step ``step`` (0-based, in this epoch) that has just finished."""
+        """Account for step ``step`` (0-based, in this epoch) that has just finished; a step
+        skipped for a non-finite loss stays out of the running means."""
         for name, value in (("loss", loss), ("acc", acc), ("time", seconds),
                             ("data", data_seconds)):
-            self.sums[name] += value
-        self.steps += 1
+            if math.isfinite(value):
+                self.sums[name] += value
+                self.counts[name] += 1
         if self.bar is not None:
             self.bar.update(1)
             self.bar.set_postfix(loss=f"{self.mean('loss'):.4f}",
@@ -299,7 +373,7 @@ class ResumableCheckpoint:
 
     def save(self, state: TrainState) -> None:
         """Write the file (rank 0); a collective: every rank must call it."""
-        rngs = state.dist_ctx.gather(capture_rng_state())
+        rngs = state.dist_ctx.gather(capture_rng_state(state.cuda_devices))
         if state.dist_ctx.is_main:
             net = state.net
             save_training_state(
@@ -331,5 +405,7 @@ def restore_training_state(state: TrainState, saved: Mapping[str, Any], source: 
     if saved["world_size"] != world_size:
         logger.warning("%s was written by %d process(es), now %d: the data order differs",
                        source, saved["world_size"], world_size)
-    restore_rng_state(saved["rng"][state.dist_ctx.rank % len(saved["rng"])])
+    gpus = state.cuda_devices
+    rank = state.dist_ctx.rank
+    restore_rng_state(process_rng_state(saved["rng"], rank, rank * len(gpus), len(gpus)), gpus)
     logger.info("Resuming from %s at iteration %d", source, state.iteration)

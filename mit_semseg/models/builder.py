@@ -12,6 +12,8 @@ from collections.abc import Sequence
 
 import torch.nn as nn
 
+from mit_semseg.nn.deterministic import NLLLoss
+
 from .checkpoint_format import load_weights
 from .layers import NormLayer
 from .pretrained import load_pretrained
@@ -143,5 +145,5 @@ def build_segmentation_model(arch_encoder: str, arch_decoder: str, num_class: in
                             pretrained=pretrained, norm_layer=norm_layer)
     decoder = build_decoder(arch_decoder, num_class, in_channels=encoder.out_channels,
                             weights=weights_decoder, norm_layer=norm_layer)
-    return SegmentationModule(encoder, decoder, nn.NLLLoss(ignore_index=-1),
+    return SegmentationModule(encoder, decoder, NLLLoss(ignore_index=-1),
                               deep_sup_scale=deep_sup_scale)

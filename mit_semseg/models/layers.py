@@ -1,5 +1,9 @@
 """Pieces shared by encoders and decoders: the norm-layer type, conv + norm (+ ReLU), bilinear
-resizing and the one weight-initialisation helper."""
+resizing, adaptive pooling and the one weight-initialisation helper.
+
+Resizing and pooling go through :mod:`mit_semseg.nn.deterministic`, which uses PyTorch's kernels
+except in deterministic CUDA training (``TRAIN.deterministic``), where their backward would
+accumulate with atomic adds."""
 
 from __future__ import annotations
 
@@ -9,10 +13,11 @@ from typing import Callable, Literal
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from torch.nn.modules.batchnorm import _BatchNorm
 
-__all__ = ["NormLayer", "conv_norm", "init_weights", "upsample"]
+from mit_semseg.nn.deterministic import AdaptiveAvgPool2d, interpolate_bilinear
+
+__all__ = ["AdaptiveAvgPool2d", "NormLayer", "conv_norm", "init_weights", "upsample"]
 
 # A normalisation layer constructor, called with the channel count (nn.BatchNorm2d, a
 # synchronized BatchNorm, ``lambda c: nn.GroupNorm(32, c)``, ...).
@@ -35,7 +40,7 @@ def conv_norm(in_ch: int, out_ch: int, kernel: int, stride: int = 1,
 def upsample(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     """Bilinear resize of (B, C, h, w) to ``size`` with ``align_corners=False`` (the only mode
     the models use)."""
-    return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
+    return interpolate_bilinear(x, size)
 
 
 def init_weights(module: nn.Module, fan: Literal["in", "out", "out_per_group"],

@@ -14,6 +14,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from mit_semseg.nn.deterministic import NLLLoss
+
 from .layers import upsample
 
 __all__ = ["SegmentationModule", "pixel_accuracy", "softmax_over_classes"]
@@ -68,7 +70,7 @@ class SegmentationModule(nn.Module):
                              f"got {deep_sup_scale}")
         self.encoder = net_enc
         self.decoder = net_dec
-        self.crit = crit if crit is not None else nn.NLLLoss(ignore_index=-1)
+        self.crit = crit if crit is not None else NLLLoss(ignore_index=-1)
         self.deep_sup_scale = deep_sup_scale
 
     @property

@@ -56,7 +56,9 @@ class _DistributedCombinedStats(torch.autograd.Function):
     def forward(ctx: Any, mean: Tensor, var: Tensor, count: int, eps: float, eps_mode: str,
                 group: Any) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         channels = mean.numel()
-        local = torch.cat([mean.new_tensor([count]), mean, var])  # (1 + 2C,)
+        # the count enters as a fill value, not as host data: copying host data to a GPU
+        # (new_tensor) waits for the device in every layer of every step
+        local = torch.cat([mean.new_full((1,), count), mean, var])  # (1 + 2C,)
         parts = [torch.empty_like(local) for _ in range(dist.get_world_size(group))]
         dist.all_gather(parts, local, group=group)
         gathered = torch.stack(parts)  # (world, 1 + 2C)

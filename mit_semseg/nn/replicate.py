@@ -123,7 +123,9 @@ def parallel_apply(
     """Run ``modules[i](*inputs[i], **kwargs_tup[i])`` in one thread per replica.
 
     Grad mode and autocast state of the caller are applied in every thread; for CUDA devices
-    the thread runs under that device and its current stream. If a replica raises, all
+    the thread runs under that device and the stream that is current for that device in the
+    caller's thread (a new thread's own current stream is always the default stream, while
+    the inputs were copied in order with the caller's). If a replica raises, all
     synchronisation contexts attached by :func:`execute_replication_callbacks` are aborted,
     every thread ends, and the first error that is not a mere consequence (a
     :class:`~mit_semseg.nn.comm.SyncError`) is re-raised.
@@ -146,13 +148,14 @@ def parallel_apply(
     masters = [ctx.sync_master for ctx in contexts if hasattr(ctx, "sync_master")]
     grad_enabled = torch.is_grad_enabled()
     autocast = _autocast_state()
+    streams = [_caller_stream(device) for device in devices]
     results: list[Any] = [None] * num
     errors: list[BaseException | None] = [None] * num
 
     def work(index: int) -> None:
         try:
             torch.set_grad_enabled(grad_enabled)
-            with _device_scope(devices[index]), _autocast_scope(autocast):
+            with _device_scope(devices[index], streams[index]), _autocast_scope(autocast):
                 results[index] = modules[index](*inputs[index], **kwargs_tup[index])
         except BaseException as exc:  # noqa: B036 - re-raised in the caller's thread
             errors[index] = exc
@@ -181,22 +184,34 @@ def parallel_apply(
     return results
 
 
-class _device_scope:
-    """``torch.cuda.device`` + its current stream for CUDA devices; nothing for CPU."""
+def _cuda_device(device: int | torch.device | None) -> torch.device | None:
+    if device is None:
+        return None
+    device = torch.device("cuda", device) if isinstance(device, int) else torch.device(device)
+    return device if device.type == "cuda" else None
 
-    def __init__(self, device: int | torch.device | None):
-        self._device = device
+
+def _caller_stream(device: int | torch.device | None) -> Any:
+    """The current stream of a CUDA ``device`` in the calling thread (None for CPU)."""
+    device = _cuda_device(device)
+    return None if device is None else torch.cuda.current_stream(device)
+
+
+class _device_scope:
+    """``torch.cuda.device`` + a given stream for CUDA devices; nothing for CPU."""
+
+    def __init__(self, device: int | torch.device | None, stream: Any = None):
+        self._device = _cuda_device(device)
+        self._stream = stream
         self._stack: list[Any] = []
 
     def __enter__(self) -> None:
         if self._device is None:
             return
-        device = torch.device("cuda", self._device) if isinstance(self._device, int) \
-            else torch.device(self._device)
-        if device.type != "cuda":
-            return
-        for manager in (torch.cuda.device(device), torch.cuda.stream(
-                torch.cuda.current_stream(device))):
+        managers = [torch.cuda.device(self._device)]
+        if self._stream is not None:
+            managers.append(torch.cuda.stream(self._stream))
+        for manager in managers:
             manager.__enter__()
             self._stack.append(manager)
 

@@ -335,7 +335,8 @@ class _SynchronizedBatchNorm(_BatchNorm):
         _check_count(total, len(messages))
         means = torch.stack([m.to(device) for _, (_, m, _) in messages])
         variances = torch.stack([v.to(device) for _, (_, _, v) in messages])
-        count_t = torch.tensor(counts, dtype=means.dtype, device=device)
+        # filled on the device (no host-to-device copy, which would wait for the GPU)
+        count_t = torch.stack([means.new_full((), count) for count in counts])
         mean, invstd, var = CombinedStats.apply(count_t, means, variances, self.eps,
                                                 self.eps_mode)
         # Replica 0's buffers share storage with the wrapped module (DataParallel guarantees

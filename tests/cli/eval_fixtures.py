@@ -116,3 +116,11 @@ def in_process(capsys):
         if handler not in root.handlers:
             root.addHandler(handler)
     root.setLevel(saved[1])
+
+
+@pytest.fixture
+def bound_devices(monkeypatch) -> list:
+    """Records the scripts' ``torch.cuda.set_device`` calls (CUDA device binding), CPU-only."""
+    calls: list = []
+    monkeypatch.setattr(torch.cuda, "set_device", lambda device: calls.append(str(device)))
+    return calls

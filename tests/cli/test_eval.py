@@ -6,7 +6,15 @@ import sys
 import cv2
 import numpy as np
 import pytest
-from eval_fixtures import CFG, NUM_VAL, in_process, run_script, tiny_run  # noqa: F401
+import torch
+from eval_fixtures import (  # noqa: F401
+    CFG,
+    NUM_VAL,
+    bound_devices,
+    in_process,
+    run_script,
+    tiny_run,
+)
 
 from mit_semseg.metrics import scores_from_confusion
 
@@ -136,3 +144,19 @@ def test_eval_matches_the_original_pipeline(tiny_run, upstream_path):  # noqa: F
     np.testing.assert_allclose(iou, expected["iou"], atol=2e-3)
     assert ours["mean_iou"] == pytest.approx(np.mean(expected["iou"]), abs=1e-3)
     assert ours["pixel_accuracy"] == pytest.approx(expected["acc"], abs=1e-3)
+
+
+def test_eval_binds_its_gpu_before_any_work(tiny_run, in_process, bound_devices, monkeypatch):  # noqa: F811
+    """Issue 17.4: `--gpu 1` makes cuda:1 the current device before the model is loaded, so
+    nothing (pinned memory, lazy contexts) lands on GPU 0."""
+    from mit_semseg.cli import common
+    from mit_semseg.cli import eval as eval_cli
+
+    monkeypatch.setattr(common, "single_device", lambda spec, hint="": torch.device("cuda", 1))
+
+    def evaluate_shard(job, device, **kwargs):
+        raise FileNotFoundError(f"stop here; bound so far: {bound_devices}")
+
+    monkeypatch.setattr(eval_cli, "evaluate_shard", evaluate_shard)
+    code, out = in_process("eval.py", "--cfg", str(CFG), "--gpu", "1", *tiny_run.overrides())
+    assert code == 2 and "stop here; bound so far: ['cuda:1']" in out

@@ -1,8 +1,21 @@
 import json
+import queue
 import time
 
 import numpy as np
-from eval_fixtures import CFG, NUM_VAL, in_process, run_script, tiny_run  # noqa: F401
+import pytest
+import torch
+from eval_fixtures import (  # noqa: F401
+    CFG,
+    NUM_VAL,
+    bound_devices,
+    in_process,
+    run_script,
+    tiny_run,
+)
+
+from mit_semseg.cli import common
+from mit_semseg.cli import eval_multipro as multipro
 
 
 def _run(tiny_run, workers, *flags, **extra):  # noqa: F811
@@ -54,3 +67,32 @@ def test_worker_failure_stops_the_master_quickly(tiny_run, tmp_path):  # noqa: F
     assert proc.returncode == 1
     assert "worker 1 failed" in proc.stdout + proc.stderr
     assert time.monotonic() - start < 90
+
+
+def test_fork_is_rejected_with_cuda_devices(tiny_run, in_process, monkeypatch):  # noqa: F811
+    """Issue 17.8: the master has initialised CUDA (it counted the GPUs), so a forked child
+    could not use it; --start-method fork with GPUs is a usage error, before any work."""
+    gpus = [torch.device("cuda", 0), torch.device("cuda", 1)]
+    with pytest.raises(common.UsageError, match="fork cannot be used with CUDA devices"):
+        multipro._start_method("fork", gpus)
+    assert multipro._start_method("auto", gpus) == "spawn"
+    assert multipro._start_method("fork", [torch.device("cpu")] * 2) == "fork"
+    monkeypatch.setattr(multipro, "_devices", lambda args, cfg: gpus)
+    monkeypatch.setattr(multipro, "_run_workers", lambda *a: pytest.fail("workers started"))
+    code, out = in_process("eval_multipro.py", "--cfg", str(CFG), "--gpus", "0,1",
+                           "--start-method", "fork", *tiny_run.overrides())
+    assert code == 2 and "--start-method fork cannot be used with CUDA devices" in out
+
+
+def test_each_worker_binds_its_gpu_first(in_process, bound_devices, monkeypatch):  # noqa: F811
+    """Issue 17.4: a worker on cuda:1 makes it the current device before it evaluates, so it
+    creates no context on GPU 0."""
+    def evaluate_shard(job, device, start, end, on_image):
+        assert bound_devices == ["cuda:1"] and device == torch.device("cuda", 1)
+        return multipro.EvalResult(np.eye(2, dtype=np.int64), end - start, 0.5)
+
+    monkeypatch.setattr(multipro, "evaluate_shard", evaluate_shard)
+    messages = queue.Queue()
+    multipro._worker(1, None, "cuda:1", 2, 4, 0, messages)
+    done = messages.get_nowait()
+    assert done[:2] == ("done", 1) and done[3] == 2

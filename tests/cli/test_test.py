@@ -1,7 +1,8 @@
 import cv2
 import numpy as np
 import pytest
-from eval_fixtures import CFG, in_process, run_script, tiny_run  # noqa: F401
+import torch
+from eval_fixtures import CFG, bound_devices, in_process, run_script, tiny_run  # noqa: F401
 
 
 def _write(path, array):
@@ -76,3 +77,52 @@ def test_missing_checkpoint_and_no_images(tiny_run, mixed_folder, tmp_path, in_p
     )
     assert code == 2 and "nothing_here: no such file or folder" in out
     assert "no input images" in out
+
+
+def test_binds_its_gpu_before_loading_the_model(tiny_run, mixed_folder, in_process,  # noqa: F811
+                                                bound_devices, monkeypatch):  # noqa: F811
+    from mit_semseg.cli import common
+    from mit_semseg.cli import test as test_cli
+
+    monkeypatch.setattr(common, "single_device", lambda spec, hint="": torch.device("cuda", 3))
+
+    def load_segmentation_module(model, device):
+        raise FileNotFoundError(f"stop here; bound so far: {bound_devices}")
+
+    monkeypatch.setattr(test_cli, "load_segmentation_module", load_segmentation_module)
+    code, out = in_process("test.py", "--imgs", str(mixed_folder / "photo.jpg"), "--cfg",
+                           str(CFG), "--gpu", "3", *tiny_run.overrides())
+    assert code == 2 and "stop here; bound so far: ['cuda:3']" in out
+
+
+@pytest.mark.parametrize("error, attempted", [
+    # torch >= 2.8 raises AcceleratorError for CUDA errors, older versions a RuntimeError
+    (getattr(torch, "AcceleratorError", RuntimeError)("CUDA error: device-side assert "
+                                                      "triggered"), 1),
+    (RuntimeError("CUDA error: an illegal memory access was encountered"), 1),
+    (torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"), 3),
+    (RuntimeError("some other failure"), 3),
+])
+def test_a_cuda_error_stops_the_run_other_errors_skip_one_image(  # noqa: F811
+        tiny_run, in_process, tmp_path, monkeypatch, error, attempted):  # noqa: F811
+    """Issue 17.7: after a CUDA error that poisons the context, every later image would fail
+    the same way: stop and count them as failed, instead of trying each one."""
+    from mit_semseg.cli import test as test_cli
+
+    rng = np.random.default_rng(2)
+    for name in ("a", "b", "c"):
+        _write(tmp_path / "in" / f"{name}.png", rng.integers(0, 255, (20, 30, 3), dtype=np.uint8))
+    calls = []
+
+    def predict_probs(*args, **kwargs):
+        calls.append(1)
+        raise error
+
+    monkeypatch.setattr(test_cli, "predict_probs", predict_probs)
+    code, out = in_process("test.py", "--imgs", str(tmp_path / "in"), "--cfg", str(CFG),
+                           "--gpu", "cpu",
+                           *tiny_run.overrides(**{"TEST.result": str(tmp_path / "out")}))
+    assert code == 1 and len(calls) == attempted
+    assert "0 image(s) written" in out and "3 failed" in out
+    if attempted == 1:
+        assert "the 3 image(s) from this one on are not processed" in out

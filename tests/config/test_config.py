@@ -142,6 +142,7 @@ def test_missing_file_and_odd_overrides(tmp_path):
         (["TRAIN.start_epoch", "20"], "TRAIN.start_epoch"),
         (["TRAIN.optim", "Adam"], "TRAIN.optim"),
         (["TRAIN.epoch_iters", "0"], "TRAIN.epoch_iters"),
+        (["TRAIN.max_nonfinite_steps", "-1"], "TRAIN.max_nonfinite_steps"),
         (["TEST.window_size", "-1"], "TEST.window_size"),
         (["VAL.batch_size", "4"], "VAL.batch_size"),
         (["TEST.batch_size", "2"], "TEST.batch_size"),

@@ -7,7 +7,15 @@ import torch
 from conftest import make_opt
 
 from mit_semseg.data import TrainDataset, build_train_loader
-from mit_semseg.data.loader import TrainSampler, data_seed, device_batches, worker_init_fn
+from mit_semseg.data.loader import (
+    TrainSampler,
+    data_seed,
+    device_batches,
+    device_seed,
+    global_device_indices,
+    seed_cuda_generators,
+    worker_init_fn,
+)
 
 
 class _Draws(torch.utils.data.Dataset):
@@ -151,3 +159,62 @@ def test_device_batches_independent_of_and_invisible_to_global_rng():
     assert (torch.equal(torch.rand(2), expected[0]) and np.random.rand() == expected[1]
             and random.random() == expected[2])
     assert all(torch.equal(a[0], b[0]) for a, b in zip(seed_a[1:], seed_b))
+
+
+def _forbid(monkeypatch, module, names):
+    calls = []
+    for name in names:
+        monkeypatch.setattr(module, name, lambda *a, _n=name, **k: calls.append(_n))
+    return calls
+
+
+def test_device_batches_never_seed_or_swap_cuda_generators(monkeypatch):
+    """Loading runs on the CPU: the GPUs' generators (dropout) must stay as training left them
+    (torch.manual_seed inside the private generators used to reseed all of them)."""
+    calls = _forbid(monkeypatch, torch.cuda, ["manual_seed", "manual_seed_all", "seed",
+                                              "seed_all", "set_rng_state", "set_rng_state_all",
+                                              "get_rng_state", "get_rng_state_all"])
+    _x_per_step(device_batches(_make_stream, 7, [0, 1], 2), 3)
+    assert calls == []
+
+
+class _FakeGpuGenerators:
+    """``torch.cuda.default_generators`` of a machine with ``count`` GPUs, as CPU generators."""
+
+    def __init__(self, monkeypatch, count):
+        self.generators = tuple(torch.Generator() for _ in range(count))
+        monkeypatch.setattr(torch.cuda, "init", lambda: None)
+        monkeypatch.setattr(torch.cuda, "default_generators", self.generators)
+
+    def draws(self, index):
+        return torch.rand(8, generator=self.generators[index])
+
+
+def test_each_gpu_gets_its_own_generator_seed_whatever_the_process_layout(monkeypatch):
+    gpus = _FakeGpuGenerators(monkeypatch, 2)
+    cuda0, cuda1 = torch.device("cuda", 0), torch.device("cuda", 1)
+    seed_cuda_generators(304, [cuda0, cuda1], global_device_indices(0, 2))  # one process
+    one_process = [gpus.draws(0), gpus.draws(1)]
+    assert not torch.equal(one_process[0], one_process[1])  # different dropout masks per GPU
+    # torchrun: rank 1 drives one GPU (its cuda:0), global device index 1
+    seed_cuda_generators(304, [cuda0], global_device_indices(1, 1))
+    assert torch.equal(gpus.draws(0), one_process[1])
+    seed_cuda_generators(305, [cuda0], [0])
+    assert not torch.equal(gpus.draws(0), one_process[0])  # the run's seed matters
+    before = gpus.generators[0].get_state()
+    seed_cuda_generators(304, [torch.device("cpu")] * 2, [0, 1])  # CPU devices: nothing
+    assert torch.equal(gpus.generators[0].get_state(), before)
+    assert device_seed(304, 0) != data_seed(304, 0, 0)
+    with pytest.raises(ValueError, match="2 devices but 1 device indices"):
+        seed_cuda_generators(304, [cuda0, cuda1], [0])
+
+
+@pytest.mark.cuda
+def test_cuda_generators_survive_the_data_stream_and_differ_per_gpu_cuda():
+    gpus = [torch.device("cuda", i) for i in range(torch.cuda.device_count())]
+    seed_cuda_generators(304, gpus, global_device_indices(0, len(gpus)))
+    before = [torch.cuda.get_rng_state(g) for g in gpus]
+    _x_per_step(device_batches(_make_stream, 7, list(range(len(gpus))), 2), 3)
+    assert all(torch.equal(torch.cuda.get_rng_state(g), b) for g, b in zip(gpus, before))
+    masks = [torch.nn.functional.dropout(torch.ones(256, device=g), 0.5).cpu() for g in gpus]
+    assert all(not torch.equal(masks[0], m) for m in masks[1:])

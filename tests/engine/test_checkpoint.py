@@ -54,6 +54,97 @@ def test_rng_capture_restore_reproduces_draws():
     assert torch.equal(first[2], second[2])
 
 
+class _FakeCudaGenerators:
+    """Stands in for ``torch.cuda``'s per-GPU generator access on a machine with ``count``
+    GPUs: CPU generators, and an IndexError for a GPU that does not exist, as torch raises."""
+
+    def __init__(self, count: int):
+        self.generators = [torch.Generator().manual_seed(100 + i) for i in range(count)]
+        self.read, self.written = [], []
+
+    def _index(self, device) -> int:
+        index = torch.device("cuda", device).index if isinstance(device, int) else device.index
+        if index >= len(self.generators):
+            raise IndexError("tuple index out of range")
+        return index
+
+    def get_rng_state(self, device="cuda"):
+        self.read.append(self._index(device))
+        return self.generators[self._index(device)].get_state()
+
+    def set_rng_state(self, state, device="cuda"):
+        self.written.append(self._index(device))
+        self.generators[self._index(device)].set_state(state)
+
+    def install(self, monkeypatch):
+        monkeypatch.setattr(torch.cuda, "get_rng_state", self.get_rng_state)
+        monkeypatch.setattr(torch.cuda, "set_rng_state", self.set_rng_state)
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+        monkeypatch.setattr(torch.cuda, "device_count", lambda: len(self.generators))
+
+
+def _gpu_state(seed: int) -> torch.Tensor:
+    return torch.Generator().manual_seed(seed).get_state()
+
+
+def test_rng_capture_reads_only_this_process_gpus(monkeypatch):
+    fake = _FakeCudaGenerators(4)
+    fake.install(monkeypatch)
+    state = ckpt.capture_rng_state([torch.device("cuda", 2), torch.device("cuda", 3)])
+    assert fake.read == [2, 3]
+    assert torch.equal(state["cuda"][0], fake.generators[2].get_state())
+    assert ckpt.capture_rng_state()["cuda"] == []  # a CPU process reads no GPU
+
+
+def test_rng_restore_with_more_saved_gpu_states_than_gpus(monkeypatch, caplog):
+    """A checkpoint with one state per GPU of a 4-GPU machine, resumed on 1 GPU: no
+    IndexError, GPU 0 gets the first state, a warning names the counts."""
+    fake = _FakeCudaGenerators(1)
+    fake.install(monkeypatch)
+    saved = {**ckpt.capture_rng_state(), "cuda": [_gpu_state(s) for s in range(4)]}
+    ckpt.restore_rng_state(saved, [torch.device("cuda", 0)])
+    assert fake.written == [0]
+    assert torch.equal(fake.generators[0].get_state(), saved["cuda"][0])
+    assert "4 CUDA generator state(s) for 1 GPU(s)" in caplog.text
+    caplog.clear()
+    fake2 = _FakeCudaGenerators(2)  # fewer saved states than GPUs: the rest keep their seeds
+    fake2.install(monkeypatch)
+    untouched = fake2.generators[1].get_state()
+    ckpt.restore_rng_state({**saved, "cuda": saved["cuda"][:1]},
+                           [torch.device("cuda", 0), torch.device("cuda", 1)])
+    assert fake2.written == [0] and torch.equal(fake2.generators[1].get_state(), untouched)
+    assert "keep fresh seeds" in caplog.text
+
+
+def test_process_rng_state_takes_gpu_states_by_global_device_index():
+    def entry(tag, gpus):
+        return {"python": tag, "cuda": [_gpu_state(g) for g in gpus]}
+
+    torchrun = [entry("rank0", [10]), entry("rank1", [11])]  # 2 processes x 1 GPU
+    one_process = ckpt.process_rng_state(torchrun, rank=0, first_gpu=0, num_gpus=2)
+    assert one_process["python"] == "rank0"
+    expected = [_gpu_state(10), _gpu_state(11)]
+    assert len(one_process["cuda"]) == 2
+    assert all(torch.equal(a, b) for a, b in zip(one_process["cuda"], expected))
+    dp = [entry("rank0", [20, 21, 22, 23])]  # 1 process x 4 GPUs (or every GPU of a machine)
+    rank1 = ckpt.process_rng_state(dp, rank=1, first_gpu=1, num_gpus=1)
+    assert rank1["python"] == "rank0" and len(rank1["cuda"]) == 1
+    assert torch.equal(rank1["cuda"][0], _gpu_state(21))
+    assert ckpt.process_rng_state(dp, rank=0, first_gpu=0, num_gpus=0)["cuda"] == []
+
+
+@pytest.mark.cuda
+def test_cuda_rng_round_trip_reproduces_dropout_masks_cuda():
+    gpu = torch.device("cuda", 0)
+    state = ckpt.capture_rng_state([gpu])
+    x = torch.ones(4, 8, 16, 16, device=gpu)
+    first = torch.nn.functional.dropout2d(x, 0.5, training=True)
+    extra = [torch.cuda.get_rng_state(gpu)] * 3  # more saved states than this machine's GPUs
+    ckpt.restore_rng_state({**state, "cuda": state["cuda"] + extra}, [gpu])
+    again = torch.nn.functional.dropout2d(x, 0.5, training=True)
+    assert torch.equal(first, again)
+
+
 def test_training_state_round_trip(tmp_path):
     enc, dec = _net(), _net()
     opts = {"encoder": torch.optim.SGD(enc.parameters(), lr=0.1, momentum=0.9),

@@ -1,6 +1,7 @@
 """mit_semseg.engine.trainer: one epoch, the run's state, device wrappers, resumable state."""
 
 import copy
+import math
 import os
 
 import pytest
@@ -14,6 +15,7 @@ from mit_semseg.engine.precision import grad_scaler
 from mit_semseg.engine.trainer import (
     ResumableCheckpoint,
     TrainState,
+    check_labels,
     forward_batch,
     norm_layer_for,
     parallelize,
@@ -60,9 +62,8 @@ def _state(net, **kwargs):
     opts = build_optimizers(net.encoder, net.decoder, lr_encoder=0.1, lr_decoder=0.05,
                             momentum=0.9, weight_decay=1e-3)
     schedule = PolySchedule({"encoder": 0.1, "decoder": 0.05}, 8, 0.9)
-    return TrainState(module=net, optimizers=opts, schedule=schedule,
-                      scaler=grad_scaler(CPU, ""), epoch_iters=4, device=CPU, disp_iter=2,
-                      **{"iteration": 4, **kwargs})
+    return TrainState(module=net, optimizers=opts, schedule=schedule, epoch_iters=4, device=CPU,
+                      disp_iter=2, **{"iteration": 4, "scaler": grad_scaler(CPU, ""), **kwargs})
 
 
 def _run_epoch(net, batches, start_iter=0, **kwargs):
@@ -124,6 +125,62 @@ def test_train_one_epoch_stops_on_nan_and_on_short_stream():
         _run_epoch(net, iter([[bad]]))
     with pytest.raises(RuntimeError, match="ended after 1 of 4 steps"):
         _run_epoch(TinySegModule(), iter([[_batch(0)]]))
+
+
+def _nan_batch(seed: int) -> dict:
+    batch = _batch(seed)
+    batch["img_data"][0, 0, 0, 0] = float("nan")
+    return batch
+
+
+def test_fp16_policy_scaler_skips_a_nonfinite_step_and_stops_after_k_in_a_row(caplog):
+    """With an enabled gradient scaler a non-finite loss is a skipped step (weights untouched,
+    scale lowered, the step still counted); more than max_nonfinite_steps in a row stop."""
+    torch.manual_seed(0)
+    net = TinySegModule()
+    scaler = torch.amp.GradScaler("cpu", enabled=True, init_scale=1024.0)
+    state = _state(net, iteration=0, scaler=scaler, max_nonfinite_steps=2)
+    weights = []
+    batches = [[_batch(0)], [_nan_batch(1)], [_nan_batch(2)], [_batch(3)]]
+    result = train_one_epoch(state, iter(batches),
+                             on_step=lambda s: weights.append(copy.deepcopy(net.state_dict())))
+    assert state.iteration == 4 and state.nonfinite_steps == 0
+    for before, after in zip(weights[0].values(), weights[2].values()):  # steps 2, 3 skipped
+        assert torch.equal(before, after)
+    changed = [not torch.equal(a, b) for a, b in zip(weights[2].values(), weights[3].values())]
+    assert any(changed)  # the finite step after them trains again
+    assert scaler.get_scale() == 256.0  # halved twice
+    assert "the gradient scaler skips this step (2 in a row, at most 2)" in caplog.text
+    assert result["loss"] > 0  # skipped steps stay out of the running mean
+    recorded = state.history["train"]
+    assert recorded["iteration"] == [0, 2, 3] and math.isnan(recorded["loss"][1])
+    with pytest.raises(FloatingPointError, match=r"3th non-finite loss in a row \(TRAIN\."
+                                                 r"max_nonfinite_steps 2\)"):
+        train_one_epoch(state, iter([[_nan_batch(i)] for i in range(4)]))
+
+
+def test_without_a_scaler_the_first_nonfinite_loss_stops():
+    state = _state(TinySegModule(), iteration=0, max_nonfinite_steps=5)
+    with pytest.raises(FloatingPointError, match="loss is nan at epoch 1, iteration 1"):
+        train_one_epoch(state, iter([[_batch(0)], [_nan_batch(1)]]))
+
+
+def test_out_of_range_labels_are_caught_on_the_host_before_the_forward():
+    net = TinySegModule(num_class=3)
+    net.decoder.num_class = 3
+    calls = []
+    net.register_forward_pre_hook(lambda *_: calls.append(1))
+    bad = _batch(0)
+    bad["seg_label"][1, 2, 3] = 3  # classes are 0..2
+    state = _state(net, iteration=0)
+    with pytest.raises(ValueError, match=r"device 1 at epoch 1, iteration 0 hold values "
+                                         r"-1\.\.3, but only -1 \(ignored\) and 0\.\.2"):
+        train_one_epoch(state, iter([[_batch(1), bad]]))
+    assert calls == [] and state.iteration == 0
+    bad["seg_label"][1, 2, 3] = -2
+    with pytest.raises(ValueError, match=r"values -2\.\.2"):
+        check_labels([bad], 3, "here")
+    check_labels([_batch(2), {"seg_label": torch.full((1, 2, 2), 5, device="meta")}], 3, "x")
 
 
 def test_checkpoint_every_n_steps_but_not_at_epoch_ends(tmp_path):

@@ -58,3 +58,25 @@ def run_step(module: nn.Module, x: torch.Tensor, grad_out: torch.Tensor):
     out = module(x)
     (out * grad_out).sum().backward()
     return out.detach(), x.grad
+
+
+_HOST_READS = ("item", "tolist", "numpy", "cpu", "new_tensor", "__bool__", "__int__",
+               "__float__", "__index__")
+
+
+class NoHostTransfers:
+    """Records every way a tensor's value reaches Python, or host data reaches a tensor: on a
+    GPU each one waits for the device (a copy to or from the host synchronises the stream)."""
+
+    def __init__(self, monkeypatch):
+        self.calls = []
+        for name in _HOST_READS:
+            monkeypatch.setattr(torch.Tensor, name, self._spy(name, getattr(torch.Tensor, name)))
+        for name in ("tensor", "as_tensor"):
+            monkeypatch.setattr(torch, name, self._spy(name, getattr(torch, name)))
+
+    def _spy(self, name, original):
+        def spy(*args, **kwargs):
+            self.calls.append(name)
+            return original(*args, **kwargs)
+        return spy

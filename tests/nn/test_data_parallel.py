@@ -124,7 +124,7 @@ def test_dict_gather_structure():
         dict_gather([{"a": torch.ones(1)}, {"b": torch.ones(1)}], "cpu")
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.cuda
 def test_cuda_single_device_copies_dict_to_gpu():
     net = DictNet().cuda().eval()
     feed = _feed(2, 6, "g")

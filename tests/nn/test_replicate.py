@@ -112,6 +112,49 @@ def test_parallel_apply_propagates_grad_mode_and_reports_replica():
     assert "replica 1" in "".join(getattr(info.value, "__notes__", ["replica 1"]))
 
 
+class _FakeCudaStreams:
+    """torch.cuda's device/stream context managers on a CPU machine: records, per thread,
+    which stream was current and which stream each replica thread ran under."""
+
+    def __init__(self, monkeypatch):
+        import contextlib
+        import threading
+
+        self.queried, self.entered = [], {}
+        self._thread = threading.get_ident
+        caller_streams = {0: "caller stream of cuda:0", 1: "caller stream of cuda:1"}
+
+        def current_stream(device=None):
+            self.queried.append(self._thread())
+            # a new thread's current stream is the default stream
+            return caller_streams[device.index] if self.queried[-1] == self.main else "default"
+
+        @contextlib.contextmanager
+        def stream(s):
+            self.entered[self._thread()] = s
+            yield
+
+        self.main = self._thread()
+        monkeypatch.setattr(torch.cuda, "current_stream", current_stream)
+        monkeypatch.setattr(torch.cuda, "stream", stream)
+        monkeypatch.setattr(torch.cuda, "device", lambda d: contextlib.nullcontext())
+
+
+def test_replica_threads_run_on_the_callers_streams(monkeypatch):
+    """Issue 17.8: the inputs were copied in order with the caller's current stream of each
+    device, so each replica must run on that stream, not on its thread's default stream."""
+    streams = _FakeCudaStreams(monkeypatch)
+
+    class Where(nn.Module):
+        def forward(self, x):
+            import threading
+            return streams.entered.get(threading.get_ident())
+
+    assert parallel_apply([Where(), Where()], [(torch.ones(1),), (torch.ones(1),)],
+                          devices=[0, 1]) == ["caller stream of cuda:0", "caller stream of cuda:1"]
+    assert set(streams.queried) == {streams.main}
+
+
 def test_constructor_rejects_bad_arguments():
     with pytest.raises(ValueError, match="num_cpu_replicas must be >= 1"):
         DataParallelWithCallback(_net(), num_cpu_replicas=0)
@@ -119,6 +162,7 @@ def test_constructor_rejects_bad_arguments():
         DataParallelWithCallback(_net(), device_ids=[0], num_cpu_replicas=2)
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 GPUs")
 def test_two_gpus_equal_full_batch_batchnorm():
     plain = nn.BatchNorm2d(4).cuda()

@@ -16,9 +16,22 @@ from mit_semseg.nn import (
     SynchronizedBatchNorm3d,
     convert_model,
 )
+from mit_semseg.nn.replicate import (
+    execute_replication_callbacks,
+    parallel_apply,
+    replicate_on_cpu,
+)
 from mit_semseg.nn.sync_batchnorm import combine_moments, local_moments
 
-from ._helpers import PLAIN_BN, assert_close, compare_bn_state, randomize_bn, run_step, twin
+from ._helpers import (
+    PLAIN_BN,
+    NoHostTransfers,
+    assert_close,
+    compare_bn_state,
+    randomize_bn,
+    run_step,
+    twin,
+)
 
 SYNC_BN = {1: SynchronizedBatchNorm1d, 2: SynchronizedBatchNorm2d, 3: SynchronizedBatchNorm3d}
 
@@ -309,3 +322,75 @@ def test_convert_model_replaces_every_batchnorm_and_keeps_state():
     wrapped = convert_model(nn.DataParallel(nn.Sequential(nn.BatchNorm2d(2))))
     assert isinstance(wrapped, DataParallelWithCallback)
     assert isinstance(wrapped.module[0], SynchronizedBatchNorm2d)
+
+
+def test_combining_replica_statistics_moves_nothing_between_host_and_device(monkeypatch):
+    """Issue 17.5 for one process: the counts reach the combined statistics without a
+    host-to-device copy (each would wait for the GPU in every layer of every step)."""
+    plain = nn.BatchNorm2d(4)
+    sync = twin(SynchronizedBatchNorm2d, plain, eps_mode="plus")
+    x, g = _data((6, 4, 5, 5))
+    replicas = replicate_on_cpu(sync, 2)
+    execute_replication_callbacks(replicas)
+    halves = [x[:3].clone().requires_grad_(True), x[3:].clone().requires_grad_(True)]
+    spy = NoHostTransfers(monkeypatch)
+    outs = parallel_apply(replicas, [(halves[0],), (halves[1],)])
+    (torch.cat(outs) * g).sum().backward()
+    assert spy.calls == []
+    monkeypatch.undo()
+    out_p, dx_p = run_step(plain, x, g)
+    assert_close(torch.cat(outs).detach(), out_p, "output")
+    assert_close(torch.cat([h.grad for h in halves]), dx_p, "input grad")
+    compare_bn_state(sync, plain)
+
+
+def _two_replicas_on_gpu0(sync: nn.Module, x: torch.Tensor, g: torch.Tensor):
+    """Forward + backward of ``sync`` as two replicas (threads) on cuda:0, half a batch each."""
+    replicas = replicate_on_cpu(sync, 2)  # shallow copies: works for CUDA modules too
+    execute_replication_callbacks(replicas)
+    half = x.shape[0] // 2
+    parts = [x[:half].detach().clone().requires_grad_(True),
+             x[half:].detach().clone().requires_grad_(True)]
+    outs = parallel_apply(replicas, [(parts[0],), (parts[1],)], devices=[0, 0])
+    (torch.cat(outs) * g).sum().backward()
+    return outs, torch.cat([p.grad for p in parts])
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype, tol", [(torch.float16, 5e-3), (torch.bfloat16, 3e-2)])
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("eps_mode", ["plus", "clamp"])
+def test_replicas_on_gpu_under_autocast_equal_batchnorm_cuda(dtype, tol, channels_last,
+                                                             eps_mode):
+    conv = nn.Conv2d(3, 8, 3, padding=1).cuda()
+    plain = nn.BatchNorm2d(8).cuda()
+    randomize_bn(plain)
+    sync = twin(SynchronizedBatchNorm2d, plain, eps_mode=eps_mode).cuda()
+    x = torch.randn(8, 3, 12, 12, device="cuda") * 2 + 0.5
+    if channels_last:
+        conv, x = conv.to(memory_format=torch.channels_last), x.contiguous(
+            memory_format=torch.channels_last)
+    with torch.autocast("cuda", dtype=dtype):
+        h = conv(x).detach()  # what a BN layer receives under autocast
+        g = torch.randn_like(h)
+        out_p, dx_p = run_step(plain, h, g)
+        outs, dx_s = _two_replicas_on_gpu0(sync, h, g)
+    assert h.dtype == dtype and all(o.dtype == dtype for o in outs)
+    if channels_last:
+        assert all(o.is_contiguous(memory_format=torch.channels_last) for o in outs)
+    assert_close(torch.cat(outs).float(), out_p.float(), "output", atol=tol, rtol=0)
+    assert_close(dx_s.float(), dx_p.float(), "input grad", atol=tol, rtol=0)
+    compare_bn_state(sync, plain, atol=1e-3)
+
+
+@pytest.mark.cuda
+def test_replica_statistics_never_synchronise_the_gpu_cuda():
+    sync = SynchronizedBatchNorm2d(4, eps_mode="clamp").cuda()
+    x = torch.randn(6, 4, 5, 5, device="cuda")
+    g = torch.randn_like(x)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        _two_replicas_on_gpu0(sync, x, g)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")

@@ -13,7 +13,7 @@ from functools import partial
 import torch
 import torch.nn as nn
 
-from ..layers import NormLayer, conv_norm, init_weights, upsample
+from ..layers import AdaptiveAvgPool2d, NormLayer, conv_norm, init_weights, upsample
 from ..registry import DECODERS
 from .base import SegmentationDecoder
 
@@ -41,7 +41,7 @@ class PPM(SegmentationDecoder):
         top = self.in_channels[-1]
         # Each branch: pool to scale x scale, then 1x1 conv-norm-ReLU (keys "1.*", "2.*").
         self.ppm = nn.ModuleList(
-            nn.Sequential(nn.AdaptiveAvgPool2d(scale),
+            nn.Sequential(AdaptiveAvgPool2d(scale),
                           *conv_norm(top, PPM_CHANNELS, 1, norm_layer=norm_layer))
             for scale in pool_scales
         )

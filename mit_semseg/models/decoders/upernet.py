@@ -16,7 +16,7 @@ from functools import partial
 import torch
 import torch.nn as nn
 
-from ..layers import NormLayer, conv_norm, init_weights, upsample
+from ..layers import AdaptiveAvgPool2d, NormLayer, conv_norm, init_weights, upsample
 from ..registry import DECODERS
 from .base import SegmentationDecoder
 from .ppm import PPM_CHANNELS
@@ -45,7 +45,7 @@ class UPerNet(SegmentationDecoder):
         super().__init__(num_class, in_channels, fc_dim, deep_sup)
         widths = self.in_channels
         top = widths[-1]
-        self.ppm_pooling = nn.ModuleList(nn.AdaptiveAvgPool2d(scale) for scale in pool_scales)
+        self.ppm_pooling = nn.ModuleList(AdaptiveAvgPool2d(scale) for scale in pool_scales)
         self.ppm_conv = nn.ModuleList(
             conv_norm(top, PPM_CHANNELS, 1, norm_layer=norm_layer) for _ in pool_scales
         )

@@ -1,6 +1,6 @@
 """Resampling written as explicit matrices built from the sizes at run time.
 
-Two users need resampling as plain linear algebra rather than as PyTorch's fused kernels:
+Three users need resampling as plain linear algebra rather than as PyTorch's fused kernels:
 
 * ONNX export with a dynamic input size: ``AdaptiveAvgPool2d(s)`` has no ONNX equivalent
   when the input size is unknown (ONNX pooling kernels are fixed at export time), so
@@ -8,6 +8,8 @@ Two users need resampling as plain linear algebra rather than as PyTorch's fused
   matrices made from ``arange`` of the traced size.
 * The factored pyramid-pooling head (:mod:`mit_semseg.perf`) applies a 3x3 convolution to
   bilinearly upsampled maps in closed form, which needs the bilinear weights as a matrix.
+* Deterministic CUDA training (:mod:`mit_semseg.nn.deterministic`): the backward of these
+  matrix products has no atomic adds, unlike the backward of PyTorch's kernels.
 
 Both follow PyTorch's index rules exactly, so results equal the fused kernels up to float
 rounding (tests compare them).
@@ -32,7 +34,8 @@ def adaptive_pool_matrix(in_size: int, out_size: int, like: torch.Tensor) -> tor
     end = torch.div((bins + 1) * in_size + out_size - 1, out_size, rounding_mode="floor")
     index = torch.arange(in_size, device=like.device)
     inside = (index[None, :] >= start[:, None]) & (index[None, :] < end[:, None])
-    return inside.to(like.dtype) / (end - start)[:, None].to(like.dtype)
+    exact = torch.promote_types(like.dtype, torch.float32)
+    return (inside.to(exact) / (end - start)[:, None].to(exact)).to(like.dtype)
 
 
 def bilinear_matrix(in_size: int, out_size: int, like: torch.Tensor) -> torch.Tensor:
@@ -40,16 +43,19 @@ def bilinear_matrix(in_size: int, out_size: int, like: torch.Tensor) -> torch.Te
 
     ``align_corners=False`` as in ``F.interpolate(..., size=...)``: output ``y`` samples input
     coordinate ``(y + 0.5) * in / out - 0.5``, clamped at 0, from its two neighbours (the
-    upper one clamped at the last index). ``like`` gives the dtype and device.
+    upper one clamped at the last index), computed in the precision PyTorch's kernel uses
+    (float32 for half types). ``like`` gives the dtype and device.
     """
-    position = (torch.arange(out_size, device=like.device, dtype=torch.float64) + 0.5)
-    source = (position * (in_size / out_size) - 0.5).clamp(min=0)
-    low = source.floor().long()
+    exact = torch.promote_types(like.dtype, torch.float32)
+    target = torch.arange(out_size, device=like.device, dtype=exact)
+    source = ((target + 0.5) * (in_size / out_size) - 0.5).clamp(min=0)
+    low = source.floor().clamp(max=in_size - 1)
     high = (low + 1).clamp(max=in_size - 1)
-    weight_high = (source - low).to(like.dtype)[:, None]
-    index = torch.arange(in_size, device=like.device)
-    return ((index[None, :] == low[:, None]).to(like.dtype) * (1 - weight_high)
-            + (index[None, :] == high[:, None]).to(like.dtype) * weight_high)
+    frac = source - low
+    columns = torch.arange(in_size, device=like.device, dtype=exact)
+    weights = ((1 - frac)[:, None] * (columns == low[:, None])
+               + frac[:, None] * (columns == high[:, None]))
+    return weights.to(like.dtype)
 
 
 class MatrixAdaptiveAvgPool2d(nn.Module):

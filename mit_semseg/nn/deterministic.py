@@ -1,0 +1,96 @@
+"""Deterministic CUDA forms of the three training ops that torch computes with atomic adds.
+
+Under ``torch.use_deterministic_algorithms(True)`` (``TRAIN.deterministic``, see
+:mod:`mit_semseg.engine.determinism`) torch raises on the CUDA backward of bilinear
+interpolation and of adaptive average pooling, and on the CUDA NLL loss, because their kernels
+accumulate with atomic adds in a varying order. The functions here compute the same values from
+matrix products (both ops are separable linear maps, ``y = A_h x A_w^T``) and from a gather,
+whose CUDA kernels are deterministic in that mode. Everywhere else (CPU, inference, the mode
+off) they call the usual kernel, so nothing changes outside deterministic CUDA training. The
+matrix forms equal the kernels up to float rounding (checked on the CPU by
+``tests/nn/test_deterministic.py``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .resample import adaptive_pool_matrix, bilinear_matrix
+
+__all__ = [
+    "AdaptiveAvgPool2d",
+    "NLLLoss",
+    "adaptive_avg_pool2d",
+    "interpolate_bilinear",
+    "nll_loss",
+]
+
+
+def _deterministic_cuda(x: Tensor) -> bool:
+    return x.is_cuda and torch.are_deterministic_algorithms_enabled()
+
+
+def _needs_matrix_form(x: Tensor) -> bool:
+    # the forward kernels are deterministic; only their backward accumulates atomically
+    return _deterministic_cuda(x) and torch.is_grad_enabled() and x.requires_grad
+
+
+def _separable(x: Tensor, rows: Tensor, cols: Tensor) -> Tensor:
+    """``rows @ x @ cols^T`` over the last two dims of ``x`` (N, C, H, W)."""
+    return torch.matmul(torch.matmul(rows, x), cols.t())
+
+
+def interpolate_bilinear(x: Tensor, size: Sequence[int]) -> Tensor:
+    """``F.interpolate(x, size, mode="bilinear", align_corners=False)``, deterministic in
+    deterministic CUDA training."""
+    size = tuple(size)  # no int(): that would fix traced (exported) sizes to constants
+    if not _needs_matrix_form(x):
+        return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+    height, width = x.shape[-2:]
+    rows = bilinear_matrix(height, size[0], x)
+    cols = bilinear_matrix(width, size[1], x)
+    return _separable(x, rows, cols)
+
+
+def adaptive_avg_pool2d(x: Tensor, output_size: int | Sequence[int]) -> Tensor:
+    """``F.adaptive_avg_pool2d``, deterministic in deterministic CUDA training."""
+    if not _needs_matrix_form(x):
+        return F.adaptive_avg_pool2d(x, output_size)
+    out_h, out_w = (output_size, output_size) if isinstance(output_size, int) else output_size
+    height, width = x.shape[-2:]
+    out_h, out_w = out_h or height, out_w or width  # None keeps that side, as in torch
+    rows = adaptive_pool_matrix(height, out_h, x)
+    cols = adaptive_pool_matrix(width, out_w, x)
+    return _separable(x, rows, cols)
+
+
+def nll_loss(log_probs: Tensor, target: Tensor, ignore_index: int = -100) -> Tensor:
+    """Mean negative log-likelihood over the targets that are not ``ignore_index``
+    (``F.nll_loss`` without class weights), deterministic on CUDA in deterministic mode."""
+    if not _deterministic_cuda(log_probs):
+        return F.nll_loss(log_probs, target, ignore_index=ignore_index)
+    valid = target != ignore_index
+    picked = log_probs.gather(1, torch.where(valid, target, 0).unsqueeze(1)).squeeze(1)
+    return -(picked * valid).sum() / valid.sum()
+
+
+class AdaptiveAvgPool2d(nn.AdaptiveAvgPool2d):
+    """``nn.AdaptiveAvgPool2d`` running :func:`adaptive_avg_pool2d` (no parameters, so
+    checkpoints are unaffected)."""
+
+    def forward(self, input: Tensor) -> Tensor:
+        return adaptive_avg_pool2d(input, self.output_size)
+
+
+class NLLLoss(nn.NLLLoss):
+    """``nn.NLLLoss`` (mean, no class weights) running :func:`nll_loss`."""
+
+    def __init__(self, ignore_index: int = -100) -> None:
+        super().__init__(ignore_index=ignore_index)
+
+    def forward(self, input: Tensor, target: Tensor) -> Tensor:
+        return nll_loss(input, target, self.ignore_index)
