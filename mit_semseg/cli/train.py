@@ -3,24 +3,32 @@
   python train.py --cfg config/ade20k-resnet50dilated-ppm_deepsup.yaml --gpus 0-3 [KEY VALUE ...]
   python train.py --cfg config/synthetic-mobilenetv2dilated-c1_deepsup.yaml --gpus cpu
   torchrun --nproc_per_node 4 train.py --cfg ...            # one process per device (DDP)
-  python train.py --cfg ... --resume auto                     # continue a killed run
+  python train.py --cfg ... --resume auto                     # continue a stopped or killed run
 
 Writes to cfg.DIR: config.yaml, log.txt, {encoder,decoder,history}_epoch_N.pth,
-checkpoint_last.pth and training_curves.png. See docs/training.md.
+checkpoint_last.pth and training_curves.png; holds DIR/train.lock while it runs. SIGINT or
+SIGTERM stops it after the current step with checkpoint_last.pth written (exit status 130 or
+143). Under ``torchrun --max-restarts`` restarted workers resume by themselves. See
+docs/training.md and docs/parallel.md.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import logging
 import os
+import signal
+import socket
+import sys
 from typing import Any
 
 import torch
 
 from mit_semseg.cli import common
 from mit_semseg.cli.devices import NotSupportedCliException, resolve_devices
+from mit_semseg.cli.run_dir import find_resume_state, lock_run_dir, open_run_dir
 from mit_semseg.config import load_config
 from mit_semseg.data import TrainDataset, build_train_loader
 from mit_semseg.data.loader import device_batches, seed_everything
@@ -28,6 +36,7 @@ from mit_semseg.engine import checkpoint as ckpt
 from mit_semseg.engine.distributed import DistContext, cleanup_distributed, init_distributed
 from mit_semseg.engine.optim import PolySchedule, build_optimizers
 from mit_semseg.engine.precision import check_amp, grad_scaler
+from mit_semseg.engine.run_control import RunControl, SignalWatch, TrainingInterrupted
 from mit_semseg.engine.trainer import (
     ResumableCheckpoint,
     TrainState,
@@ -36,7 +45,6 @@ from mit_semseg.engine.trainer import (
     restore_training_state,
     train_one_epoch,
 )
-from mit_semseg.files import atomic_write_text
 from mit_semseg.models import build_segmentation_model
 from mit_semseg.plotting import plot_training_curves
 
@@ -50,23 +58,36 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         devices_help='devices: "0-3", "gpu0,gpu2", "cpu", "cpux2" (2 CPU replicas)')
     parser.add_argument("--resume", default=None, metavar="PATH|auto",
                         help="continue from a checkpoint_last.pth ('auto': the one in DIR)")
+    parser.add_argument("--allow-config-change", action="store_true",
+                        help="resume even though keys that change what is trained (learning "
+                             "rates, schedule, batch, model, data sizes, devices) differ from "
+                             "the checkpoint's config")
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
-    try:
-        args = parse_args(argv)
-        cfg, dist_ctx, devices = setup(args)
-        state = build_state(cfg, dist_ctx, devices)
-    except common.SETUP_ERRORS as exc:
-        return common.usage_error(PROG, exc)
-    train(cfg, state, len(devices))
+    with contextlib.ExitStack() as held:
+        try:
+            args = parse_args(argv)
+            cfg, dist_ctx, devices = setup(args)
+            held.enter_context(lock_run_dir(cfg.DIR, dist_ctx))
+            resume = find_resume_state(cfg, dist_ctx, len(devices), args.allow_config_change)
+            open_run_dir(cfg, args.cfg, dist_ctx)
+            state = build_state(cfg, dist_ctx, devices, resume)
+        except common.SETUP_ERRORS as exc:
+            cleanup_distributed(wait_for_peers=False)
+            return common.usage_error(PROG, exc)
+        except KeyboardInterrupt:  # Ctrl-C before the loop, which handles signals itself
+            print(f"{PROG}: interrupted before training started; nothing to save",
+                  file=sys.stderr)
+            return 128 + signal.SIGINT
+        code = train(cfg, state, len(devices))
     cleanup_distributed()
-    return 0
+    return code
 
 
 def setup(args: argparse.Namespace) -> tuple[Any, DistContext, list[torch.device]]:
-    """Config, devices, process group, logging and DIR/config.yaml."""
+    """Config, devices, process group and console logging (nothing is written to DIR)."""
     opts = list(args.opts) + (["TRAIN.resume", args.resume] if args.resume is not None else [])
     cfg = load_config(args.cfg, opts)
     devices = resolve_devices(args.gpus or cfg.DEVICE)
@@ -78,11 +99,7 @@ def setup(args: argparse.Namespace) -> tuple[Any, DistContext, list[torch.device
                                            "give --gpus cpu or --gpus 0 (LOCAL_RANK picks the GPU)")
         if devices[0].type == "cuda":
             devices = [torch.device("cuda", dist_ctx.local_rank)]
-    common.setup_logging(cfg.DIR, dist_ctx.rank)
-    if dist_ctx.is_main:
-        ckpt.remove_stale_temp_files(cfg.DIR)
-        atomic_write_text(os.path.join(cfg.DIR, "config.yaml"), cfg.dump())
-    logger.info("Loaded configuration file %s\n%s", args.cfg, cfg.dump())
+    common.setup_logging(None, dist_ctx.rank)
     return cfg, dist_ctx, devices
 
 
@@ -112,11 +129,11 @@ def build_module(cfg: Any, num_devices: int, saved: dict | None) -> torch.nn.Mod
     return module
 
 
-def build_state(cfg: Any, dist_ctx: DistContext, devices: list[torch.device]) -> TrainState:
-    """The run's state, resumed from ``TRAIN.resume`` if given."""
+def build_state(cfg: Any, dist_ctx: DistContext, devices: list[torch.device],
+                resume: tuple[str, dict] | None) -> TrainState:
+    """The run's state, continued from ``resume`` (see :func:`find_resume_state`) if given."""
     t = cfg.TRAIN
-    resume_path = ckpt.resolve_resume_path(t.resume, cfg.DIR)
-    saved = ckpt.load_training_state(resume_path) if resume_path else None
+    resume_path, saved = resume if resume is not None else (None, None)
     seed_everything(t.seed)  # identical initial weights on every rank
     module, scattered = parallelize(build_module(cfg, len(devices), saved), devices, dist_ctx,
                                     cfg.DIST.sync_bn)
@@ -147,31 +164,76 @@ def open_stream(cfg: Any, workers: int, pin_memory: bool, seed: int, local_index
                               pin_memory=pin_memory)
 
 
-def finish_epoch(cfg: Any, state: TrainState, last: ResumableCheckpoint) -> None:
+def finish_epoch(cfg: Any, state: TrainState, control: RunControl) -> None:
     """The epoch's files (rank 0), then the resumable state (all ranks)."""
     if state.dist_ctx.is_main:
         net = state.net
         ckpt.save_epoch_checkpoint(cfg.DIR, state.epoch, net.encoder, net.decoder, state.history)
         plot_training_curves(state.history, os.path.join(cfg.DIR, "training_curves.png"))
-    last.save(state)
+    control.save(state)
 
 
-def train(cfg: Any, state: TrainState, num_devices: int) -> None:
-    """Train until ``TRAIN.num_epoch``, writing the epoch files and the resumable state."""
+def log_layout(cfg: Any, state: TrainState, num_devices: int) -> None:
+    """Where the ranks run, and the recipe arithmetic (see docs/parallel.md)."""
+    ctx, t = state.dist_ctx, cfg.TRAIN
+    nodes: dict[tuple[int, str], list[int]] = {}
+    for rank, node in enumerate(ctx.gather((ctx.node_rank, socket.gethostname()))):
+        nodes.setdefault(node, []).append(rank)
+    logger.info("World size %d on %d node(s): %s; %d %s device(s) per process", ctx.world_size,
+                len(nodes), "; ".join(f"node {n} ({host}) rank {', '.join(map(str, ranks))}"
+                                      for (n, host), ranks in sorted(nodes.items())),
+                num_devices, state.device.type)
+    total = num_devices * ctx.world_size
+    logger.info("1 Epoch = %d iters; effective batch %d = %d device(s) x %d images per device",
+                t.epoch_iters, total * t.batch_size_per_gpu, total, t.batch_size_per_gpu)
+
+
+def run_epoch(cfg: Any, state: TrainState, control: RunControl,
+              make_loader: functools.partial, device_indices: list[int]) -> None:
+    """Train the rest of the current epoch, then write its files and the resumable state.
+
+    Raises:
+        TrainingInterrupted: a signal stopped the run (the state is saved; at the epoch's last
+            step its files are written first).
+    """
+    t = cfg.TRAIN
+    batches = device_batches(make_loader, t.seed, device_indices, state.epoch,
+                             state.iteration % t.epoch_iters)
+    # closed on every way out: the loader workers ignore SIGTERM (see
+    # mit_semseg.data.loader.worker_init_fn), so they must be shut down, not left to exit
+    with contextlib.closing(batches):
+        try:
+            train_one_epoch(state, batches, on_step=control, progress=state.dist_ctx.is_main)
+        except TrainingInterrupted:
+            if state.iteration % t.epoch_iters == 0:  # it was the epoch's last step
+                finish_epoch(cfg, state, control)
+            raise
+    finish_epoch(cfg, state, control)
+
+
+def train(cfg: Any, state: TrainState, num_devices: int) -> int:
+    """Train until ``TRAIN.num_epoch``, writing the epoch files and the resumable state.
+
+    Returns:
+        The exit status: 0, or 128 + the number of the signal that stopped the run.
+    """
     t = cfg.TRAIN
     last = ResumableCheckpoint(os.path.join(cfg.DIR, ckpt.LAST_CHECKPOINT), t.checkpoint_every,
-                               cfg.dump())
+                               cfg.dump(), num_devices * state.dist_ctx.world_size)
     # TRAIN.workers is shared by this process' devices
     make_loader = functools.partial(open_stream, cfg, -(-t.workers // num_devices),
                                     state.device.type == "cuda")
-    rank = state.dist_ctx.rank
-    device_indices = [rank * num_devices + i for i in range(num_devices)]
-    logger.info("1 Epoch = %d iters; %d device(s) x %d process(es) x %d images per device",
-                t.epoch_iters, num_devices, state.dist_ctx.world_size, t.batch_size_per_gpu)
-    while state.epoch < t.num_epoch:
-        batches = device_batches(make_loader, t.seed, device_indices, state.epoch,
-                                 state.iteration % t.epoch_iters)
-        train_one_epoch(state, batches, on_step=last.after_step,
-                        progress=state.dist_ctx.is_main)
-        finish_epoch(cfg, state, last)
+    device_indices = [state.dist_ctx.rank * num_devices + i for i in range(num_devices)]
+    log_layout(cfg, state, num_devices)
+    with SignalWatch() as signals:
+        control = RunControl(last, signals, every_seconds=60 * t.checkpoint_minutes)
+        try:
+            while state.epoch < t.num_epoch:
+                run_epoch(cfg, state, control, make_loader, device_indices)
+        except TrainingInterrupted as stop:
+            if state.dist_ctx.is_main:
+                logger.warning("Training %s; %s holds the state: to continue, run the same "
+                               "command with TRAIN.resume auto appended", stop, last.path)
+            return stop.exit_code
     logger.info("Training Done!")
+    return 0
