@@ -52,3 +52,15 @@ def test_worker_failure_stops_the_master_quickly(tiny_run, tmp_path):  # noqa: F
     assert proc.returncode == 1
     assert "worker 1 failed" in proc.stdout + proc.stderr
     assert time.monotonic() - start < 90
+
+
+def test_options_that_do_not_apply_under_torchrun(tiny_run, in_process, monkeypatch):  # noqa: F811
+    # as torchrun sets it for every worker; both errors come before the process group is joined
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    cases = [(["--workers", "2"], [], "--workers does not apply under torchrun"),
+             ([], ["VAL.visualize", "True"], "VAL.visualize is not supported under torchrun"),
+             (["--gpus", "cpux2"], [], "--gpus takes one device")]
+    for flags, keys, message in cases:
+        code, out = in_process("eval_multipro.py", "--cfg", str(CFG), "--gpus", "cpu", *flags,
+                               *tiny_run.overrides(), *keys)
+        assert code == 2 and message in out, out
