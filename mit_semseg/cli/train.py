@@ -173,6 +173,13 @@ def finish_epoch(cfg: Any, state: TrainState, control: RunControl) -> None:
     control.save(state)
 
 
+def _span(numbers: list[int]) -> str:
+    """``"8-15"`` for consecutive numbers, else ``"1, 3"``."""
+    if len(numbers) > 1 and numbers == list(range(numbers[0], numbers[-1] + 1)):
+        return f"{numbers[0]}-{numbers[-1]}"
+    return ", ".join(map(str, numbers))
+
+
 def log_layout(cfg: Any, state: TrainState, num_devices: int) -> None:
     """Where the ranks run, and the recipe arithmetic (see docs/parallel.md)."""
     ctx, t = state.dist_ctx, cfg.TRAIN
@@ -180,7 +187,7 @@ def log_layout(cfg: Any, state: TrainState, num_devices: int) -> None:
     for rank, node in enumerate(ctx.gather((ctx.node_rank, socket.gethostname()))):
         nodes.setdefault(node, []).append(rank)
     logger.info("World size %d on %d node(s): %s; %d %s device(s) per process", ctx.world_size,
-                len(nodes), "; ".join(f"node {n} ({host}) rank {', '.join(map(str, ranks))}"
+                len(nodes), "; ".join(f"node {n} ({host}) rank {_span(ranks)}"
                                       for (n, host), ranks in sorted(nodes.items())),
                 num_devices, state.device.type)
     total = num_devices * ctx.world_size

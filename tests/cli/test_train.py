@@ -59,6 +59,8 @@ def test_train_writes_all_outputs(dataset, tmp_path):
     assert (state["epoch"], state["iteration"]) == (2, 6)
     log = (out / "log.txt").read_text()
     assert "Epoch: [2][2/3]" in log and "Training Done!" in log
+    assert "World size 1 on 1 node(s): node 0 (" in log
+    assert "1 Epoch = 3 iters; effective batch 2 = 1 device(s) x 2 images per device" in log
 
 
 def test_train_bf16_autocast_on_cpu(dataset, tmp_path):
