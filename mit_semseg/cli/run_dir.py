@@ -72,13 +72,18 @@ def find_resume_state(cfg: Any, dist_ctx: DistContext, num_devices: int,
     seen = dist_ctx.gather((socket.gethostname(), path))
     for rank, (host, other) in enumerate(seen):
         if other != path:
-            raise ValueError(f"rank 0 resumes from {path} but rank {rank} on {host} finds "
-                             f"{other}: DIR ({cfg.DIR}) must be one folder that every node shares")
+            raise ValueError(f"rank 0 {_resumes(path)} but rank {rank} on {host} "
+                             f"{_resumes(other)}: DIR ({cfg.DIR}) must be one folder that every "
+                             "node shares")
     if path is None:
         return None
     saved = ckpt.load_training_state(path)
     check_resume_config(saved, path, cfg, num_devices * dist_ctx.world_size, allow_config_change)
     return path, saved
+
+
+def _resumes(path: str | None) -> str:
+    return f"resumes from {path}" if path else "finds no checkpoint to resume from"
 
 
 def check_resume_config(saved: dict, source: str, cfg: Any, num_devices: int,

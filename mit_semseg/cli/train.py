@@ -81,7 +81,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{PROG}: interrupted before training started; nothing to save",
                   file=sys.stderr)
             return 128 + signal.SIGINT
-        code = train(cfg, state, len(devices))
+        try:
+            code = train(cfg, state, len(devices))
+        except KeyboardInterrupt:  # just before or after the loop: nothing left to save
+            print(f"{PROG}: interrupted", file=sys.stderr)
+            return 128 + signal.SIGINT
     cleanup_distributed()
     return code
 

@@ -102,3 +102,19 @@ def test_torchrun_restart_resumes_from_dir_by_itself(tmp_path):
     assert find_resume_state(cfg, DistContext(), 1, False) is None  # first start: not asked
     path, saved = find_resume_state(cfg, DistContext(restart_count=1), 1, False)
     assert path == str(tmp_path / LAST_CHECKPOINT) and saved["iteration"] == 3
+
+
+class _RankOneElsewhere(DistContext):
+    """Rank 0 of two whose rank 1 runs on a node without the checkpoint (DIR not shared)."""
+
+    def gather(self, obj):
+        return [obj, ("node-b", None)]
+
+
+def test_every_rank_must_see_the_checkpoint(tmp_path):
+    cfg = load_config(CONFIG, ["DIR", str(tmp_path), "TRAIN.resume", "auto"])
+    _write_checkpoint(tmp_path, cfg, num_devices=2)
+    with pytest.raises(ValueError, match=r"rank 0 resumes from .*checkpoint_last.pth but rank 1 "
+                                         r"on node-b finds no checkpoint to resume from: DIR "
+                                         r"\(.*\) must be one folder that every node shares"):
+        find_resume_state(cfg, _RankOneElsewhere(world_size=2), 1, False)
