@@ -7,6 +7,9 @@ and BatchNorm buffers bit for bit: one process with two CPU replicas (``--gpus c
 stopped by SIGINT/SIGTERM and resumed, two torchrun agents as two nodes, and an elastic run
 (``--max-restarts``) whose rank is SIGKILLed. A control run shows that equality is not luck:
 initial weights 1e-7 apart end more than 1e-3 apart (this training is chaotic at init).
+
+The two-node and elastic tests are marked slow; CI runs them with
+``python -m pytest -m slow tests/cli/test_train_launch.py``.
 """
 
 # ruff: noqa: F811  (the fixtures imported below are test arguments)
@@ -197,6 +200,7 @@ def test_sigterm_to_one_torchrun_rank_stops_every_rank(reference, dataset, initi
     _assert_same_model(reference, out)
 
 
+@pytest.mark.slow  # about a minute on the shared 2-core machine; CI runs it (-m slow)
 def test_two_torchrun_agents_as_two_nodes(reference, dataset, initial_weights, tmp_path,
                                           in_process):
     """``--nnodes 2``, one process per node, c10d rendezvous on 127.0.0.1: the same model as
@@ -242,6 +246,7 @@ def test_two_torchrun_agents_as_two_nodes(reference, dataset, initial_weights, t
     assert not (tmp_path / "eval1.txt").read_text().count("Evaluation Done!")  # rank 1: quiet
 
 
+@pytest.mark.slow  # about a minute on the shared 2-core machine; CI runs it (-m slow)
 def test_elastic_restart_after_a_rank_is_killed(reference, dataset, initial_weights,
                                                 tmp_path):
     """``--max-restarts 1``: one rank SIGKILLed at a random step; the restarted workers resume
