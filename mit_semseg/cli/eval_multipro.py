@@ -38,7 +38,12 @@ from mit_semseg.cli import common
 from mit_semseg.cli.devices import resolve_devices
 from mit_semseg.cli.eval import eval_job
 from mit_semseg.config import load_config
-from mit_semseg.engine.distributed import DistContext, cleanup_distributed, init_distributed
+from mit_semseg.engine.distributed import (
+    DistContext,
+    cleanup_distributed,
+    init_distributed,
+    launched_by_torchrun,
+)
 from mit_semseg.engine.evaluation import (
     EvalJob,
     EvalResult,
@@ -170,7 +175,7 @@ def _run_workers(job: EvalJob, devices: list[torch.device], num_images: int,
 
 def _torchrun_device(args: argparse.Namespace, cfg: Any) -> torch.device | None:
     """This rank's device when started by torchrun (``WORLD_SIZE`` > 1), else None."""
-    if int(os.environ.get("WORLD_SIZE", "1") or 1) <= 1:
+    if not launched_by_torchrun():
         return None
     if args.workers is not None:
         raise common.UsageError("--workers does not apply under torchrun, whose "

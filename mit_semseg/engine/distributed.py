@@ -32,7 +32,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistContext", "cleanup_distributed", "init_distributed"]
+__all__ = ["DistContext", "cleanup_distributed", "init_distributed", "launched_by_torchrun"]
 
 logger = logging.getLogger(__name__)
 
@@ -107,6 +107,11 @@ def _env_int(name: str, default: int | None = None) -> int:
         return int(value)
     except ValueError:
         raise ValueError(f"environment variable {name}={value!r} is not an integer") from None
+
+
+def launched_by_torchrun() -> bool:
+    """This process is one of several of a torchrun job (``WORLD_SIZE`` > 1)."""
+    return _env_int("WORLD_SIZE", 1) > 1
 
 
 def _job_store(rank: int, world_size: int, timeout: datetime.timedelta) -> dist.Store:
