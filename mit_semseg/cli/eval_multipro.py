@@ -12,6 +12,13 @@ identical whatever the number of processes. The master checks the list, the weig
 DIR before starting any worker (exit status 2 on a setup error). If a worker fails, the master
 stops the others and exits with status 1 after printing the worker's error. Outputs are those
 of ``eval.py``.
+
+Under ``torchrun`` (one node or several) the processes are torchrun's: each rank evaluates
+its shard on ``--gpus cpu`` or on ``cuda:LOCAL_RANK``, rank 0 adds the confusion matrices and
+alone writes the results::
+
+    torchrun --nnodes 2 --nproc_per_node 4 --rdzv-backend c10d --rdzv-endpoint HOST:29400 \
+        eval_multipro.py --cfg config/ade20k-resnet50dilated-ppm_deepsup.yaml --gpus 0
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ import time
 import traceback
 from typing import Any
 
+import numpy as np
 import torch
 import torch.multiprocessing as mp
 
@@ -32,6 +40,12 @@ from mit_semseg.cli import common, preflight
 from mit_semseg.cli.devices import bind_cuda_device, resolve_devices
 from mit_semseg.cli.eval import eval_job
 from mit_semseg.config import load_config
+from mit_semseg.engine.distributed import (
+    DistContext,
+    cleanup_distributed,
+    init_distributed,
+    launched_by_torchrun,
+)
 from mit_semseg.engine.evaluation import (
     EvalJob,
     EvalResult,
@@ -178,12 +192,87 @@ def _run_workers(job: EvalJob, devices: list[torch.device], num_images: int,
             proc.join()
 
 
+def _torchrun_device(args: argparse.Namespace, cfg: Any) -> torch.device | None:
+    """This rank's device when started by torchrun (``WORLD_SIZE`` > 1), else None."""
+    if not launched_by_torchrun():
+        return None
+    if args.workers is not None:
+        raise common.UsageError("--workers does not apply under torchrun, whose "
+                                "--nproc_per_node sets the number of processes")
+    if cfg.VAL.visualize:
+        raise common.UsageError("VAL.visualize is not supported under torchrun (only rank 0 "
+                                "writes files); run eval_multipro.py without torchrun")
+    device = common.single_device(args.gpus or cfg.DEVICE,
+                                  "; under torchrun each process uses one device")
+    check_amp(cfg.VAL.amp, device, "VAL.amp")
+    return device
+
+
+def _evaluate_rank(job: EvalJob, device: torch.device, dist_ctx: DistContext,
+                   num_images: int) -> tuple[EvalResult | None, list[str]]:
+    """This rank's shard; on rank 0 the sum over the ranks (None after a failure, which it
+    logs) and every rank's device. Other ranks get ``(None, [])``."""
+    shards = shard_ranges(num_images, dist_ctx.world_size)
+    outcome: Any = EvalResult(np.zeros((job.model.num_class,) * 2, dtype=np.int64), 0, 0.0)
+    if dist_ctx.rank < len(shards):  # never an empty shard: spare ranks contribute nothing
+        start, end = shards[dist_ctx.rank]
+        try:
+            outcome = evaluate_shard(job, device, start, end, progress=dist_ctx.is_main)
+        except Exception:  # reported by rank 0 once every rank is done
+            outcome = traceback.format_exc()
+    gathered = dist_ctx.gather((str(device), outcome))
+    if not dist_ctx.is_main:
+        return None, []
+    devices = [d for d, _ in gathered]
+    outcomes = [o for _, o in gathered]
+    failed = [(rank, text) for rank, text in enumerate(outcomes) if isinstance(text, str)]
+    for rank, text in failed:
+        logger.error("process %d failed:\n%s", rank, text)
+    return (None if failed else sum(outcomes[1:], outcomes[0])), devices
+
+
+def _main_torchrun(cfg: Any, device: torch.device, prog: str) -> int:
+    """``main`` for one process of a torchrun job."""
+    dist_ctx = init_distributed(cfg.DIST.backend, device.type == "cuda")
+    if device.type == "cuda":
+        device = torch.device("cuda", dist_ctx.local_rank)
+    bind_cuda_device(device)
+    try:
+        job = eval_job(cfg)
+        preflight.check_evaluation(cfg, job.model.weight_files(), "VAL.checkpoint", "DIR",
+                                   "list_val")
+        num_images = len(job.dataset())
+    except common.SETUP_ERRORS as exc:
+        cleanup_distributed(wait_for_peers=False)
+        return common.usage_error(prog, exc)
+    common.setup_logging(cfg.DIR, dist_ctx.rank, filename="eval_log.txt")
+    logger.info("torchrun: %d process(es) on %d node(s), this is rank %d", dist_ctx.world_size,
+                len(set(dist_ctx.gather(dist_ctx.node_rank))), dist_ctx.rank)
+    total, devices = _evaluate_rank(job, device, dist_ctx, num_images)
+    failed = dist_ctx.gather(dist_ctx.is_main and total is None)[0]
+    cleanup_distributed()
+    if failed:
+        return common.EXIT_SOME_FAILED
+    if dist_ctx.is_main:
+        _, text = report_results(job, total, extra={"processes": dist_ctx.world_size,
+                                                    "devices": devices})
+        print(text)
+        print("Evaluation Done!")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     prog = common.program_name(PROG) if argv is None else PROG
     common.setup_logging()
     try:
         args = parse_args(argv, prog)
         cfg = load_config(args.cfg, args.opts)
+        torchrun_device = _torchrun_device(args, cfg)
+    except common.SETUP_ERRORS as exc:
+        return common.usage_error(prog, exc)
+    if torchrun_device is not None:
+        return _main_torchrun(cfg, torchrun_device, prog)
+    try:
         devices = _devices(args, cfg)
         start_method = _start_method(args.start_method, devices)
         for device in set(devices):

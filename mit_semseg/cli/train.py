@@ -3,29 +3,37 @@
   python train.py --cfg ade20k-resnet50dilated-ppm_deepsup --gpus 0-3 [KEY VALUE ...]
   python train.py --cfg config/synthetic-mobilenetv2dilated-c1_deepsup.yaml --gpus cpu
   torchrun --nproc_per_node 4 train.py --cfg ...            # one process per device (DDP)
-  python train.py --cfg ... --resume auto                     # continue a killed run
+  python train.py --cfg ... --resume auto                     # continue a stopped or killed run
 
 Before building the model (and downloading ImageNet weights) it checks the model names, the
 training list, the weight files to start from and DIR (:mod:`mit_semseg.cli.preflight`).
 Writes to cfg.DIR: config.yaml, log.txt, {encoder,decoder,history}_epoch_N.pth,
-checkpoint_last.pth and training_curves.png. See docs/training.md. Exit status: 0 when
-training finished, 1 when it stopped part-way (e.g. the disk filled up; resume with
-``--resume auto``), 2 on a setup error.
+checkpoint_last.pth and training_curves.png; holds DIR/train.lock while it runs. SIGINT or
+SIGTERM stops it after the current step with checkpoint_last.pth written (exit status 130 or
+143). Under ``torchrun --max-restarts`` restarted workers resume by themselves. Exit status:
+0 when training finished, 1 when it stopped part-way on a write error (e.g. the disk filled
+up; resume with ``--resume auto``), 2 on a setup error. See docs/training.md and
+docs/parallel.md.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import functools
 import logging
 import os
+import signal
+import socket
+import sys
 from typing import Any
 
 import torch
 
 from mit_semseg.cli import common, preflight
 from mit_semseg.cli.devices import NotSupportedCliException, bind_cuda_device, resolve_devices
+from mit_semseg.cli.run_dir import find_resume_state, lock_run_dir, open_run_dir
 from mit_semseg.config import load_config
 from mit_semseg.data import TrainDataset, build_train_loader
 from mit_semseg.data.loader import (
@@ -39,6 +47,7 @@ from mit_semseg.engine.determinism import configure_determinism
 from mit_semseg.engine.distributed import DistContext, cleanup_distributed, init_distributed
 from mit_semseg.engine.optim import PolySchedule, build_optimizers
 from mit_semseg.engine.precision import check_amp, grad_scaler
+from mit_semseg.engine.run_control import RunControl, SignalWatch, TrainingInterrupted
 from mit_semseg.engine.trainer import (
     ResumableCheckpoint,
     TrainState,
@@ -47,7 +56,6 @@ from mit_semseg.engine.trainer import (
     restore_training_state,
     train_one_epoch,
 )
-from mit_semseg.files import atomic_write_text
 from mit_semseg.models import build_segmentation_model
 from mit_semseg.viz import plot_training_curves
 
@@ -56,7 +64,6 @@ PROG = "train.py"
 _WRITE_ERRNOS = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC), errno.EROFS, errno.EACCES,
                  errno.EPERM, errno.EIO}
 logger = logging.getLogger("train")
-
 
 EXAMPLES = (
     "{prog} --cfg ade20k-resnet50dilated-ppm_deepsup --gpus 0-3 DIR ckpt/my_run",
@@ -74,34 +81,54 @@ def parse_args(argv: list[str] | None = None, prog: str = PROG) -> argparse.Name
     parser.add_argument("--resume", default=None, metavar="PATH|auto",
                         help="continue from a checkpoint_last.pth ('auto': the one in DIR, "
                              "if any; default: TRAIN.resume, itself empty = start afresh)")
+    parser.add_argument("--allow-config-change", action="store_true",
+                        help="resume even though keys that change what is trained (learning "
+                             "rates, schedule, batch, model, data sizes, devices) differ from "
+                             "the checkpoint's config")
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     prog = common.program_name(PROG) if argv is None else PROG
-    try:
-        args = parse_args(argv, prog)
-        cfg, dist_ctx, devices = setup(args)
-        state = build_state(cfg, dist_ctx, devices)
-    except common.SETUP_ERRORS as exc:
-        return common.usage_error(prog, exc)
-    try:
-        train(cfg, state, len(devices))
-    except OSError as exc:
-        if exc.errno not in _WRITE_ERRNOS:
-            raise
-        # the checkpoint files are written atomically: the last complete one can be resumed
-        where = f" ({exc.filename})" if exc.filename else ""
-        common.print_error(prog, f"cannot write to DIR {cfg.DIR}{where}: {exc.strerror}; "
-                                 f"training stopped at iteration {state.iteration}; make room "
-                                 "or fix the folder, then continue with --resume auto")
-        return common.EXIT_SOME_FAILED
+    with contextlib.ExitStack() as held:
+        try:
+            args = parse_args(argv, prog)
+            cfg, dist_ctx, devices = setup(args)
+            held.enter_context(lock_run_dir(cfg.DIR, dist_ctx))
+            resume = find_resume_state(cfg, dist_ctx, len(devices), args.allow_config_change)
+            if resume is not None:
+                preflight.check_resume_state(cfg, resume[1], resume[0])
+            open_run_dir(cfg, args.cfg, dist_ctx)
+            configure_determinism(cfg.TRAIN.deterministic)  # before anything can start cuBLAS
+            state = build_state(cfg, dist_ctx, devices, resume)
+        except common.SETUP_ERRORS as exc:
+            cleanup_distributed(wait_for_peers=False)
+            return common.usage_error(prog, exc)
+        except KeyboardInterrupt:  # Ctrl-C before the loop, which handles signals itself
+            print(f"{prog}: interrupted before training started; nothing to save",
+                  file=sys.stderr)
+            return 128 + signal.SIGINT
+        try:
+            code = train(cfg, state, len(devices))
+        except KeyboardInterrupt:  # just before or after the loop: nothing left to save
+            print(f"{prog}: interrupted", file=sys.stderr)
+            return 128 + signal.SIGINT
+        except OSError as exc:
+            if exc.errno not in _WRITE_ERRNOS:
+                raise
+            # the checkpoint files are written atomically: the last complete one can be resumed
+            where = f" ({exc.filename})" if exc.filename else ""
+            common.print_error(prog, f"cannot write to DIR {cfg.DIR}{where}: {exc.strerror}; "
+                                     f"training stopped at iteration {state.iteration}; make "
+                                     "room or fix the folder, then continue with --resume auto")
+            cleanup_distributed(wait_for_peers=False)
+            return common.EXIT_SOME_FAILED
     cleanup_distributed()
-    return 0
+    return code
 
 
 def setup(args: argparse.Namespace) -> tuple[Any, DistContext, list[torch.device]]:
-    """Config, devices, process group, logging and DIR/config.yaml."""
+    """Config, devices, process group and console logging (nothing is written to DIR)."""
     opts = list(args.opts) + (["TRAIN.resume", args.resume] if args.resume is not None else [])
     cfg = load_config(args.cfg, opts)
     devices = resolve_devices(args.gpus or cfg.DEVICE)
@@ -116,12 +143,6 @@ def setup(args: argparse.Namespace) -> tuple[Any, DistContext, list[torch.device
     bind_cuda_device(devices[0])
     common.setup_logging(None, dist_ctx.rank)  # the console, until DIR is known to be usable
     preflight.check_training(cfg, len(devices), dist_ctx.world_size)
-    common.setup_logging(cfg.DIR, dist_ctx.rank)
-    configure_determinism(cfg.TRAIN.deterministic)  # before anything can start cuBLAS
-    if dist_ctx.is_main:
-        ckpt.remove_stale_temp_files(cfg.DIR)
-        atomic_write_text(os.path.join(cfg.DIR, "config.yaml"), cfg.dump())
-    logger.info("Loaded configuration file %s\n%s", args.cfg, cfg.dump())
     return cfg, dist_ctx, devices
 
 
@@ -151,13 +172,11 @@ def build_module(cfg: Any, num_devices: int, saved: dict | None) -> torch.nn.Mod
     return module
 
 
-def build_state(cfg: Any, dist_ctx: DistContext, devices: list[torch.device]) -> TrainState:
-    """The run's state, resumed from ``TRAIN.resume`` if given."""
+def build_state(cfg: Any, dist_ctx: DistContext, devices: list[torch.device],
+                resume: tuple[str, dict] | None) -> TrainState:
+    """The run's state, continued from ``resume`` (see :func:`find_resume_state`) if given."""
     t = cfg.TRAIN
-    resume_path = ckpt.resolve_resume_path(t.resume, cfg.DIR)
-    saved = ckpt.load_training_state(resume_path) if resume_path else None
-    if saved is not None:
-        preflight.check_resume_state(cfg, saved, resume_path)
+    resume_path, saved = resume if resume is not None else (None, None)
     seed_everything(t.seed)  # identical initial weights on every rank
     module, scattered = parallelize(build_module(cfg, len(devices), saved), devices, dist_ctx,
                                     cfg.DIST.sync_bn)
@@ -192,30 +211,83 @@ def open_stream(cfg: Any, workers: int, pin_memory: bool, seed: int, local_index
                               pin_memory=pin_memory)
 
 
-def finish_epoch(cfg: Any, state: TrainState, last: ResumableCheckpoint) -> None:
+def finish_epoch(cfg: Any, state: TrainState, control: RunControl) -> None:
     """The epoch's files (rank 0), then the resumable state (all ranks)."""
     if state.dist_ctx.is_main:
         net = state.net
         ckpt.save_epoch_checkpoint(cfg.DIR, state.epoch, net.encoder, net.decoder, state.history)
         plot_training_curves(state.history, os.path.join(cfg.DIR, "training_curves.png"))
-    last.save(state)
+    control.save(state)
 
 
-def train(cfg: Any, state: TrainState, num_devices: int) -> None:
-    """Train until ``TRAIN.num_epoch``, writing the epoch files and the resumable state."""
+def _span(numbers: list[int]) -> str:
+    """``"8-15"`` for consecutive numbers, else ``"1, 3"``."""
+    if len(numbers) > 1 and numbers == list(range(numbers[0], numbers[-1] + 1)):
+        return f"{numbers[0]}-{numbers[-1]}"
+    return ", ".join(map(str, numbers))
+
+
+def log_layout(cfg: Any, state: TrainState, num_devices: int) -> None:
+    """Where the ranks run, and the recipe arithmetic (see docs/parallel.md)."""
+    ctx, t = state.dist_ctx, cfg.TRAIN
+    nodes: dict[tuple[int, str], list[int]] = {}
+    for rank, node in enumerate(ctx.gather((ctx.node_rank, socket.gethostname()))):
+        nodes.setdefault(node, []).append(rank)
+    logger.info("World size %d on %d node(s): %s; %d %s device(s) per process", ctx.world_size,
+                len(nodes), "; ".join(f"node {n} ({host}) rank {_span(ranks)}"
+                                      for (n, host), ranks in sorted(nodes.items())),
+                num_devices, state.device.type)
+    total = num_devices * ctx.world_size
+    logger.info("1 Epoch = %d iters; effective batch %d = %d device(s) x %d images per device",
+                t.epoch_iters, total * t.batch_size_per_gpu, total, t.batch_size_per_gpu)
+
+
+def run_epoch(cfg: Any, state: TrainState, control: RunControl,
+              make_loader: functools.partial, device_indices: list[int]) -> None:
+    """Train the rest of the current epoch, then write its files and the resumable state.
+
+    Raises:
+        TrainingInterrupted: a signal stopped the run (the state is saved; at the epoch's last
+            step its files are written first).
+    """
+    t = cfg.TRAIN
+    batches = device_batches(make_loader, t.seed, device_indices, state.epoch,
+                             state.iteration % t.epoch_iters)
+    # closed on every way out: the loader workers ignore SIGTERM (see
+    # mit_semseg.data.loader.worker_init_fn), so they must be shut down, not left to exit
+    with contextlib.closing(batches):
+        try:
+            train_one_epoch(state, batches, on_step=control, progress=state.dist_ctx.is_main)
+        except TrainingInterrupted:
+            if state.iteration % t.epoch_iters == 0:  # it was the epoch's last step
+                finish_epoch(cfg, state, control)
+            raise
+    finish_epoch(cfg, state, control)
+
+
+def train(cfg: Any, state: TrainState, num_devices: int) -> int:
+    """Train until ``TRAIN.num_epoch``, writing the epoch files and the resumable state.
+
+    Returns:
+        The exit status: 0, or 128 + the number of the signal that stopped the run.
+    """
     t = cfg.TRAIN
     last = ResumableCheckpoint(os.path.join(cfg.DIR, ckpt.LAST_CHECKPOINT), t.checkpoint_every,
-                               cfg.dump())
+                               cfg.dump(), num_devices * state.dist_ctx.world_size)
     # TRAIN.workers is shared by this process' devices
     make_loader = functools.partial(open_stream, cfg, -(-t.workers // num_devices),
                                     state.device.type == "cuda")
     device_indices = global_device_indices(state.dist_ctx.rank, num_devices)
-    logger.info("1 Epoch = %d iters; %d device(s) x %d process(es) x %d images per device",
-                t.epoch_iters, num_devices, state.dist_ctx.world_size, t.batch_size_per_gpu)
-    while state.epoch < t.num_epoch:
-        batches = device_batches(make_loader, t.seed, device_indices, state.epoch,
-                                 state.iteration % t.epoch_iters)
-        train_one_epoch(state, batches, on_step=last.after_step,
-                        progress=state.dist_ctx.is_main)
-        finish_epoch(cfg, state, last)
+    log_layout(cfg, state, num_devices)
+    with SignalWatch() as signals:
+        control = RunControl(last, signals, every_seconds=60 * t.checkpoint_minutes)
+        try:
+            while state.epoch < t.num_epoch:
+                run_epoch(cfg, state, control, make_loader, device_indices)
+        except TrainingInterrupted as stop:
+            if state.dist_ctx.is_main:
+                logger.warning("Training %s; %s holds the state: to continue, run the same "
+                               "command with TRAIN.resume auto appended", stop, last.path)
+            return stop.exit_code
     logger.info("Training Done!")
+    return 0

@@ -20,6 +20,7 @@ from .defaults import _C
 from .packaged import packaged_configs, resolve_config_file
 
 __all__ = [
+    "RESUME_MAY_CHANGE",
     "cfg",
     "CfgNode",
     "ConfigError",
@@ -27,6 +28,7 @@ __all__ = [
     "load_config",
     "packaged_configs",
     "resolve_config_file",
+    "resume_changes",
     "validate_config",
 ]
 
@@ -146,7 +148,7 @@ def validate_config(node: CfgNode, source: str = "config") -> None:
     for key in ("lr_encoder", "lr_decoder", "lr_pow", "weight_decay", "deep_sup_scale"):
         _check(t[key] >= 0, f"TRAIN.{key}", f"must be >= 0, got {t[key]}", source)
     _check(0 <= t.beta1 < 1, "TRAIN.beta1", f"must be in [0, 1), got {t.beta1}", source)
-    for key in ("workers", "checkpoint_every", "max_nonfinite_steps"):
+    for key in ("workers", "checkpoint_every", "checkpoint_minutes", "max_nonfinite_steps"):
         _check(t[key] >= 0, f"TRAIN.{key}", f"must be >= 0, got {t[key]}", source)
     for section in ("TRAIN", "VAL", "TEST"):
         amp = node[section].amp
@@ -208,3 +210,50 @@ def load_config(cfg_file: str | os.PathLike | None = None, opts: Sequence[str] =
     validate_config(node, source)
     node.freeze()
     return node
+
+
+# Keys (or whole sections) that may differ between a run and its resumption: where the files
+# are (the data may move; its content must not change), how often to log and save, how many
+# loader processes, what only matters when a run starts (initial weights, the original's
+# start_epoch: the resumed state replaces them), the collective backend, and evaluation and
+# inference settings. Every other key changes what is trained.
+RESUME_MAY_CHANGE = (
+    "DIR", "DEVICE", "DATASET.root_dataset", "DATASET.list_train", "DATASET.list_val",
+    "MODEL.weights_encoder", "MODEL.weights_decoder", "MODEL.fast_inference",
+    "TRAIN.start_epoch", "TRAIN.workers", "TRAIN.disp_iter", "TRAIN.pretrained", "TRAIN.resume",
+    "TRAIN.checkpoint_every", "TRAIN.checkpoint_minutes", "DIST.backend", "VAL", "TEST",
+)
+
+
+def _leaf_values(node: CfgNode) -> dict[str, Any]:
+    """``{"TRAIN.lr_encoder": 0.02, ...}``; sequences as tuples (YAML gives lists)."""
+    values = {}
+    for key in _all_keys(node):
+        value = node
+        for part in key.split("."):
+            value = value[part]
+        values[key] = tuple(value) if isinstance(value, list) else value
+    return values
+
+
+def resume_changes(saved_yaml: str, current: CfgNode) -> list[tuple[str, Any, Any]]:
+    """Keys that change the run's meaning and differ from the config a checkpoint was trained
+    with, as ``(key, saved value, current value)`` in key order.
+
+    Keys under :data:`RESUME_MAY_CHANGE` are not compared, nor keys that one of the two configs
+    does not have (a checkpoint written before the key existed).
+
+    Raises:
+        ConfigError: ``saved_yaml`` is not a config.
+    """
+    try:
+        saved = CfgNode.load_cfg(saved_yaml)
+    except Exception as exc:  # yacs raises assorted types for text that is not a config
+        raise ConfigError(f"the config stored in the checkpoint cannot be read: {exc}") from exc
+    old, new = _leaf_values(saved), _leaf_values(current)
+
+    def compared(key: str) -> bool:
+        return not any(key == k or key.startswith(k + ".") for k in RESUME_MAY_CHANGE)
+
+    return [(key, old[key], new[key]) for key in sorted(old.keys() & new.keys())
+            if compared(key) and old[key] != new[key]]

@@ -137,6 +137,11 @@ _C.TRAIN.resume = ""
 # Write the resumable DIR/checkpoint_last.pth every this many iterations (0 = only at the end
 # of each epoch). It is always written at the end of an epoch.
 _C.TRAIN.checkpoint_every = 500
+# Also write it when this many minutes have passed since the last write (0 = off), so that
+# a killed or preempted run loses at most this much work whatever the speed of the hardware
+# (benchmarks/bench_checkpoint.py measures what a write costs). Also written when the run is
+# stopped by SIGINT/SIGTERM.
+_C.TRAIN.checkpoint_minutes = 10.0
 # A training sample that cannot be loaded (missing, corrupt, mis-sized, label values out of
 # range) stops the run with an error naming it (False), or is logged as a warning and replaced
 # by another sample of the list (True). The replacement depends only on the seed and the

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import random
+import signal
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
@@ -48,12 +49,19 @@ def worker_init_fn(worker_id: int) -> None:
     loader's generator, but leaves numpy and ``random`` as forked from the parent, so without
     this all workers would draw the same numbers. OpenCV's own thread pool is switched off:
     the workers already run in parallel.
+
+    Workers ignore SIGINT and SIGTERM: a terminal's Ctrl-C and schedulers signal every process
+    of the job, and a worker that died of it would fail the step the training process is
+    finishing before it saves (see :mod:`mit_semseg.engine.run_control`). The training process
+    ends its workers itself.
     """
     info = torch.utils.data.get_worker_info()
     seed = info.seed if info is not None else torch.initial_seed()
     random.seed(seed)
     np.random.seed(seed % 2**32)
     cv2.setNumThreads(0)
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, signal.SIG_IGN)
 
 
 class TrainSampler(Sampler[int]):

@@ -160,6 +160,7 @@ def save_training_state(
     rng: list[dict[str, Any]],
     scaler: torch.amp.GradScaler | None = None,
     world_size: int = 1,
+    num_devices: int | None = None,
     config: str = "",
 ) -> None:
     """Write the resumable state (see the module docstring) atomically to ``path``.
@@ -168,7 +169,11 @@ def save_training_state(
         epoch: 0-based epoch in progress (``iteration // epoch_iters``).
         iteration: number of finished optimisation steps since the start of training.
         rng: one :func:`capture_rng_state` per process, indexed by rank.
-        config: the frozen config as YAML text (for reference; not used to resume).
+        world_size: processes of the job.
+        num_devices: devices of the whole job (``world_size`` x devices per process; default
+            ``world_size``): with the per-device batch it fixes the effective batch.
+        config: the frozen config as YAML text; ``train.py`` compares it with the config of a
+            run that resumes from this file.
     """
     atomic_save(
         {
@@ -182,6 +187,7 @@ def save_training_state(
             "history": dict(history),
             "rng": list(rng),
             "world_size": int(world_size),
+            "num_devices": int(world_size if num_devices is None else num_devices),
             "config": config,
         },
         path,

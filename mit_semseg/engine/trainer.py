@@ -362,14 +362,17 @@ class ResumableCheckpoint:
 
     Attributes:
         path: the file (``DIR/checkpoint_last.pth``).
-        every: also write it every this many steps (``TRAIN.checkpoint_every``; 0 = only when
-            :meth:`save` is called, at the end of each epoch).
-        config_text: the run's config as YAML, stored for reference.
+        every: also write it every this many steps (``TRAIN.checkpoint_every``; 0 = only at
+            the end of each epoch); :meth:`due` tells when (the loop's ``on_step`` hook,
+            :class:`mit_semseg.engine.run_control.RunControl`, asks it).
+        config_text: the run's config as YAML (a resumed run is compared with it).
+        num_devices: devices of the whole job (all processes).
     """
 
     path: str
     every: int = 0
     config_text: str = ""
+    num_devices: int = 1
 
     def save(self, state: TrainState) -> None:
         """Write the file (rank 0); a collective: every rank must call it."""
@@ -380,14 +383,14 @@ class ResumableCheckpoint:
                 self.path, encoder=net.encoder, decoder=net.decoder,
                 optimizers=state.optimizers, epoch=state.epoch, iteration=state.iteration,
                 history=state.history, rng=rngs, scaler=state.scaler,
-                world_size=state.dist_ctx.world_size, config=self.config_text)
+                world_size=state.dist_ctx.world_size, num_devices=self.num_devices,
+                config=self.config_text)
 
-    def after_step(self, state: TrainState) -> None:
-        """:meth:`save` every ``every`` steps, except at an epoch's end, which the end-of-epoch
-        code saves after the epoch's files."""
+    def due(self, state: TrainState) -> bool:
+        """The periodic save is due: ``every`` steps, except at an epoch's end, which the
+        end-of-epoch code saves after the epoch's files."""
         done = state.iteration
-        if self.every and done % self.every == 0 and done % state.epoch_iters != 0:
-            self.save(state)
+        return bool(self.every) and done % self.every == 0 and done % state.epoch_iters != 0
 
 
 def restore_training_state(state: TrainState, saved: Mapping[str, Any], source: str) -> None:

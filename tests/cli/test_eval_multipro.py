@@ -96,3 +96,13 @@ def test_each_worker_binds_its_gpu_first(in_process, bound_devices, monkeypatch)
     multipro._worker(1, None, "cuda:1", 2, 4, 0, messages)
     done = messages.get_nowait()
     assert done[:2] == ("done", 1) and done[3] == 2
+def test_options_that_do_not_apply_under_torchrun(tiny_run, in_process, monkeypatch):  # noqa: F811
+    # as torchrun sets it for every worker; both errors come before the process group is joined
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    cases = [(["--workers", "2"], [], "--workers does not apply under torchrun"),
+             ([], ["VAL.visualize", "True"], "VAL.visualize is not supported under torchrun"),
+             (["--gpus", "cpux2"], [], "--gpus takes one device")]
+    for flags, keys, message in cases:
+        code, out = in_process("eval_multipro.py", "--cfg", str(CFG), "--gpus", "cpu", *flags,
+                               *tiny_run.overrides(), *keys)
+        assert code == 2 and message in out, out

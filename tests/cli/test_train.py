@@ -1,11 +1,10 @@
 """train.py (mit_semseg.cli.train) end to end on a tiny synthetic dataset (CPU): outputs, bad
-input, kill-and-resume, and torchrun (2 processes, gloo) against one process with two CPU
-replicas."""
+input, kill-and-resume. The launch modes (torchrun, several nodes, signals, elastic restarts)
+are in test_train_launch.py."""
+# ruff: noqa: F811  (the fixtures imported below are test arguments)
 
 import json
-import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -13,61 +12,23 @@ from pathlib import Path
 
 import pytest
 import torch
+from train_fixtures import (  # noqa: F401  (dataset is a fixture)
+    CONFIG,
+    REPO_ROOT,
+    assert_same_weights,
+    dataset,
+    load_weights,
+    script_env,
+)
+from train_fixtures import run as _run
+from train_fixtures import train_opts as _opts
 
 from mit_semseg.config import load_config
 
-# train.py needs the model zoo and the synthetic-data generator
-pytest.importorskip("mit_semseg.models")
-pytest.importorskip("mit_semseg.data.synthetic")
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
-CONFIG = REPO_ROOT / "config" / "synthetic-mobilenetv2dilated-c1_deepsup.yaml"
 sys.path.insert(0, str(REPO_ROOT))
 import train  # noqa: E402  (the script under test)
 
-
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory) -> Path:
-    from mit_semseg.data.synthetic import generate
-
-    root = tmp_path_factory.mktemp("synthetic")
-    generate(root, num_train=8, num_val=2, seed=0, min_size=48, max_size=72)
-    return root
-
-
-def _opts(data: Path, out: Path, **train_keys) -> list:
-    from mit_semseg.data.synthetic import SYNTHETIC_NUM_CLASS
-
-    keys = {"num_epoch": 2, "epoch_iters": 3, "batch_size_per_gpu": 2, "workers": 0,
-            "disp_iter": 1, "checkpoint_every": 1}
-    keys.update(train_keys)
-    opts = ["DIR", str(out), "DATASET.root_dataset", str(data),
-            "DATASET.list_train", str(data / "training.odgt"),
-            "DATASET.list_val", str(data / "validation.odgt"),
-            "DATASET.num_class", str(SYNTHETIC_NUM_CLASS),
-            "DATASET.imgSizes", "(48,)", "DATASET.imgMaxSize", "64"]
-    for key, value in keys.items():
-        opts += [f"TRAIN.{key}", str(value)]
-    return opts
-
-
-def _run(args: list, **kwargs) -> subprocess.CompletedProcess:
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO_ROOT))
-    return subprocess.run([sys.executable, *args], cwd=REPO_ROOT, env=env, text=True,
-                          capture_output=True, timeout=240, **kwargs)
-
-
-def _weights(out: Path, epoch: int) -> dict:
-    return {name: torch.load(out / f"{name}_epoch_{epoch}.pth", weights_only=True)
-            for name in ("encoder", "decoder")}
-
-
-def _assert_same_weights(a: dict, b: dict, atol: float) -> None:
-    for name in a:
-        assert a[name].keys() == b[name].keys()
-        for key in a[name]:
-            torch.testing.assert_close(a[name][key].double(), b[name][key].double(),
-                                       rtol=0, atol=atol, msg=f"{name} {key}")
+_weights = load_weights
 
 
 def test_train_writes_all_outputs(dataset, tmp_path):
@@ -99,6 +60,8 @@ def test_train_writes_all_outputs(dataset, tmp_path):
     assert (state["epoch"], state["iteration"]) == (2, 6)
     log = (out / "log.txt").read_text()
     assert "Epoch: [2][2/3]" in log and "Training Done!" in log
+    assert "World size 1 on 1 node(s): node 0 (" in log
+    assert "1 Epoch = 3 iters; effective batch 2 = 1 device(s) x 2 images per device" in log
 
 
 def test_train_bf16_autocast_on_cpu(dataset, tmp_path):
@@ -166,9 +129,8 @@ def test_kill_and_resume_equals_uninterrupted_run(dataset, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
 
     killed = tmp_path / "killed"
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO_ROOT))
     proc = subprocess.Popen([sys.executable, "train.py", *opts, *_opts(dataset, killed, **keys)],
-                            cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL,
+                            cwd=REPO_ROOT, env=script_env(), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     while not (killed / "checkpoint_last.pth").exists() and proc.poll() is None:
@@ -181,55 +143,20 @@ def test_kill_and_resume_equals_uninterrupted_run(dataset, tmp_path):
     _checkpoint_files_load(killed)
     stopped_at = torch.load(killed / "checkpoint_last.pth", weights_only=True)["iteration"]
     assert stopped_at < 8
+    assert (killed / "train.lock").exists()  # left by the killed run
 
     result = _run(["train.py", *opts, "--resume", "auto", *_opts(dataset, killed, **keys)])
     assert result.returncode == 0, result.stderr[-3000:]
+    assert f"Took over the stale lock {killed / 'train.lock'}" in result.stdout
+    assert f"process {proc.pid} no longer exists" in result.stdout
     assert f"Resuming from {killed / 'checkpoint_last.pth'} at iteration {stopped_at}" in (
         killed / "log.txt").read_text()
     assert not list(killed.glob(".*.tmp"))
-    _assert_same_weights(_weights(full, 2), _weights(killed, 2), atol=1e-6)
+    assert_same_weights(_weights(full, 2), _weights(killed, 2))
     history_full = torch.load(full / "history_epoch_2.pth", weights_only=True)["train"]
     history_resumed = torch.load(killed / "history_epoch_2.pth", weights_only=True)["train"]
     assert history_resumed["iteration"] == history_full["iteration"]
     assert history_resumed["loss"] == pytest.approx(history_full["loss"], abs=1e-6)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def test_torchrun_two_processes_equal_one_process_with_two_replicas(dataset, tmp_path):
-    """DDP + synced BN over 2 processes = one process with 2 CPU replicas + SyncBN.
-
-    One step agrees to float precision (~1e-7). From random initialisation the network is
-    numerically chaotic (running the *same* mode with 1 or 2 threads differs by ~1e-1 after
-    two steps at lr 0.02), so a small learning rate keeps float noise from growing; wrong data
-    splitting or gradient averaging would still move the weights by ~1e-3 and the BatchNorm
-    statistics by far more than the tolerances.
-    """
-    keys = {"num_epoch": 1, "epoch_iters": 3, "checkpoint_every": 0, "lr_encoder": 1e-4,
-            "lr_decoder": 1e-4}
-    single = tmp_path / "single"
-    result = _run(["train.py", "--cfg", str(CONFIG), "--gpus", "cpux2",
-                   *_opts(dataset, single, **keys)])
-    assert result.returncode == 0, result.stderr[-3000:]
-    ddp = tmp_path / "ddp"
-    result = _run(["-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr",
-                   "127.0.0.1", "--master_port", str(_free_port()), "train.py", "--cfg",
-                   str(CONFIG), "--gpus", "cpu", *_opts(dataset, ddp, **keys)])
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "2 process(es)" in (ddp / "log.txt").read_text()
-    a, b = _weights(single, 1), _weights(ddp, 1)
-    for name in a:
-        assert a[name].keys() == b[name].keys()
-        for key, value in a[name].items():
-            if "running" in key:  # BN statistics: summed in a different order, relative check
-                torch.testing.assert_close(value, b[name][key], rtol=1e-3, atol=1e-4)
-            else:
-                torch.testing.assert_close(value.double(), b[name][key].double(), rtol=0,
-                                           atol=1e-4, msg=f"{name} {key}")
 
 
 def _upernet_config(arch_encoder: str, fc_dim: int):

@@ -12,7 +12,7 @@ import torch
 from eval_fixtures import CFG, bound_devices, in_process  # noqa: F401
 
 from mit_semseg.cli import train as train_cli
-from mit_semseg.engine import trainer
+from mit_semseg.engine import run_control, trainer
 
 EPOCH_ITERS, STOP_AT = 4, 3  # killed mid-epoch 1; the resumed run crosses into epoch 2
 
@@ -67,7 +67,7 @@ class _Killed(BaseException):
 
 
 def _train_killed_at(run, args: list, monkeypatch, iteration: int) -> None:
-    save_and_continue = trainer.ResumableCheckpoint.after_step
+    save_and_continue = run_control.RunControl.__call__
 
     def after_step(self, state):
         save_and_continue(self, state)
@@ -75,7 +75,7 @@ def _train_killed_at(run, args: list, monkeypatch, iteration: int) -> None:
             raise _Killed
 
     with monkeypatch.context() as patch:
-        patch.setattr(trainer.ResumableCheckpoint, "after_step", after_step)
+        patch.setattr(run_control.RunControl, "__call__", after_step)
         with pytest.raises(_Killed):
             run("train.py", *args)
 
@@ -146,7 +146,7 @@ def test_train_binds_the_first_gpu_and_seeds_each_gpu(dataset, tmp_path, in_proc
         return module, False
 
     monkeypatch.setattr(train_cli, "parallelize", parallelize)
-    monkeypatch.setattr(train_cli, "train", lambda cfg, state, num_devices: None)
+    monkeypatch.setattr(train_cli, "train", lambda cfg, state, num_devices: 0)
     code, out = in_process("train.py", *_args(dataset, tmp_path / "run", "2,3"))
     assert code == 0, out
     assert bound_before_the_model_moved == ["cuda:2"]

@@ -6,11 +6,13 @@ import pytest
 import yaml
 
 from mit_semseg.config import (
+    RESUME_MAY_CHANGE,
     CfgNode,
     ConfigError,
     cfg,
     get_cfg_defaults,
     load_config,
+    resume_changes,
     validate_config,
 )
 
@@ -198,3 +200,44 @@ def test_every_shipped_yaml_names_registered_architectures(path):
     c = load_config(path)
     assert c.MODEL.arch_encoder in list_encoders()
     assert c.MODEL.arch_decoder in list_decoders()
+
+
+def test_resume_changes_name_the_keys_that_change_what_is_trained():
+    saved = load_config(None, ["DATASET.imgSizes", "(300, 400)"]).dump()
+    current = load_config(None, [
+        "DATASET.imgSizes", "(300, 450)", "TRAIN.lr_decoder", "0.01", "MODEL.fc_dim", "512",
+        # may differ: paths, loader processes, logging, saving, evaluation
+        "DIR", "elsewhere", "DATASET.root_dataset", "/mnt/data", "TRAIN.workers", "2",
+        "TRAIN.disp_iter", "5", "TRAIN.checkpoint_every", "7", "TRAIN.checkpoint_minutes", "1",
+        "VAL.checkpoint", "epoch_3.pth", "TEST.result", "out", "DIST.backend", "gloo"])
+    assert resume_changes(saved, current) == [
+        ("DATASET.imgSizes", (300, 400), (300, 450)),  # YAML's list read back as a tuple
+        ("MODEL.fc_dim", 2048, 512),
+        ("TRAIN.lr_decoder", 0.02, 0.01),
+    ]
+    assert resume_changes(saved, load_config(None, ["DATASET.imgSizes", "(300, 400)"])) == []
+
+
+def test_resume_changes_skip_keys_one_config_lacks():
+    old = get_cfg_defaults()
+    old.defrost()
+    del old.TRAIN["checkpoint_every"]  # a checkpoint written before the key existed
+    old.TRAIN.lr_encoder = 0.5
+    changes = resume_changes(old.dump(), load_config(None, ["TRAIN.checkpoint_every", "1"]))
+    assert changes == [("TRAIN.lr_encoder", 0.5, 0.02)]
+    with pytest.raises(ConfigError, match="config stored in the checkpoint cannot be read"):
+        resume_changes("- just\n- a list\n", load_config(None))
+
+
+def test_keys_that_may_change_on_resume_exist():
+    keys = set(_keys_of(get_cfg_defaults()))
+    for name in RESUME_MAY_CHANGE:
+        assert name in keys or any(k.startswith(name + ".") for k in keys), name
+
+
+def _keys_of(node, prefix=""):
+    for name, value in node.items():
+        if isinstance(value, CfgNode):
+            yield from _keys_of(value, f"{prefix}{name}.")
+        else:
+            yield prefix + name

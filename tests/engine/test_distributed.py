@@ -8,7 +8,8 @@ import torch
 
 from mit_semseg.engine.distributed import DistContext, init_distributed
 
-_TORCHRUN_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+_TORCHRUN_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT",
+                  "GROUP_RANK", "TORCHELASTIC_RESTART_COUNT", "TORCHELASTIC_RUN_ID")
 
 
 @pytest.fixture
@@ -26,7 +27,19 @@ def test_init_distributed_without_torchrun(no_torchrun):
     values = torch.tensor([1.0, 2.0])
     mean = ctx.mean(values)
     assert torch.equal(mean, values) and mean is not values
+    largest = ctx.max(values)
+    assert torch.equal(largest, values) and largest is not values
     ctx.barrier()  # a no-op, must not need a process group
+
+
+def test_one_process_under_torchrun_knows_its_restart(no_torchrun):
+    # torchrun --nproc_per_node 1 --max-restarts 3, second attempt
+    for var, value in {"WORLD_SIZE": "1", "RANK": "0", "TORCHELASTIC_RESTART_COUNT": "1",
+                       "TORCHELASTIC_RUN_ID": "job-7"}.items():
+        no_torchrun.setenv(var, value)
+    ctx = init_distributed("auto", use_cuda=False)
+    assert ctx == DistContext(restart_count=1, run_id="job-7")
+    assert not ctx.distributed and ctx.is_main
 
 
 @pytest.mark.parametrize(
