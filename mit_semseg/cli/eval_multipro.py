@@ -178,8 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     if results is None:
         return common.EXIT_SOME_FAILED
     total = sum(results[1:], results[0])
-    _, text = report_results(
-        job, total, extra={"processes": len(results), "devices": [str(d) for d in devices]})
+    _, text = report_results(job, total, devices, extra={"processes": len(results)})
     print(text)
     print("Evaluation Done!")
     return 0

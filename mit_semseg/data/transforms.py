@@ -221,25 +221,34 @@ def resize_label(label: np.ndarray, height: int, width: int, stride: int = 1) ->
     return np.take(np.take(label, rows, axis=0), cols, axis=1)
 
 
-# (x / 255 - mean) / std == x * _SCALE + _OFFSET, per RGB channel
-_SCALE = (1.0 / (255.0 * IMAGENET_STD)).tolist()
-_OFFSET = (-IMAGENET_MEAN / IMAGENET_STD).tolist()
+def _normalisation_tables() -> list[np.ndarray]:
+    """Per RGB channel, the normalised float32 value of each of the 256 pixel values.
+
+    Computed with the original's float32 operations in its order, ``(x / 255 - mean) / std``
+    (numpy division, then torchvision's ``Normalize``), so the tables hold exactly its values;
+    a fused ``x * scale + offset`` differs in the last bit for about two thirds of them.
+    """
+    values = np.arange(256, dtype=np.float32) / np.float32(255.0)
+    return [((values - mean) / std).reshape(1, 256) for mean, std in zip(IMAGENET_MEAN,
+                                                                          IMAGENET_STD)]
+
+
+_TABLES = _normalisation_tables()
 
 
 def normalize_into(image: np.ndarray, out: np.ndarray) -> None:
     """Writes the normalised ``(H, W, 3)`` uint8 RGB ``image`` into ``out`` ``(3, H, W)``.
 
     ``out`` is a float32 array that may be a strided view (e.g. the top-left corner of a
-    padded batch canvas), so no intermediate image is allocated.
+    padded batch canvas), so no intermediate image is allocated. The values are bit-identical
+    to the original's (a table lookup per channel, see :func:`_normalisation_tables`).
     """
     if out.shape != (3, *image.shape[:2]) or out.dtype != np.float32:
         raise ValueError(f"out must be float32 of shape {(3, *image.shape[:2])}, got "
                          f"{out.dtype} {out.shape}")
     for channel, plane in enumerate(cv2.split(image)):
         target = out[channel]
-        # one SIMD pass per plane: plane * scale + offset, converted to float32
-        result = cv2.addWeighted(plane, _SCALE[channel], plane, 0.0, _OFFSET[channel],
-                                 dst=target, dtype=cv2.CV_32F)
+        result = cv2.LUT(plane, _TABLES[channel], dst=target)
         if not np.shares_memory(result, target):  # OpenCV chose to allocate: copy back
             target[...] = result
 

@@ -103,7 +103,8 @@ def predict_probs(
 
     Args:
         segmentation_module: module in eval mode answering ``module(feed, segSize=(H, W))``
-            with ``(1, C, H, W)`` probabilities; it must already be on ``device``.
+            with a new ``(1, C, H, W)`` probability tensor (it is scaled in place); it must
+            already be on ``device``.
         img_list: one normalised ``(1, 3, h, w)`` tensor per test scale.
         seg_size: ``(H, W)`` output size, normally the original image size.
         device: where to run.
@@ -133,13 +134,13 @@ def predict_probs(
                     probs = segmentation_module({"img_data": x}, segSize=seg_size)
                 if flipped:
                     probs = probs.flip(-1)
-                # weigh each term (instead of the sum) like the original, so that a
-                # single-scale, no-flip run reproduces its numbers bit for bit; in place,
-                # because these full-resolution maps are the largest tensors of the pass
-                if scores is None:
-                    scores = probs.float().div_(passes)
-                else:
-                    scores.add_(probs, alpha=1.0 / passes)
+                # each term divided by the number of passes, then added, as the original does
+                # (a multiply-add with 1/passes rounds differently in ~1/4 of the values), so
+                # that the scores are bit-identical to its; in place, because these
+                # full-resolution maps are the largest tensors of the pass (``probs`` is a
+                # fresh tensor: fp32 ``.float()`` returns it, others a copy)
+                term = probs.float().div_(passes)
+                scores = term if scores is None else scores.add_(term)
     assert scores is not None
     return scores[0]
 
