@@ -31,9 +31,11 @@ from mit_semseg.engine.precision import check_amp, grad_scaler
 from mit_semseg.engine.trainer import (
     ResumableCheckpoint,
     TrainState,
+    bn_momentum_by_part,
     norm_layer_for,
     parallelize,
     restore_training_state,
+    set_bn_momentum,
     train_one_epoch,
 )
 from mit_semseg.files import atomic_write_text
@@ -109,6 +111,9 @@ def build_module(cfg: Any, num_devices: int, saved: dict | None) -> torch.nn.Mod
     if saved is not None:
         module.encoder.load_state_dict(saved["encoder"])
         module.decoder.load_state_dict(saved["decoder"])
+    for part, momentum in bn_momentum_by_part(cfg.TRAIN.bn_momentum,
+                                              cfg.MODEL.arch_encoder).items():
+        set_bn_momentum(getattr(module, part), momentum)
     return module
 
 

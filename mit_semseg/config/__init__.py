@@ -133,6 +133,8 @@ def validate_config(node: CfgNode, source: str = "config") -> None:
     for key in ("lr_encoder", "lr_decoder", "lr_pow", "weight_decay", "deep_sup_scale"):
         _check(t[key] >= 0, f"TRAIN.{key}", f"must be >= 0, got {t[key]}", source)
     _check(0 <= t.beta1 < 1, "TRAIN.beta1", f"must be in [0, 1), got {t.beta1}", source)
+    _check(t.bn_momentum == -1 or 0 < t.bn_momentum <= 1, "TRAIN.bn_momentum",
+           f"must be in (0, 1] or -1 (the original's values), got {t.bn_momentum}", source)
     for key in ("workers", "checkpoint_every"):
         _check(t[key] >= 0, f"TRAIN.{key}", f"must be >= 0, got {t[key]}", source)
     for section in ("TRAIN", "VAL", "TEST"):
