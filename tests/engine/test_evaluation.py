@@ -123,6 +123,13 @@ def test_write_results_files(tmp_path):
     np.testing.assert_array_equal(np.load(paths["confusion"]), conf)
     rows = list(csv.DictReader(paths["class_iou"].open()))
     assert [r["name"] for r in rows] == names and rows[3]["present"] == "False"
+    # "accuracy" is the share of each class' pixels found (recall: row-wise), not the share
+    # of its predictions that are right (precision: 5/7 and 3/4 for the first two classes)
+    recall = [5 / 6, 3 / 5, 1.0, 0.0]
+    assert [c["accuracy"] for c in metrics["per_class"]] == pytest.approx(recall)
+    assert [float(r["accuracy"]) for r in rows] == pytest.approx(recall)
+    assert [int(r["gt_pixels"]) for r in rows] == [6, 5, 4, 0]
+    assert [int(r["pred_pixels"]) for r in rows] == [7, 4, 4, 0]
     assert cv2.imread(str(paths["confusion_png"])) is not None
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
 
@@ -132,6 +139,8 @@ def test_text_formats():
     scores = scores_from_confusion(conf)
     table = format_class_table(scores, ["a", "b", "c"]).splitlines()
     assert table[0].startswith("class [0], IoU: 0.5000") and "a" in table[0]
+    # class 0: 2 labelled pixels, 1 found (acc = recall 0.5), 1 prediction, right (precision 1)
+    assert "acc: 0.5000" in table[0] and "acc: 1.0000" in table[1]
     assert table[2].endswith("(absent)")
     summary = format_summary(scores, 0.25)
     assert summary == (
