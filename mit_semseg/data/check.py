@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from mit_semseg.data.odgt import TRAIN_KEYS, OdgtError, check_record
-from mit_semseg.data.transforms import ImageReadError, read_image, read_label
+from mit_semseg.data.transforms import ImageReadError, read_label, read_labelled_image
 
 __all__ = ["CheckReport", "check_dataset", "main"]
 
@@ -87,8 +87,8 @@ def _check_one(record: dict, where: str, root: str, report: CheckReport) -> None
     image_path = os.path.join(root, record["fpath_img"])
     label_path = os.path.join(root, record["fpath_segm"])
     try:
-        image = read_image(image_path)
         label = read_label(label_path)
+        image = read_labelled_image(image_path, label.shape)  # the datasets' orientation
     except (OSError, ImageReadError) as exc:
         report.problems.append(f"{where}: {exc}")
         return
