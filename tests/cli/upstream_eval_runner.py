@@ -120,8 +120,8 @@ def _evaluate(module, cfg, model):
             "intersection": torch.from_numpy(intersection_meter.sum),
             "union": torch.from_numpy(union_meter.sum), "mean_iou": float(iou.mean()),
             "pixel_accuracy": float(acc_meter.average()),
-            "summary": "Mean IoU: {:.4f}, Accuracy: {:.2f}%".format(
-                iou.mean(), acc_meter.average() * 100)}
+            "summary": f"Mean IoU: {iou.mean():.4f}, "
+                       f"Accuracy: {acc_meter.average() * 100:.2f}%"}
 
 
 def _test(module, cfg, model, paths):

@@ -9,15 +9,19 @@ import torch.nn.functional as F
 from torch import nn
 
 from mit_semseg.engine.evaluation import (
+    EvalJob,
     EvalResult,
+    compute_backend,
     evaluate,
     format_class_table,
     format_summary,
     iter_samples,
+    report_results,
     resolve_class_names,
     shard_ranges,
     write_results,
 )
+from mit_semseg.engine.inference import TrainedModel
 from mit_semseg.metrics import confusion_matrix, scores_from_confusion
 
 NUM_CLASS = 4
@@ -132,6 +136,26 @@ def test_write_results_files(tmp_path):
     assert [int(r["pred_pixels"]) for r in rows] == [7, 4, 4, 0]
     assert cv2.imread(str(paths["confusion_png"])) is not None
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+@pytest.mark.parametrize("fast, amp", [(False, ""), (True, "bf16")])
+def test_report_records_how_the_numbers_were_computed(tmp_path, fast, amp):
+    model = TrainedModel("resnet18dilated", "c1", 2, tmp_path, "epoch_1.pth",
+                         fast_inference=fast)
+    job = EvalJob(model, str(tmp_path), "val.odgt", (300,), 1000, 8, amp=amp)
+    result = EvalResult(np.array([[3, 1], [0, 2]], np.int64), 1, 0.1)
+    report_results(job, result, [CPU, CPU], extra={"processes": 2})
+    metrics = json.loads((tmp_path / "eval_metrics.json").read_text())
+    assert metrics["fast_inference"] is fast
+    assert metrics["precision"] == (amp or "fp32")
+    assert metrics["backend"] == compute_backend(CPU)
+    assert metrics["devices"] == ["cpu", "cpu"] and metrics["processes"] == 2
+
+
+def test_compute_backend_names_library_and_hardware():
+    text = compute_backend(CPU)
+    assert text.startswith(f"torch {torch.__version__}, CPU (")
+    assert torch.backends.cpu.get_cpu_capability() in text
 
 
 def test_text_formats():
