@@ -398,7 +398,10 @@ def optimize_for_inference(segmentation_module: nn.Module, device: torch.device 
     (:class:`FactoredPPMDecoder`), and the convolution plan (layout, 1x1 kernel) is the one
     this machine runs fastest at the current thread count, measured by
     :func:`choose_conv_plan` unless ``plan`` is given (on CUDA: channels-last, cuDNN).
-    Probabilities equal the plain module's up to float rounding (about 1e-6).
+    It also marks the module ``fast_tail``: :func:`~mit_semseg.engine.inference.predict_probs`
+    then upsamples and averages its scores by bands of rows
+    (:mod:`mit_semseg.engine.score_maps`). Probabilities equal the plain module's up to float
+    rounding (at most 1.3e-4 on the released architectures, docs/evaluation.md).
 
     The module afterwards serves inference only (its state dict and training forward change),
     so apply this to a module loaded for inference.
@@ -408,6 +411,7 @@ def optimize_for_inference(segmentation_module: nn.Module, device: torch.device 
     """
     device = torch.device(device)
     segmentation_module.eval()
+    segmentation_module.fast_tail = True
     if fold_bn:
         image = torch.zeros(1, 3, 64, 64, device=device)
         fold_batchnorm(segmentation_module,

@@ -69,6 +69,16 @@ def test_scores_match_brute_force_over_several_images():
     assert scores["num_pixels"] == sum(int((lab >= 0).sum()) for lab in labels)
 
 
+def test_class_acc_is_recall_not_precision():
+    # class 0: 4 labelled pixels, 3 found (recall 3/4); 5 predicted, 3 right (precision 3/5)
+    label = np.array([0, 0, 0, 0, 1, 1, 1, 2, -1])
+    pred = np.array([0, 0, 0, 1, 0, 0, 1, 2, 0])
+    scores = scores_from_confusion(confusion_matrix(pred, label, 3))
+    recall = [((pred == c) & (label == c)).sum() / (label == c).sum() for c in range(3)]
+    np.testing.assert_allclose(scores["class_acc"], recall, rtol=1e-9)
+    np.testing.assert_allclose(scores["class_acc"], [3 / 4, 1 / 3, 1.0], rtol=1e-9)
+
+
 def test_perfect_prediction_scores_one():
     label = np.array([[0, 1], [2, -1]])
     scores = scores_from_confusion(confusion_matrix(np.array([[0, 1], [2, 0]]), label, 3))

@@ -298,15 +298,25 @@ def test_banded_tail_equals_upsample_then_softmax(monkeypatch, feature, out):
     upsampled = F.interpolate(logits, size=out, mode="bilinear", align_corners=False)
     expected = F.softmax(upsampled, dim=1)
     scores = torch.full((2, NUM_CLASS, *out), 0.25)
-    score_maps.add_probabilities(scores, logits, 0.5)
-    torch.testing.assert_close(scores, 0.25 + 0.5 * expected, rtol=0, atol=1e-6)
-    score_maps.add_probabilities(scores, logits, 1.0, overwrite=True)
+    score_maps.add_probabilities(scores, logits, terms=2)
+    torch.testing.assert_close(scores, 0.25 + expected / 2, rtol=0, atol=1e-6)
+    score_maps.add_probabilities(scores, logits, overwrite=True)
     torch.testing.assert_close(scores, expected, rtol=0, atol=1e-6)
     labels = score_maps.labels_from_logits(logits, out)
     assert labels.shape == (2, *out) and torch.equal(labels, upsampled.argmax(1))
 
 
+def test_only_a_module_prepared_for_fast_inference_takes_the_banded_tail(model):
+    # the plain module keeps the original's full-size operations (bit-identical scores,
+    # tests/cli/test_scripts_upstream_equivalence.py)
+    assert score_maps.fast_logits(model) is None
+    model.fast_tail = True
+    assert score_maps.fast_logits(model) == model.logits
+    assert score_maps.fast_logits(score_maps.LogitsSegmenter(model.logits)) is not None
+
+
 def test_predict_labels_single_scale_is_the_argmax_of_predict_probs(model):
+    model.fast_tail = True  # takes the argmax-of-logits shortcut
     img = [torch.randn(1, 3, 40, 56)]
     labels = score_maps.predict_labels(model, img, (45, 61), CPU)
     assert labels.shape == (45, 61) and labels.dtype == torch.long
@@ -315,6 +325,7 @@ def test_predict_labels_single_scale_is_the_argmax_of_predict_probs(model):
 
 def test_predict_probs_by_bands_equals_the_modules_own_probabilities(model, monkeypatch):
     monkeypatch.setattr(score_maps, "BAND_BYTES", 4 * NUM_CLASS * 61 * 7)
+    model.fast_tail = True
     imgs = [torch.randn(1, 3, 40, 56), torch.randn(1, 3, 48, 64)]
     with torch.inference_mode():
         expected = sum(model({"img_data": x}, segSize=(45, 61)) for x in imgs) / 2

@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         result = evaluate_shard(job, device, progress=True)
     except common.SETUP_ERRORS as exc:
         return common.usage_error(prog, exc)
-    _, text = report_results(job, result, extra={"processes": 1, "device": str(device)})
+    _, text = report_results(job, result, [device], extra={"processes": 1})
     print(text)
     print("Evaluation Done!")
     return 0

@@ -254,8 +254,8 @@ def _main_torchrun(cfg: Any, device: torch.device, prog: str) -> int:
     if failed:
         return common.EXIT_SOME_FAILED
     if dist_ctx.is_main:
-        _, text = report_results(job, total, extra={"processes": dist_ctx.world_size,
-                                                    "devices": devices})
+        _, text = report_results(job, total, devices,
+                                 extra={"processes": dist_ctx.world_size})
         print(text)
         print("Evaluation Done!")
     return 0
@@ -288,8 +288,7 @@ def main(argv: list[str] | None = None) -> int:
     if results is None:
         return common.EXIT_SOME_FAILED
     total = sum(results[1:], results[0])
-    _, text = report_results(
-        job, total, extra={"processes": len(results), "devices": [str(d) for d in devices]})
+    _, text = report_results(job, total, devices, extra={"processes": len(results)})
     print(text)
     print("Evaluation Done!")
     return 0

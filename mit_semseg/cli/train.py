@@ -51,9 +51,11 @@ from mit_semseg.engine.run_control import RunControl, SignalWatch, TrainingInter
 from mit_semseg.engine.trainer import (
     ResumableCheckpoint,
     TrainState,
+    bn_momentum_by_part,
     norm_layer_for,
     parallelize,
     restore_training_state,
+    set_bn_momentum,
     train_one_epoch,
 )
 from mit_semseg.models import build_segmentation_model
@@ -169,6 +171,9 @@ def build_module(cfg: Any, num_devices: int, saved: dict | None) -> torch.nn.Mod
     if saved is not None:
         module.encoder.load_state_dict(saved["encoder"])
         module.decoder.load_state_dict(saved["decoder"])
+    for part, momentum in bn_momentum_by_part(cfg.TRAIN.bn_momentum,
+                                              cfg.MODEL.arch_encoder).items():
+        set_bn_momentum(getattr(module, part), momentum)
     return module
 
 

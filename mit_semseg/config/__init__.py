@@ -148,6 +148,8 @@ def validate_config(node: CfgNode, source: str = "config") -> None:
     for key in ("lr_encoder", "lr_decoder", "lr_pow", "weight_decay", "deep_sup_scale"):
         _check(t[key] >= 0, f"TRAIN.{key}", f"must be >= 0, got {t[key]}", source)
     _check(0 <= t.beta1 < 1, "TRAIN.beta1", f"must be in [0, 1), got {t.beta1}", source)
+    _check(t.bn_momentum == -1 or 0 < t.bn_momentum <= 1, "TRAIN.bn_momentum",
+           f"must be in (0, 1] or -1 (the original's values), got {t.bn_momentum}", source)
     for key in ("workers", "checkpoint_every", "checkpoint_minutes", "max_nonfinite_steps"):
         _check(t[key] >= 0, f"TRAIN.{key}", f"must be >= 0, got {t[key]}", source)
     for section in ("TRAIN", "VAL", "TEST"):
@@ -222,6 +224,10 @@ RESUME_MAY_CHANGE = (
     "MODEL.weights_encoder", "MODEL.weights_decoder", "MODEL.fast_inference",
     "TRAIN.start_epoch", "TRAIN.workers", "TRAIN.disp_iter", "TRAIN.pretrained", "TRAIN.resume",
     "TRAIN.checkpoint_every", "TRAIN.checkpoint_minutes", "DIST.backend", "VAL", "TEST",
+    # how the run copes with faults, not what it trains: a run that stopped on a bad sample or
+    # a string of fp16 overflows may be continued with these changed
+    "DATASET.preflight", "TRAIN.skip_bad_samples", "TRAIN.max_nonfinite_steps",
+    "TRAIN.deterministic",
 )
 
 

@@ -39,6 +39,7 @@ from mit_semseg.data.transforms import (
     ImageReadError,
     read_image,
     read_label,
+    read_labelled_image,
 )
 
 __all__ = ["CheckReport", "check_dataset", "main", "read_header"]
@@ -163,11 +164,12 @@ def read_header(path: str | os.PathLike, upright: bool = True) -> tuple[int, int
     return width, height, mode
 
 
-def _header_or_decoded(path: str, read_pixels) -> tuple[int, int, str]:
-    """The header of ``path``; a file whose header Pillow cannot read is decoded with
-    ``read_pixels`` (OpenCV reads a few formats Pillow does not), which raises if it fails."""
+def _header_or_decoded(path: str, read_pixels, upright: bool = False) -> tuple[int, int, str]:
+    """The header of ``path`` (sizes as stored, or of the EXIF-upright picture); a file whose
+    header Pillow cannot read is decoded with ``read_pixels`` (OpenCV reads a few formats
+    Pillow does not), which raises if it fails."""
     try:
-        return read_header(path, upright=read_pixels is read_image)
+        return read_header(path, upright=upright)
     except _UnreadableHeader:
         pixels = read_pixels(path)
     return pixels.shape[1], pixels.shape[0], "L" if pixels.ndim == 2 else "RGB"
@@ -203,6 +205,12 @@ def _check_headers(sample: _Sample) -> _Sample:
     try:
         width, height, _ = _header_or_decoded(image_path, read_image)
         label_width, label_height, mode = _header_or_decoded(label_path, read_label)
+        if (width, height) != (label_width, label_height):
+            # the datasets' rule (read_labelled_image): the EXIF-upright picture when only it
+            # has the label's size
+            upright = _header_or_decoded(image_path, read_image, upright=True)[:2]
+            if upright == (label_width, label_height):
+                width, height = upright
     except (OSError, ImageReadError) as exc:
         sample.problems.append(f"{sample.where}: {exc}")
         return sample
@@ -218,8 +226,8 @@ def _check_headers(sample: _Sample) -> _Sample:
 def _check_pixels(sample: _Sample) -> _Sample:
     image_path, label_path = sample.paths
     try:
-        image = read_image(image_path)
         label = read_label(label_path)
+        image = read_labelled_image(image_path, label.shape)  # the datasets' orientation
     except (OSError, ImageReadError) as exc:
         sample.problems.append(f"{sample.where}: {exc}")
         return sample

@@ -35,6 +35,7 @@ from mit_semseg.data.transforms import (
     normalize_into,
     read_image,
     read_label,
+    read_labelled_image,
     resize_image,
     resize_label,
     round_up,
@@ -138,10 +139,13 @@ class BaseDataset(torch.utils.data.Dataset):
     def _image_path(self, record: Mapping[str, Any]) -> str:
         return record["fpath_img"]
 
-    def _load_image(self, index: int) -> np.ndarray:
+    def _load_image(self, index: int, label_shape: Sequence[int] | None = None) -> np.ndarray:
+        """The image of record ``index``: upright, or in the orientation ``label_shape`` fits
+        (:func:`~mit_semseg.data.transforms.read_labelled_image`)."""
         path = self._image_path(self.list_sample[index])
         try:
-            return read_image(path)
+            return read_image(path) if label_shape is None else read_labelled_image(path,
+                                                                                    label_shape)
         except (FileNotFoundError, ImageReadError) as exc:
             raise type(exc)(f"{exc} (sample {self._origins[index]})") from None
 
@@ -173,21 +177,19 @@ class _LabelledDataset(BaseDataset):
     def _load_pair(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         """Image ``(H, W, 3)`` uint8 RGB and label ``(H, W)`` (0 = unlabeled), validated."""
         record, origin = self.list_sample[index], self._origins[index]
-        image = self._load_image(index)
         label_path = os.path.join(self.root_dataset, record["fpath_segm"])
         try:
             label = read_label(label_path)
         except (FileNotFoundError, ImageReadError) as exc:
             raise type(exc)(f"{exc} (sample {origin})") from None
+        # as stored (the original's orientation) unless only the EXIF-upright image fits
+        image = self._load_image(index, label.shape)
         height, width = image.shape[:2]
         if label.shape != (height, width):
-            # read_image turns photos upright by their EXIF tag; labels are used as stored
-            hint = ("; the image may carry an EXIF orientation tag (applied to images, not to "
-                    "labels): save the label in the upright orientation"
-                    if label.shape == (width, height) else "")
             raise ValueError(
                 f"{label_path}: label size {label.shape[1]}x{label.shape[0]} differs from image "
-                f"size {width}x{height} (sample {origin}){hint}"
+                f"size {width}x{height} (sample {origin}), also with the image turned upright "
+                "by its EXIF orientation tag"
             )
         if (record["width"], record["height"]) != (width, height):
             raise ValueError(

@@ -255,7 +255,7 @@ def build_odgt(
         FileNotFoundError: a folder does not exist, or an image has no mask.
         ValueError: no image found, or an image and its mask differ in size.
     """
-    from mit_semseg.data.transforms import read_image, read_label
+    from mit_semseg.data.transforms import read_label, read_labelled_image
 
     images, masks, root = Path(images), Path(masks), Path(root)
     for folder in (images, masks):
@@ -277,8 +277,9 @@ def build_odgt(
                 logger.warning("%s: no mask in %s, skipped", image_path, masks)
                 continue
             raise FileNotFoundError(f"{image_path}: no mask with the same name in {masks}")
-        height, width = read_image(image_path).shape[:2]
         label_shape = read_label(mask_path).shape
+        # the orientation the datasets will use: as stored unless only upright fits the mask
+        height, width = read_labelled_image(image_path, label_shape).shape[:2]
         if label_shape != (height, width):
             raise ValueError(
                 f"{mask_path}: mask size {label_shape[1]}x{label_shape[0]} differs from image "

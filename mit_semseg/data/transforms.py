@@ -4,7 +4,9 @@ Everything here works on numpy arrays in HWC layout and RGB channel order; conve
 tensors happens once, when a batch is assembled.
 
 * Decoding is OpenCV's (for RGB and grayscale JPEG and PNG the same pixels as PIL's, and
-  faster); images are turned upright by their EXIF orientation tag, labels are not.
+  faster); images are turned upright by their EXIF orientation tag, labels are not, and the
+  image of a labelled sample is used in the orientation its label fits
+  (:func:`read_labelled_image`).
 * Images are resized by Pillow's bilinear filter, the original's: it antialiases when
   shrinking (OpenCV's ``INTER_LINEAR`` does not), and no vectorised resize reproduces its
   fixed-point rounding bit for bit (torchvision's antialiased uint8 resize is off by one
@@ -16,6 +18,7 @@ tensors happens once, when a batch is assembled.
 from __future__ import annotations
 
 import io
+import logging
 import os
 from collections.abc import Sequence
 
@@ -26,14 +29,18 @@ from PIL import Image
 
 from mit_semseg.data.odgt import missing_path_message
 
+logger = logging.getLogger(__name__)
+
 __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "ImageReadError",
+    "exif_orientation",
     "normalize_image",
     "normalize_into",
     "read_image",
     "read_label",
+    "read_labelled_image",
     "resize_image",
     "resize_label",
     "round_up",
@@ -83,22 +90,80 @@ def _decode(data: bytes, path: str | os.PathLike, flags: int) -> np.ndarray:
     return array
 
 
-def read_image(path: str | os.PathLike) -> np.ndarray:
+# read_labelled_image warns about an ignored orientation tag once per process
+_ignored_orientation_reported = False
+_EXIF_MARKERS = (b"Exif", b"eXIf", b"EXIF")  # JPEG APP1, PNG chunk, WebP chunk
+_TIFF_HEADERS = (b"II*\x00", b"MM\x00*")
+_EXIF_ORIENTATION = 0x0112
+
+
+def exif_orientation(data: bytes) -> int:
+    """The EXIF orientation (1-8) of an encoded image; 1 (as stored) without a tag.
+
+    Files without an EXIF block are recognised from their bytes and not parsed.
+    """
+    if data[:4] not in _TIFF_HEADERS and not any(m in data for m in _EXIF_MARKERS):
+        return 1
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            value = im.getexif().get(_EXIF_ORIENTATION, 1)
+    except (OSError, ValueError, SyntaxError):  # unreadable metadata: treat as untagged
+        return 1
+    return int(value) if value in range(1, 9) else 1
+
+
+def read_image(path: str | os.PathLike, upright: bool = True) -> np.ndarray:
     """Reads an image as ``(H, W, 3)`` uint8 RGB, upright.
 
     The EXIF orientation tag (JPEG, PNG, WebP, TIFF) is applied, as photo viewers do; the
-    original ignored it, so tagged photos were segmented sideways. Grayscale images are
-    replicated to three channels, alpha is dropped, 16-bit images keep their high byte
-    (``0x1234`` -> ``0x12``).
+    original ignored it, so tagged photos were segmented sideways. ``upright=False`` reads
+    the pixels as stored, as the original did (see :func:`read_labelled_image`). Grayscale
+    images are replicated to three channels, alpha is dropped, 16-bit images keep their high
+    byte (``0x1234`` -> ``0x12``).
 
     Raises:
         FileNotFoundError: the file does not exist (or is a broken symbolic link).
         ImageReadError: the file cannot be decoded; the message names the file.
     """
+    return _image_from_bytes(_read_bytes(path), path, upright)
+
+
+def read_labelled_image(path: str | os.PathLike, label_shape: Sequence[int]) -> np.ndarray:
+    """Reads the image of an (image, label) pair in the orientation its label was drawn on.
+
+    Datasets made for the original (ADE20K) label the pixels as stored, because the original
+    ignored EXIF orientation; so the stored image is used whenever it has the label's size,
+    which keeps evaluation equal to the original's. The EXIF-upright image is used only when
+    it alone has the label's size (a label drawn on the photo as viewers show it). The first
+    time an orientation tag is ignored, one warning says so. When neither fits, the stored
+    image is returned and the caller reports the mismatch.
+
+    Args:
+        path: the image file.
+        label_shape: ``(H, W)`` of its label map.
+    """
+    global _ignored_orientation_reported
     data = _read_bytes(path)
-    # Without IMREAD_UNCHANGED OpenCV applies the EXIF orientation; ANYDEPTH/ANYCOLOR keep
-    # 16-bit and grayscale pixels as stored (alpha is dropped by the decoder).
-    image = _decode(data, path, cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR)
+    image = _image_from_bytes(data, path, upright=False)
+    if image.shape[:2] == tuple(label_shape):
+        orientation = 1 if _ignored_orientation_reported else exif_orientation(data)
+        if orientation != 1:
+            _ignored_orientation_reported = True
+            logger.warning(
+                "%s: EXIF orientation %d ignored because the label fits the image as stored "
+                "(as the original read it); images of labelled samples are turned upright "
+                "only when their label fits the upright image alone (reported once)",
+                path, orientation)
+        return image
+    upright = _image_from_bytes(data, path, upright=True)
+    return upright if upright.shape[:2] == tuple(label_shape) else image
+
+
+def _image_from_bytes(data: bytes, path: str | os.PathLike, upright: bool) -> np.ndarray:
+    # Without IMREAD_UNCHANGED OpenCV applies the EXIF orientation (unless told to ignore it);
+    # ANYDEPTH/ANYCOLOR keep 16-bit and grayscale pixels as stored (alpha is dropped).
+    flags = cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR
+    image = _decode(data, path, flags if upright else flags | cv2.IMREAD_IGNORE_ORIENTATION)
     if image.dtype == np.uint16:
         image = (image >> 8).astype(np.uint8)
     elif image.dtype != np.uint8:
@@ -221,25 +286,34 @@ def resize_label(label: np.ndarray, height: int, width: int, stride: int = 1) ->
     return np.take(np.take(label, rows, axis=0), cols, axis=1)
 
 
-# (x / 255 - mean) / std == x * _SCALE + _OFFSET, per RGB channel
-_SCALE = (1.0 / (255.0 * IMAGENET_STD)).tolist()
-_OFFSET = (-IMAGENET_MEAN / IMAGENET_STD).tolist()
+def _normalisation_tables() -> list[np.ndarray]:
+    """Per RGB channel, the normalised float32 value of each of the 256 pixel values.
+
+    Computed with the original's float32 operations in its order, ``(x / 255 - mean) / std``
+    (numpy division, then torchvision's ``Normalize``), so the tables hold exactly its values;
+    a fused ``x * scale + offset`` differs in the last bit for about two thirds of them.
+    """
+    values = np.arange(256, dtype=np.float32) / np.float32(255.0)
+    return [((values - mean) / std).reshape(1, 256) for mean, std in zip(IMAGENET_MEAN,
+                                                                          IMAGENET_STD)]
+
+
+_TABLES = _normalisation_tables()
 
 
 def normalize_into(image: np.ndarray, out: np.ndarray) -> None:
     """Writes the normalised ``(H, W, 3)`` uint8 RGB ``image`` into ``out`` ``(3, H, W)``.
 
     ``out`` is a float32 array that may be a strided view (e.g. the top-left corner of a
-    padded batch canvas), so no intermediate image is allocated.
+    padded batch canvas), so no intermediate image is allocated. The values are bit-identical
+    to the original's (a table lookup per channel, see :func:`_normalisation_tables`).
     """
     if out.shape != (3, *image.shape[:2]) or out.dtype != np.float32:
         raise ValueError(f"out must be float32 of shape {(3, *image.shape[:2])}, got "
                          f"{out.dtype} {out.shape}")
     for channel, plane in enumerate(cv2.split(image)):
         target = out[channel]
-        # one SIMD pass per plane: plane * scale + offset, converted to float32
-        result = cv2.addWeighted(plane, _SCALE[channel], plane, 0.0, _OFFSET[channel],
-                                 dst=target, dtype=cv2.CV_32F)
+        result = cv2.LUT(plane, _TABLES[channel], dst=target)
         if not np.shares_memory(result, target):  # OpenCV chose to allocate: copy back
             target[...] = result
 

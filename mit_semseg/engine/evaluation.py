@@ -40,6 +40,7 @@ from mit_semseg.viz import confusion_matrix_figure, eval_panel, save_image
 __all__ = [
     "EvalJob",
     "EvalResult",
+    "compute_backend",
     "evaluate_shard",
     "report_results",
     "evaluate",
@@ -409,10 +410,26 @@ def evaluate_shard(
     )
 
 
+def compute_backend(device: torch.device) -> str:
+    """The library and hardware that ran the forward passes, e.g. ``torch 2.6.0, CPU
+    (oneDNN, AVX512)`` or ``torch 2.6.0, CUDA 12.4, cuDNN 90100, NVIDIA H100``."""
+    if device.type == "cuda":
+        return (f"torch {torch.__version__}, CUDA {torch.version.cuda}, cuDNN "
+                f"{torch.backends.cudnn.version()}, {torch.cuda.get_device_name(device)}")
+    library = "oneDNN" if torch.backends.mkldnn.is_available() else "no oneDNN"
+    return f"torch {torch.__version__}, {device.type.upper()} ({library}, " \
+           f"{torch.backends.cpu.get_cpu_capability()})"
+
+
 def report_results(
-    job: EvalJob, result: EvalResult, extra: dict[str, Any] | None = None
+    job: EvalJob, result: EvalResult, devices: Sequence[torch.device],
+    extra: dict[str, Any] | None = None,
 ) -> tuple[dict[str, Any], str]:
     """Writes the result files into ``job.out_dir`` and builds the printed report.
+
+    ``eval_metrics.json`` also records how the numbers were computed: ``fast_inference``
+    (BatchNorm folded; ``false`` is the original's arithmetic), ``precision`` (``fp32`` or the
+    ``VAL.amp`` autocast type), ``backend`` (see :func:`compute_backend`) and ``devices``.
 
     Returns:
         ``(scores, text)``: :func:`~mit_semseg.metrics.scores_from_confusion` output and the
@@ -425,6 +442,10 @@ def report_results(
         "list_val": job.list_val,
         "scales": list(job.scales),
         "flip": bool(job.flip),
+        "fast_inference": bool(job.model.fast_inference),
+        "precision": job.amp or "fp32",
+        "backend": compute_backend(devices[0]),
+        "devices": [str(d) for d in devices],
         **(extra or {}),
     }
     paths = write_results(job.out_dir, result, names, extra=info)

@@ -103,7 +103,8 @@ def predict_probs(
 
     Args:
         segmentation_module: module in eval mode answering ``module(feed, segSize=(H, W))``
-            with ``(1, C, H, W)`` probabilities; it must already be on ``device``.
+            with a new ``(1, C, H, W)`` probability tensor (it is scaled in place); it must
+            already be on ``device``.
         img_list: one normalised ``(1, 3, h, w)`` tensor per test scale.
         seg_size: ``(H, W)`` output size, normally the original image size.
         device: where to run.
@@ -117,15 +118,16 @@ def predict_probs(
     Returns:
         ``(C, H, W)`` float tensor on ``device``: the mean of all the probability maps.
     """
-    from mit_semseg.engine.score_maps import add_probabilities, logits_function
+    from mit_semseg.engine.score_maps import add_probabilities, fast_logits
 
     if len(img_list) == 0:
         raise ValueError("img_list is empty: need at least one scale")
     seg_size = (int(seg_size[0]), int(seg_size[1]))
     passes = len(img_list) * (2 if flip else 1)
-    # With feature-resolution scores available, the full-size tail (upsampling, softmax,
-    # averaging) runs by bands of rows, so that the result is the only full-size map.
-    logits_of = logits_function(segmentation_module)
+    # A module prepared for fast inference runs the full-size tail (upsampling, softmax,
+    # averaging) by bands of rows, so that the result is the only full-size map; the plain
+    # module keeps the original's full-size operations, which reproduce its scores bit for bit.
+    logits_of = fast_logits(segmentation_module)
     scores: torch.Tensor | None = None
     with torch.inference_mode(), autocast(device, amp):
         for img in img_list:
@@ -141,7 +143,7 @@ def predict_probs(
                     if first:
                         scores = torch.empty((logits.shape[0], logits.shape[1], *seg_size),
                                              device=logits.device)
-                    add_probabilities(scores, logits, 1.0 / passes, overwrite=first)
+                    add_probabilities(scores, logits, passes, overwrite=first)
                     continue
                 if tiled:
                     probs = _forward_windows(segmentation_module, x, seg_size, window)
@@ -149,12 +151,13 @@ def predict_probs(
                     probs = segmentation_module({"img_data": x}, segSize=seg_size)
                 if flipped:
                     probs = probs.flip(-1)
-                # weigh each term (instead of the sum) like the original, so that a
-                # single-scale, no-flip run reproduces its numbers bit for bit
-                if scores is None:
-                    scores = probs.float().div_(passes)
-                else:
-                    scores.add_(probs, alpha=1.0 / passes)
+                # each term divided by the number of passes, then added, as the original does
+                # (a multiply-add with 1/passes rounds differently in ~1/4 of the values), so
+                # that the scores are bit-identical to its; in place, because these
+                # full-resolution maps are the largest tensors of the pass (``probs`` is a
+                # fresh tensor: fp32 ``.float()`` returns it, others a copy)
+                term = probs.float().div_(passes)
+                scores = term if scores is None else scores.add_(term)
     assert scores is not None
     return scores[0]
 

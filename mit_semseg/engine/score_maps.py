@@ -7,8 +7,11 @@ alive at once when done whole. Here the scores are upsampled, normalised and add
 result one band of rows at a time, so only the result itself is full size, and each band's
 intermediate maps stay in the CPU cache.
 
-* :func:`logits_function` finds how to get feature-resolution scores from a module.
-* :func:`add_probabilities` adds ``weight * softmax(upsample(logits))`` into a score map.
+* :func:`fast_logits` finds the feature-resolution scores of a module prepared for fast
+  inference (:func:`mit_semseg.perf.optimize_for_inference`, a compiled or onnxruntime
+  segmenter). The plain module is left to its own full-size tail, whose operations are the
+  original's and reproduce its scores bit for bit; the banded one differs by float rounding.
+* :func:`add_probabilities` adds ``softmax(upsample(logits)) / terms`` into a score map.
 * :func:`labels_from_logits` is the single-scale shortcut: argmax of the upsampled logits,
   no softmax (softmax keeps the order of the scores), no full-size float map at all.
 * :func:`predict_labels` is what ``test.py`` needs: labels of an image from one or more scales.
@@ -28,8 +31,8 @@ __all__ = [
     "BAND_BYTES",
     "LogitsSegmenter",
     "add_probabilities",
+    "fast_logits",
     "labels_from_logits",
-    "logits_function",
     "predict_labels",
 ]
 
@@ -37,15 +40,15 @@ __all__ = [
 BAND_BYTES = 4 << 20
 
 
-def logits_function(module: Any) -> Callable[[torch.Tensor], torch.Tensor] | None:
-    """``images -> (B, C, h, w)`` feature-resolution class scores of ``module``, if it has them.
+def fast_logits(module: Any) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """``images -> (B, C, h, w)`` class scores of ``module`` when it takes the banded tail.
 
-    A :class:`~mit_semseg.models.SegmentationModule` or a backend has a ``logits(images)``
-    method; anything else (a module with only the original ``module(feed, segSize=...)``
-    contract) gives ``None``.
+    That is a module marked ``fast_tail = True`` (set by
+    :func:`mit_semseg.perf.optimize_for_inference`, and by :class:`LogitsSegmenter`) with a
+    ``logits(images)`` method; anything else gives ``None``.
     """
     own = getattr(module, "logits", None)
-    return own if callable(own) else None
+    return own if callable(own) and getattr(module, "fast_tail", False) else None
 
 
 def _band_rows(num_class: int, width: int, batch: int) -> int:
@@ -76,14 +79,15 @@ def _bands(logits: torch.Tensor, seg_size: Sequence[int]):
                                          mode="bilinear", align_corners=False)
 
 
-def add_probabilities(out: torch.Tensor, logits: torch.Tensor, weight: float,
+def add_probabilities(out: torch.Tensor, logits: torch.Tensor, terms: int = 1,
                       overwrite: bool = False) -> torch.Tensor:
-    """``out += weight * softmax(upsample(logits))`` (``=`` with ``overwrite``), by bands.
+    """``out += softmax(upsample(logits)) / terms`` (``=`` with ``overwrite``), by bands.
 
     Args:
         out: ``(B, C, H, W)`` float32 score map, updated in place.
         logits: ``(B, C, h, w)`` class scores at any resolution and float dtype.
-        weight: factor of this term (``1 / number of terms`` for an average).
+        terms: number of terms of the average this one belongs to (each is divided by it
+            before it is added, as the original averages).
         overwrite: write instead of add (the first term: ``out`` may hold garbage).
 
     Returns:
@@ -91,10 +95,12 @@ def add_probabilities(out: torch.Tensor, logits: torch.Tensor, weight: float,
     """
     for top, bottom, band in _bands(logits, out.shape[-2:]):
         probs = F.softmax(band, dim=1)
+        if terms != 1:
+            probs = probs.div_(terms)
         if overwrite:
-            out[:, :, top:bottom] = probs if weight == 1 else probs.mul_(weight)
+            out[:, :, top:bottom] = probs
         else:
-            out[:, :, top:bottom].add_(probs, alpha=weight)
+            out[:, :, top:bottom].add_(probs)
     return out
 
 
@@ -116,15 +122,15 @@ def predict_labels(module: Any, img_list: Sequence[torch.Tensor], seg_size: Sequ
                    amp: str = "") -> torch.Tensor:
     """Class index per pixel ``(H, W)`` of an image given at one or more scales.
 
-    One scale, no flip and no tiling: the argmax of the upsampled logits
-    (:func:`labels_from_logits`). Otherwise the argmax of
+    One scale, no flip and no tiling, on a module prepared for fast inference: the argmax of
+    the upsampled logits (:func:`labels_from_logits`). Otherwise the argmax of
     :func:`mit_semseg.engine.inference.predict_probs` (same arguments), since averaging over scales
     needs the probabilities.
     """
     from mit_semseg.engine.inference import _window_params, predict_probs
     from mit_semseg.engine.precision import autocast
 
-    logits_of = logits_function(module)
+    logits_of = fast_logits(module)
     single = len(img_list) == 1 and not flip and (
         window is None or max(img_list[0].shape[2:]) <= _window_params(window)[0])
     if not single or logits_of is None:
@@ -147,6 +153,8 @@ class LogitsSegmenter:
         logits: ``images (B, 3, H, W) -> (B, C, h, w)`` class scores.
     """
 
+    fast_tail = True  # inference only: the banded tail (see fast_logits)
+
     def __init__(self, logits: Callable[[torch.Tensor], torch.Tensor]) -> None:
         self._logits = logits
 
@@ -159,7 +167,7 @@ class LogitsSegmenter:
         logits = self.logits(images)
         out = torch.empty((logits.shape[0], logits.shape[1], int(seg_size[0]),
                            int(seg_size[1])), device=logits.device)
-        return add_probabilities(out, logits, 1.0, overwrite=True)
+        return add_probabilities(out, logits, overwrite=True)
 
     def __call__(self, feed_dict: Any, *, segSize: Sequence[int]) -> torch.Tensor:  # noqa: N803
         return self.predict(feed_dict["img_data"], segSize)

@@ -34,14 +34,17 @@ from mit_semseg.engine.optim import PolySchedule
 from mit_semseg.engine.precision import autocast
 
 __all__ = [
+    "BN_MOMENTUM_AS_ORIGINAL",
     "ResumableCheckpoint",
     "TrainState",
+    "bn_momentum_by_part",
     "check_labels",
     "forward_batch",
     "new_history",
     "norm_layer_for",
     "parallelize",
     "restore_training_state",
+    "set_bn_momentum",
     "train_one_epoch",
     "train_step",
 ]
@@ -115,6 +118,52 @@ class TrainState:
         if getattr(self.module, "cpu_mode", True):
             return []
         return [torch.device("cuda", i) for i in self.module.device_ids]
+
+
+# ----------------------------------------------------------------------------- BatchNorm
+# ``TRAIN.bn_momentum`` value that selects the original's momentum for each part (below)
+BN_MOMENTUM_AS_ORIGINAL = -1.0
+# The original (1.0.0) built its BatchNorms with its SynchronizedBatchNorm2d's default momentum,
+# 0.001, except HRNet's encoder, which passed 0.1 (tests/engine/test_trainer.py checks this
+# against the original's modules).
+_ORIGINAL_BN_MOMENTUM = 0.001
+_ORIGINAL_ENCODER_BN_MOMENTUM = {"hrnetv2": 0.1}
+
+
+def bn_momentum_by_part(momentum: float, arch_encoder: str) -> dict[str, float]:
+    """The running-statistics momentum of the encoder's and of the decoder's BatchNorms.
+
+    Args:
+        momentum: ``TRAIN.bn_momentum``: one value in ``(0, 1]`` for every layer, or
+            :data:`BN_MOMENTUM_AS_ORIGINAL` for the original's values.
+        arch_encoder: the encoder's name (``MODEL.arch_encoder``).
+
+    Returns:
+        ``{"encoder": ..., "decoder": ...}``.
+    """
+    if momentum == BN_MOMENTUM_AS_ORIGINAL:
+        encoder = _ORIGINAL_ENCODER_BN_MOMENTUM.get(arch_encoder, _ORIGINAL_BN_MOMENTUM)
+        return {"encoder": encoder, "decoder": _ORIGINAL_BN_MOMENTUM}
+    if not 0 < momentum <= 1:
+        raise ValueError(f"TRAIN.bn_momentum must be in (0, 1] or {BN_MOMENTUM_AS_ORIGINAL:g} "
+                         f"(the original's values), got {momentum:g}")
+    return {"encoder": momentum, "decoder": momentum}
+
+
+def set_bn_momentum(module: nn.Module, momentum: float) -> int:
+    """Sets the running-statistics momentum of every BatchNorm in ``module``, in place.
+
+    Plain, synchronised and distributed BatchNorms of any dimension are all ``_BatchNorm`` s;
+    the attribute survives their conversions (:func:`mit_semseg.nn.convert_sync_batchnorm`
+    and the replicas of the data-parallel wrapper copy it).
+
+    Returns:
+        the number of layers set.
+    """
+    norms = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    for norm in norms:
+        norm.momentum = momentum
+    return len(norms)
 
 
 # ----------------------------------------------------------------------------- devices

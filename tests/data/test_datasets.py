@@ -8,7 +8,7 @@ from PIL import Image
 
 from mit_semseg.data import ImageReadError, OdgtError, TestDataset, TrainDataset, ValDataset
 from mit_semseg.data.odgt import read_odgt
-from mit_semseg.data.transforms import normalize_image
+from mit_semseg.data.transforms import normalize_image, read_image
 
 MEAN = torch.tensor([0.485, 0.456, 0.406])[:, None, None]
 STD = torch.tensor([0.229, 0.224, 0.225])[:, None, None]
@@ -180,24 +180,60 @@ def test_val_slices_may_be_empty(samples):
     assert len(ValDataset(samples.root, odgt, make_opt(), max_sample=1)) == 1
 
 
-def test_photos_are_upright_and_labels_must_match_the_upright_image(samples):
-    rng = np.random.default_rng(8)
-    stored = rng.integers(0, 256, (24, 40, 3), dtype=np.uint8)
+def _tagged_jpeg(path, stored: np.ndarray, orientation: int) -> np.ndarray:
+    """Writes a JPEG carrying an EXIF orientation tag; returns its pixels as stored (PIL)."""
     exif = Image.Exif()
-    exif[0x0112] = 6  # stored rotated 90 degrees counter-clockwise
-    Image.fromarray(stored).save(samples.root / "photo.jpg", quality=95, exif=exif)
-    upright_label = np.ones((40, 24), np.uint8)
+    exif[0x0112] = orientation
+    Image.fromarray(stored).save(path, quality=95, exif=exif)
+    with Image.open(path) as im:  # the original's reading: the stored pixels, tag ignored
+        return np.asarray(im.convert("RGB"))
+
+
+def _labelled(samples, image_name: str, label: np.ndarray, height: int, width: int) -> dict:
     samples.root.joinpath("seg").mkdir(exist_ok=True)
-    Image.fromarray(upright_label).save(samples.root / "seg" / "upright.png")
-    record = {"fpath_img": "photo.jpg", "fpath_segm": "seg/upright.png", "width": 24,
-              "height": 40}
-    item = ValDataset(samples.root, [record], make_opt(imgSizes=(24,)))[0]
+    Image.fromarray(label).save(samples.root / "seg" / f"{label.shape[0]}x{label.shape[1]}.png")
+    return {"fpath_img": image_name, "fpath_segm": f"seg/{label.shape[0]}x{label.shape[1]}.png",
+            "width": width, "height": height}
+
+
+def test_exif_tagged_image_takes_the_orientation_its_label_fits(samples, caplog, monkeypatch):
+    from mit_semseg.data import transforms
+
+    monkeypatch.setattr(transforms, "_ignored_orientation_reported", False)
+    stored = np.random.default_rng(8).integers(0, 256, (24, 40, 3), dtype=np.uint8)
+    as_stored = _tagged_jpeg(samples.root / "photo.jpg", stored, 6)  # shown rotated 90 deg
+    opt = make_opt(imgSizes=(24,))
+    # a label of the stored size (e.g. ADE20K's): the stored pixels, as the original read them
+    record = _labelled(samples, "photo.jpg", np.ones((24, 40), np.uint8), 24, 40)
+    with caplog.at_level(logging.WARNING, logger="mit_semseg.data.transforms"):
+        item = ValDataset(samples.root, [record], opt)[0]
+        ValDataset(samples.root, [record], opt)[0]
+    np.testing.assert_array_equal(item["img_ori"], as_stored)
+    assert item["img_data"][0].shape == (1, 3, 24, 40)
+    warnings = [r.getMessage() for r in caplog.records if "EXIF orientation 6" in r.getMessage()]
+    assert len(warnings) == 1 and "photo.jpg" in warnings[0]  # once, naming the file
+    batch = TrainDataset(samples.root, [record], make_opt(imgSizes=(24,)), batch_per_gpu=1,
+                         seed=0)[0]
+    assert batch["img_data"].shape[2:] == (24, 40)
+    # a label drawn on the photo as a viewer shows it: the upright image
+    record = _labelled(samples, "photo.jpg", np.ones((40, 24), np.uint8), 40, 24)
+    item = ValDataset(samples.root, [record], opt)[0]
+    np.testing.assert_array_equal(item["img_ori"], read_image(samples.root / "photo.jpg"))
     assert item["img_ori"].shape == (40, 24, 3) and item["seg_label"].shape == (1, 40, 24)
-    assert item["img_data"][0].shape == (1, 3, 40, 24)
-    Image.fromarray(np.ones((24, 40), np.uint8)).save(samples.root / "seg" / "stored.png")
-    record = dict(record, fpath_segm="seg/stored.png")
-    with pytest.raises(ValueError, match=r"stored\.png: label size 40x24 differs .* 24x40.*EXIF"):
-        ValDataset(samples.root, [record], make_opt())[0]
+    # fitting neither orientation is an error naming the label
+    record = _labelled(samples, "photo.jpg", np.ones((30, 30), np.uint8), 30, 30)
+    with pytest.raises(ValueError, match=r"30x30\.png: label size 30x30 differs .* 40x24"):
+        ValDataset(samples.root, [record], opt)[0]
+
+
+def test_same_size_orientations_keep_the_stored_pixels(samples):
+    # a 180-degree tag fits a label either way: the original's reading (stored) is kept
+    stored = np.random.default_rng(9).integers(0, 256, (24, 40, 3), dtype=np.uint8)
+    as_stored = _tagged_jpeg(samples.root / "turned.jpg", stored, 3)
+    record = _labelled(samples, "turned.jpg", np.ones((24, 40), np.uint8), 24, 40)
+    item = ValDataset(samples.root, [record], make_opt())[0]
+    np.testing.assert_array_equal(item["img_ori"], as_stored)
+    assert not np.array_equal(item["img_ori"], read_image(samples.root / "turned.jpg"))
 
 
 def test_panoramas_are_warned_about(samples, caplog):

@@ -52,6 +52,22 @@ def test_build_odgt_pairs_by_relative_stem(tmp_path):
     ]
 
 
+@pytest.mark.parametrize("mask_shape", [(6, 10), (10, 6)])
+def test_build_odgt_records_the_size_in_the_orientation_the_mask_fits(tmp_path, mask_shape):
+    # a JPEG stored 6x10 whose EXIF tag turns it 90 degrees: the list holds the size of the
+    # orientation the datasets use, the stored one unless only the upright image fits
+    from PIL import Image
+
+    (tmp_path / "images").mkdir()
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(np.zeros((6, 10, 3), np.uint8)).save(tmp_path / "images" / "p.jpg",
+                                                         exif=exif)
+    write_label(tmp_path / "masks" / "p.png", np.ones(mask_shape, np.uint8))
+    [record] = build_odgt(tmp_path / "images", tmp_path / "masks", tmp_path)
+    assert (record["height"], record["width"]) == mask_shape
+
+
 def test_build_odgt_errors(tmp_path):
     _dataset(tmp_path)
     (tmp_path / "masks" / "b.png").unlink()

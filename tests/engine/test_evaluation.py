@@ -9,15 +9,19 @@ import torch.nn.functional as F
 from torch import nn
 
 from mit_semseg.engine.evaluation import (
+    EvalJob,
     EvalResult,
+    compute_backend,
     evaluate,
     format_class_table,
     format_summary,
     iter_samples,
+    report_results,
     resolve_class_names,
     shard_ranges,
     write_results,
 )
+from mit_semseg.engine.inference import TrainedModel
 from mit_semseg.metrics import confusion_matrix, scores_from_confusion
 from mit_semseg.viz import eval_panel
 
@@ -130,8 +134,35 @@ def test_write_results_files(tmp_path):
     np.testing.assert_array_equal(np.load(paths["confusion"]), conf)
     rows = list(csv.DictReader(paths["class_iou"].open()))
     assert [r["name"] for r in rows] == names and rows[3]["present"] == "False"
+    # "accuracy" is the share of each class' pixels found (recall: row-wise), not the share
+    # of its predictions that are right (precision: 5/7 and 3/4 for the first two classes)
+    recall = [5 / 6, 3 / 5, 1.0, 0.0]
+    assert [c["accuracy"] for c in metrics["per_class"]] == pytest.approx(recall)
+    assert [float(r["accuracy"]) for r in rows] == pytest.approx(recall)
+    assert [int(r["gt_pixels"]) for r in rows] == [6, 5, 4, 0]
+    assert [int(r["pred_pixels"]) for r in rows] == [7, 4, 4, 0]
     assert cv2.imread(str(paths["confusion_png"])) is not None
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+@pytest.mark.parametrize("fast, amp", [(False, ""), (True, "bf16")])
+def test_report_records_how_the_numbers_were_computed(tmp_path, fast, amp):
+    model = TrainedModel("resnet18dilated", "c1", 2, tmp_path, "epoch_1.pth",
+                         fast_inference=fast)
+    job = EvalJob(model, str(tmp_path), "val.odgt", (300,), 1000, 8, amp=amp)
+    result = EvalResult(np.array([[3, 1], [0, 2]], np.int64), 1, 0.1)
+    report_results(job, result, [CPU, CPU], extra={"processes": 2})
+    metrics = json.loads((tmp_path / "eval_metrics.json").read_text())
+    assert metrics["fast_inference"] is fast
+    assert metrics["precision"] == (amp or "fp32")
+    assert metrics["backend"] == compute_backend(CPU)
+    assert metrics["devices"] == ["cpu", "cpu"] and metrics["processes"] == 2
+
+
+def test_compute_backend_names_library_and_hardware():
+    text = compute_backend(CPU)
+    assert text.startswith(f"torch {torch.__version__}, CPU (")
+    assert torch.backends.cpu.get_cpu_capability() in text
 
 
 def test_text_formats():
@@ -139,6 +170,8 @@ def test_text_formats():
     scores = scores_from_confusion(conf)
     table = format_class_table(scores, ["a", "b", "c"]).splitlines()
     assert table[0].startswith("class [0], IoU: 0.5000") and "a" in table[0]
+    # class 0: 2 labelled pixels, 1 found (acc = recall 0.5), 1 prediction, right (precision 1)
+    assert "acc: 0.5000" in table[0] and "acc: 1.0000" in table[1]
     assert table[2].endswith("(absent)")
     summary = format_summary(scores, 0.25)
     assert summary == (

@@ -1,7 +1,11 @@
 """mit_semseg.engine.trainer: one epoch, the run's state, device wrappers, resumable state."""
 
 import copy
+import json
 import math
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -12,13 +16,16 @@ from mit_semseg.engine.distributed import DistContext
 from mit_semseg.engine.optim import PolySchedule, build_optimizers
 from mit_semseg.engine.precision import grad_scaler
 from mit_semseg.engine.trainer import (
+    BN_MOMENTUM_AS_ORIGINAL,
     ResumableCheckpoint,
     TrainState,
+    bn_momentum_by_part,
     check_labels,
     forward_batch,
     norm_layer_for,
     parallelize,
     restore_training_state,
+    set_bn_momentum,
     train_one_epoch,
 )
 
@@ -238,3 +245,54 @@ def test_norm_layer_for_devices():
     assert norm_layer_for(2, sync_bn=False) is nn.BatchNorm2d
     synced = norm_layer_for(2, sync_bn=True)(4)
     assert type(synced).__name__ == "SynchronizedBatchNorm2d" and synced.eps_mode == "plus"
+
+
+def test_set_bn_momentum_reaches_every_kind_of_batchnorm():
+    from mit_semseg.nn import SynchronizedBatchNorm2d
+
+    net = nn.Sequential(nn.BatchNorm1d(3), nn.Sequential(nn.BatchNorm2d(3),
+                        SynchronizedBatchNorm2d(3)), nn.SyncBatchNorm(3), nn.GroupNorm(1, 3))
+    assert set_bn_momentum(net, 0.03) == 4
+    assert [getattr(m, "momentum", None) for m in net.modules()
+            if isinstance(m, nn.modules.batchnorm._BatchNorm)] == [0.03] * 4
+
+
+def test_bn_momentum_by_part():
+    assert bn_momentum_by_part(0.2, "hrnetv2") == {"encoder": 0.2, "decoder": 0.2}
+    assert bn_momentum_by_part(1.0, "resnet50") == {"encoder": 1.0, "decoder": 1.0}
+    for bad in (0.0, 1.5, -0.5):
+        with pytest.raises(ValueError, match="TRAIN.bn_momentum"):
+            bn_momentum_by_part(bad, "resnet50")
+
+
+# What the original's modules were built with, read from the original itself
+_ORIGINAL_MOMENTA = """
+import json, sys, torch
+from torch import nn
+from mit_semseg.models import ModelBuilder
+torch.save({}, sys.argv[1])  # a weights file keeps ModelBuilder from downloading
+def momenta(module):
+    return sorted({m.momentum for m in module.modules()
+                   if isinstance(m, nn.modules.batchnorm._BatchNorm)})
+out = {"encoders": {}, "decoders": {}}
+for arch in sys.argv[2].split(","):
+    out["encoders"][arch] = momenta(ModelBuilder.build_encoder(arch, 2048, sys.argv[1]))
+for arch in ("c1", "c1_deepsup", "ppm", "ppm_deepsup", "upernet"):
+    out["decoders"][arch] = momenta(ModelBuilder.build_decoder(arch, 2048, 5))
+print(json.dumps(out))
+"""
+
+
+def test_original_bn_momentum_values_are_the_originals(upstream_path, tmp_path):
+    encoders = ["mobilenetv2dilated", "resnet18dilated", "hrnetv2"]
+    result = subprocess.run(
+        [sys.executable, "-c", _ORIGINAL_MOMENTA, str(tmp_path / "empty.pth"),
+         ",".join(encoders)],
+        cwd=tmp_path, env=dict(os.environ, PYTHONPATH=str(upstream_path), OMP_NUM_THREADS="1"),
+        capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    original = json.loads(result.stdout.strip().splitlines()[-1])
+    for arch in encoders:
+        ours = bn_momentum_by_part(BN_MOMENTUM_AS_ORIGINAL, arch)
+        assert original["encoders"][arch] == [ours["encoder"]], arch
+        assert all(values == [ours["decoder"]] for values in original["decoders"].values())
