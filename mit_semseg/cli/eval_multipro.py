@@ -209,7 +209,7 @@ def _torchrun_device(args: argparse.Namespace, cfg: Any) -> torch.device | None:
 
 
 def _evaluate_rank(job: EvalJob, device: torch.device, dist_ctx: DistContext,
-                   num_images: int) -> tuple[EvalResult | None, list[str]]:
+                   num_images: int) -> tuple[EvalResult | None, list[torch.device]]:
     """This rank's shard; on rank 0 the sum over the ranks (None after a failure, which it
     logs) and every rank's device. Other ranks get ``(None, [])``."""
     shards = shard_ranges(num_images, dist_ctx.world_size)
@@ -223,7 +223,7 @@ def _evaluate_rank(job: EvalJob, device: torch.device, dist_ctx: DistContext,
     gathered = dist_ctx.gather((str(device), outcome))
     if not dist_ctx.is_main:
         return None, []
-    devices = [d for d, _ in gathered]
+    devices = [torch.device(d) for d, _ in gathered]
     outcomes = [o for _, o in gathered]
     failed = [(rank, text) for rank, text in enumerate(outcomes) if isinstance(text, str)]
     for rank, text in failed:
