@@ -302,16 +302,12 @@ def main() -> None:
                 print(f"  {threads} thread(s)", flush=True)
                 runs = common.alternate(args.repeats, run, impls=args.variants,
                                         log=lambda v, r: f"{r['image_s']:.3f} s/image")
-                theirs = common.median_of(runs["upstream"], "image_s")
-                for variant in args.variants:
-                    mine = common.median_of(runs[variant], "image_s")
-                    ratio = mine / theirs
+                for variant, mine, ratio in common.against_upstream(runs, "image_s"):
                     rows.append([f"{encoder} + {decoder}", threads, VARIANT_LABELS[variant],
-                                 f"{mine:.3f}",
-                                 "" if variant == "upstream" else f"**{ratio:.2f}x**",
+                                 f"{mine:.3f}", common.ratio_cell(ratio),
                                  common.fmt_runs(runs[variant], "image_s"),
                                  common.fmt_runs(runs[variant], "first_s", "{:.1f}")])
-                    if variant != "upstream" and not VARIANTS[variant][1].get("amp"):
+                    if ratio is not None and not VARIANTS[variant][1].get("amp"):
                         notes.append(f"- {encoder} + {decoder}, {threads} thread(s), "
                                      f"{VARIANT_LABELS[variant]}: {ratio:.2f}x "
                                      f"({common.verdict(ratio, TARGET, lower_is_better=True)})")

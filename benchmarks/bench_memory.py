@@ -110,15 +110,11 @@ def main() -> None:
 
                 runs = common.alternate(args.repeats, run, impls=args.variants,
                                         log=lambda v, r: f"{r['peak_mib']:.0f} MiB")
-                theirs = common.median_of(runs["upstream"], "peak_mib")
-                for variant in args.variants:
-                    mine = common.median_of(runs[variant], "peak_mib")
-                    ratio = mine / theirs
+                for variant, mine, ratio in common.against_upstream(runs, "peak_mib"):
                     rows.append([f"{encoder} + {decoder}", f"{size}x{size}",
-                                 VARIANT_LABELS[variant], f"{mine:.0f}",
-                                 "" if variant == "upstream" else f"**{ratio:.2f}x**",
+                                 VARIANT_LABELS[variant], f"{mine:.0f}", common.ratio_cell(ratio),
                                  f"{common.median_of(runs[variant], 'seconds'):.2f}"])
-                    if variant != "upstream":
+                    if ratio is not None:
                         notes.append(f"- {encoder} + {decoder}, {size} px, "
                                      f"{VARIANT_LABELS[variant]}: {ratio:.2f}x "
                                      f"({common.verdict(ratio, TARGET, lower_is_better=True)})")

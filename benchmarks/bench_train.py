@@ -170,18 +170,14 @@ def main() -> None:
                                                      dict(job, variant=v), args.threads),
                 impls=args.variants,
                 log=lambda v, r: f"{r['step_s']:.3f} s/step, +{r['mem_mib']:.0f} MiB")
-            theirs_s = common.median_of(runs["upstream"], "step_s")
-            theirs_m = common.median_of(runs["upstream"], "mem_mib")
-            for variant in args.variants:
-                mine_s = common.median_of(runs[variant], "step_s")
-                mine_m = common.median_of(runs[variant], "mem_mib")
-                ratio = mine_s / theirs_s
-                is_theirs = variant == "upstream"
+            memory = {v: (mib, r) for v, mib, r in common.against_upstream(runs, "mem_mib")}
+            for variant, mine_s, ratio in common.against_upstream(runs, "step_s"):
+                mine_m, memory_ratio = memory[variant]
                 rows.append([f"{encoder} + {decoder}", VARIANT_LABELS[variant], f"{mine_s:.3f}",
-                             "" if is_theirs else f"**{ratio:.2f}x**", f"{mine_m:.0f}",
-                             "" if is_theirs else f"{mine_m / theirs_m:.2f}x",
+                             common.ratio_cell(ratio), f"{mine_m:.0f}",
+                             "" if memory_ratio is None else f"{memory_ratio:.2f}x",
                              common.fmt_runs(runs[variant], "step_s")])
-                if not is_theirs:
+                if ratio is not None:
                     notes.append(f"- {encoder} + {decoder}, {VARIANT_LABELS[variant]}: time "
                                  f"ratio {ratio:.2f}x "
                                  f"({common.verdict(ratio, TARGET, lower_is_better=True)})")

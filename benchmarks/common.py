@@ -144,6 +144,20 @@ def median_of(runs: Sequence[dict[str, Any]], key: str) -> float:
     return statistics.median(float(r[key]) for r in runs)
 
 
+def against_upstream(runs: dict[str, Sequence[dict[str, Any]]], key: str
+                     ) -> list[tuple[str, float, float | None]]:
+    """Per variant, in ``runs``' order: ``(variant, median of key, median / the original's
+    median)``, the ratio None for the original itself."""
+    theirs = median_of(runs["upstream"], key)
+    return [(variant, median_of(r, key), None if variant == "upstream"
+             else median_of(r, key) / theirs) for variant, r in runs.items()]
+
+
+def ratio_cell(ratio: float | None) -> str:
+    """A table cell for a ratio to the original: bold, empty in the original's own row."""
+    return "" if ratio is None else f"**{ratio:.2f}x**"
+
+
 def fmt_runs(runs: Sequence[dict[str, Any]], key: str, fmt: str = "{:.3f}") -> str:
     return ", ".join(fmt.format(r[key]) for r in runs)
 

@@ -24,6 +24,7 @@ from mit_semseg.nn.replicate import (
 from mit_semseg.nn.sync_batchnorm import combine_moments, local_moments
 
 from ._helpers import (
+    ATOL,
     PLAIN_BN,
     NoHostTransfers,
     assert_close,
@@ -39,6 +40,14 @@ SYNC_BN = {1: SynchronizedBatchNorm1d, 2: SynchronizedBatchNorm2d, 3: Synchroniz
 SHAPES = [(1, (16, 10)), (1, (16, 10, 7)), (2, (16, 10, 6, 6)), (3, (8, 4, 3, 5, 5))]
 
 
+def assert_same_step(reference, candidate, x, g, atol=ATOL):
+    """One forward and backward of each on ``(x, g)``: equal outputs and input gradients."""
+    out_r, dx_r = run_step(reference, x, g)
+    out_c, dx_c = run_step(candidate, x, g)
+    assert_close(out_c, out_r, "output", atol=atol)
+    assert_close(dx_c, dx_r, "input grad", atol=atol)
+
+
 def _data(shape, scale=2.0, offset=0.5):
     x = torch.randn(shape) * scale + offset
     return x, torch.randn(shape)
@@ -52,10 +61,7 @@ def test_single_device_train_equals_batchnorm(dims, shape, eps_mode):
     sync = twin(SYNC_BN[dims], plain, eps_mode=eps_mode)
     for _ in range(2):
         x, g = _data(shape)
-        out_p, dx_p = run_step(plain, x, g)
-        out_s, dx_s = run_step(sync, x, g)
-        assert_close(out_s, out_p, "output")
-        assert_close(dx_s, dx_p, "input grad")
+        assert_same_step(plain, sync, x, g)
     compare_bn_state(sync, plain)
 
 
@@ -67,10 +73,7 @@ def test_eval_uses_running_stats_like_batchnorm(eps_mode):
         plain.running_var[0] = 1e-7  # far below eps: eval must still use var + eps
     sync = twin(SynchronizedBatchNorm2d, plain, eps_mode=eps_mode)
     x, g = _data((4, 5, 3, 3))
-    out_p, dx_p = run_step(plain, x, g)
-    out_s, dx_s = run_step(sync, x, g)
-    assert_close(out_s, out_p, "output", atol=1e-6)
-    assert_close(dx_s, dx_p, "input grad", atol=1e-6)
+    assert_same_step(plain, sync, x, g, atol=1e-6)
     assert int(sync.num_batches_tracked) == 0
 
 
@@ -115,10 +118,7 @@ def test_replicas_equal_batchnorm_on_full_batch(dims, shape, k, eps_mode):
     model = _replicated(sync, k)
     for _ in range(3):
         x, g = _data(shape)
-        out_p, dx_p = run_step(plain, x, g)
-        out_s, dx_s = run_step(model, x, g)
-        assert_close(out_s, out_p, "output")
-        assert_close(dx_s, dx_p, "input grad")
+        assert_same_step(plain, model, x, g)
     compare_bn_state(sync, plain)
     assert int(sync.num_batches_tracked) == 3
 
@@ -141,10 +141,7 @@ def test_replicas_with_options(kwargs):
         if step == 2 and "track_running_stats" in kwargs:
             plain.eval(), sync.eval()  # no running stats: batch statistics in eval too
         x, g = _data((7, 6, 4, 4))
-        out_p, dx_p = run_step(plain, x, g)
-        out_s, dx_s = run_step(model, x, g)
-        assert_close(out_s, out_p, "output")
-        assert_close(dx_s, dx_p, "input grad")
+        assert_same_step(plain, model, x, g)
     compare_bn_state(sync, plain)
 
 
@@ -163,10 +160,7 @@ def test_replicas_eval_mode_equals_batchnorm_eval():
     randomize_bn(plain)
     sync = twin(SynchronizedBatchNorm2d, plain)
     x, g = _data((6, 4, 3, 3))
-    out_p, dx_p = run_step(plain, x, g)
-    out_s, dx_s = run_step(_replicated(sync, 2), x, g)
-    assert_close(out_s, out_p, "output")
-    assert_close(dx_s, dx_p, "input grad")
+    assert_same_step(plain, _replicated(sync, 2), x, g)
 
 
 def test_layer_called_twice_per_forward():
@@ -182,10 +176,7 @@ def test_layer_called_twice_per_forward():
     randomize_bn(plain)
     sync = twin(SynchronizedBatchNorm2d, plain, eps_mode="plus")
     x, g = _data((6, 4, 3, 3))
-    out_p, dx_p = run_step(Twice(plain), x, g)
-    out_s, dx_s = run_step(_replicated(Twice(sync), 3), x, g)
-    assert_close(out_s, out_p, "output")
-    assert_close(dx_s, dx_p, "input grad")
+    assert_same_step(Twice(plain), _replicated(Twice(sync), 3), x, g)
     compare_bn_state(sync, plain)
     assert int(sync.num_batches_tracked) == 2
 
@@ -196,10 +187,7 @@ def test_channels_last_input():
     sync = twin(SynchronizedBatchNorm2d, plain, eps_mode="plus")
     x, g = _data((6, 8, 5, 5))
     x = x.contiguous(memory_format=torch.channels_last)
-    out_p, dx_p = run_step(plain, x, g)
-    out_s, dx_s = run_step(_replicated(sync, 2), x, g)
-    assert_close(out_s, out_p, "output")
-    assert_close(dx_s, dx_p, "input grad")
+    assert_same_step(plain, _replicated(sync, 2), x, g)
     compare_bn_state(sync, plain)
     single = sync(x)
     assert single.is_contiguous(memory_format=torch.channels_last)
@@ -237,10 +225,7 @@ def test_tiny_groups_one_sample_per_replica_bn1d():
     plain = nn.BatchNorm1d(5)
     sync = twin(SynchronizedBatchNorm1d, plain, eps_mode="plus")
     x, g = _data((2, 5))
-    out_p, dx_p = run_step(plain, x, g)
-    out_s, dx_s = run_step(_replicated(sync, 2), x, g)
-    assert_close(out_s, out_p, "output", atol=1e-4)
-    assert_close(dx_s, dx_p, "input grad", atol=1e-4)
+    assert_same_step(plain, _replicated(sync, 2), x, g, atol=1e-4)
 
 
 @pytest.mark.parametrize("dtype,tol", [(torch.bfloat16, 2e-2), (torch.float16, 4e-3)])
