@@ -15,7 +15,10 @@ import json
 import re
 from pathlib import Path
 
-TARGET_MIOU = 0.80  # what the demo's schedule is meant to reach; tests/scripts/test_demo.py
+# What the demo's schedule reaches on any CPU, with a margin: float rounding differs between CPUs
+# and training amplifies it; seeds 304 (the config's), 1 and 2 gave 0.803, 0.797, 0.817 on one
+# machine (docs/evaluation.md). tests/scripts/test_demo.py asserts it.
+TARGET_MIOU = 0.75
 _EPOCH_FILE = re.compile(r"^(?P<stem>.+_epoch_)(?P<epoch>\d+)(?P<ext>\.\w+)$")
 _LISTED_FILES = 3  # folders with more files are summarised as "name/ (N files)"
 

@@ -1,4 +1,4 @@
-"""The README demo end to end (without pip install): train briefly on CPU, reach mIoU >= 0.80,
+"""The README demo end to end (without pip install): train briefly on CPU, reach the target mIoU,
 print every output, and the numbers the README quotes are the ones the demo prints."""
 
 import json
@@ -15,9 +15,10 @@ from eval_fixtures import REPO_ROOT, load_script
 QUOTING_DOCS = [REPO_ROOT / "README.md", REPO_ROOT / "docs" / "evaluation.md",
                 REPO_ROOT / "docs" / "training.md"]
 SCORE_LINE = re.compile(r"Validation mean IoU: (\d\.\d{4}), pixel accuracy: (\d+\.\d{2})%")
-# Float rounding differs between CPUs (kernels chosen by ISA), so another machine's run may
-# differ in the last digits; a changed demo (data, schedule, model) moves the scores by more.
-MIOU_TOLERANCE, ACCURACY_TOLERANCE = 0.003, 0.3
+# Float rounding differs between CPUs (kernels chosen by ISA) and training amplifies it: the
+# config's seed and two others gave mIoU 0.803, 0.797, 0.817 (pixel accuracy 94.4, 94.2, 94.8%)
+# on one machine, so another CPU's run may differ by about that much. The docs say so.
+MIOU_TOLERANCE, ACCURACY_TOLERANCE = 0.025, 1.0
 
 
 def test_the_docs_quote_the_demo_scores_in_the_printed_format():
@@ -49,10 +50,10 @@ def test_demo_reaches_target_miou_and_prints_what_the_docs_quote(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     metrics = json.loads((tmp_path / "ckpt" / "eval_metrics.json").read_text())
     print(f"demo: {elapsed:.0f}s, mIoU {metrics['mean_iou']:.4f}")
-    assert metrics["mean_iou"] >= 0.80
+    summary = load_script("scripts/demo_summary.py")
+    assert metrics["mean_iou"] >= summary.TARGET_MIOU
     printed = proc.stdout.splitlines()
     # the scores printed are eval.py's, and every file written is listed
-    summary = load_script("scripts/demo_summary.py")
     assert summary.score_line(tmp_path / "ckpt" / "eval_metrics.json") in printed
     for folder in ("data", "ckpt", "out"):
         for entry in summary.describe(tmp_path / folder):
