@@ -8,8 +8,10 @@
 # system Python, which recent Debian/Ubuntu refuse anyway (PEP 668, externally-managed-environment).
 
 export PIP_DISABLE_PIP_VERSION_CHECK=1
-# The PyTorch release the project is tested with (CPU and CUDA builds share these wheels).
+# The PyTorch releases the project is tested with (CPU and CUDA builds share these wheels):
+# 2.14.1 on Python 3.10+, and on 3.9, which PyTorch 2.9 dropped, its last release for 3.9.
 TORCH_REQUIREMENTS=(torch==2.14.1 torchvision==0.29.1)
+TORCH_REQUIREMENTS_PY39=(torch==2.8.0 torchvision==0.23.0)
 
 python_env_fail() {
     printf 'error: %s\n' "$*" >&2
@@ -25,7 +27,7 @@ choose_python() {
         elif command -v python >/dev/null 2>&1; then
             base=python
         else
-            python_env_fail "no python3 on PATH; install Python 3.9-3.13 or set PYTHON=/path/to/python3"
+            python_env_fail "no python3 on PATH; install Python 3.9 or newer (3.10+ for PyTorch 2.14) or set PYTHON=/path/to/python3"
         fi
     fi
     command -v "$base" >/dev/null 2>&1 || python_env_fail "PYTHON=$base: no such interpreter"
@@ -71,5 +73,16 @@ the venv module first (sudo apt install python3-venv), or set PYTHON=..."
 # install_project [EXTRAS]: PyTorch and this clone (editable, with the given extras, e.g. "[test]")
 # into $PY's environment; quick when everything is already there.
 install_project() {
-    "$PY" -m pip install -q "${TORCH_REQUIREMENTS[@]}" -e ".${1:-}"
+    local torch
+    read -r -a torch <<<"$(torch_requirements)"
+    "$PY" -m pip install -q "${torch[@]}" -e ".${1:-}"
+}
+
+# Prints the PyTorch requirements for $PY's Python version.
+torch_requirements() {
+    if "$PY" -c 'import sys; sys.exit(sys.version_info >= (3, 10))'; then
+        echo "${TORCH_REQUIREMENTS_PY39[*]}"
+    else
+        echo "${TORCH_REQUIREMENTS[*]}"
+    fi
 }

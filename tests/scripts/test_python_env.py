@@ -107,3 +107,20 @@ def test_a_failed_venv_creation_is_explained_and_leaves_no_half_made_venv(tmp_pa
     assert proc.returncode != 0
     assert "could not create .venv" in proc.stderr and "python3-venv" in proc.stderr
     assert not (tmp_path / "clone" / ".venv").exists()
+
+
+@pytest.mark.parametrize("version,expected", [((3, 9), "torch==2.8.0 torchvision==0.23.0"),
+                                              ((3, 11), "torch==2.14.1 torchvision==0.29.1")])
+def test_pytorch_is_pinned_by_python_version(tmp_path, version, expected):
+    # PyTorch 2.14 has no Python 3.9 wheels: a stub interpreter reports the version asked
+    stub = tmp_path / "python"
+    stub.write_text(f"#!/bin/sh\nexec {sys.executable} -c 'import sys; "
+                    f"sys.version_info = {version}; exec(sys.argv[1])' \"$2\"\n")
+    stub.chmod(0o755)
+    (tmp_path / "scripts").mkdir()
+    shutil.copy(REPO_ROOT / "scripts" / "python_env.sh", tmp_path / "scripts")
+    proc = subprocess.run(["/bin/bash", "-c", f"source scripts/python_env.sh && PY={stub} "
+                           "&& torch_requirements"], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == expected
