@@ -98,7 +98,9 @@ def test_onnxruntime_backend_refuses_a_foreign_model(tmp_path, onnxruntime):
     graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g",
                               [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
-    onnx.save(helper.make_model(graph), tmp_path / "other.onnx")
+    # an IR version and opset that every onnxruntime release we support reads
+    model = helper.make_model(graph, ir_version=8, opset_imports=[helper.make_opsetid("", 13)])
+    onnx.save(model, tmp_path / "other.onnx")
     with pytest.raises(ValueError, match="expected input 'image'"):
         OnnxRuntimeSegmenter(tmp_path / "other.onnx")
     with pytest.raises(FileNotFoundError, match="missing.onnx"):

@@ -1,6 +1,8 @@
 """scripts/python_env.sh: which Python the README commands use, and that they create .venv/
 rather than install into an interpreter that is not a virtual environment."""
 
+from __future__ import annotations
+
 import os
 import shutil
 import subprocess
@@ -10,7 +12,11 @@ from pathlib import Path
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-BASE_PYTHON = Path(sys._base_executable if hasattr(sys, "_base_executable") else sys.executable)
+# the interpreter this virtual environment was made from (before 3.11, sys._base_executable
+# inside a venv may name the venv's own python)
+_BASE_VERSIONED = Path(sys.base_prefix) / "bin" / "python{}.{}".format(*sys.version_info[:2])
+BASE_PYTHON = (_BASE_VERSIONED if _BASE_VERSIONED.is_file()
+               else Path(getattr(sys, "_base_executable", sys.executable)))
 IN_VENV = sys.prefix != sys.base_prefix
 
 
