@@ -120,8 +120,8 @@ def script_parser(prog: str, description: str, devices_help: str,
         from mit_semseg.models.zoo import list_models
 
         parser.add_argument("--cfg", default=None, metavar="FILE|NAME",
-                            help="YAML config file, or the name of a packaged config "
-                                 f"(default: the --model's config, else {DEFAULT_CFG})")
+                            help="YAML config file, or the name of a packaged config; with "
+                                 f"--model, that model's config (default: {DEFAULT_CFG})")
         parser.add_argument("--model", default=None, metavar="NAME",
                             help="run a model released with the original instead of DIR's "
                                  "weights, downloaded into the cache on first use; one of: "

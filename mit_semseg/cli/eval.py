@@ -52,9 +52,12 @@ def parse_args(argv: list[str] | None = None, prog: str = PROG) -> argparse.Name
     return parser.parse_args(argv)
 
 
-def eval_job(cfg: Any, model: TrainedModel) -> EvalJob:
-    """What the config asks to evaluate (``DATASET``, ``VAL``, ``DIR``) with ``model``."""
+def eval_job(cfg: Any, model: TrainedModel | None = None) -> EvalJob:
+    """What the config asks to evaluate (``DATASET``, ``VAL``, ``DIR``) with ``model``
+    (default: ``DIR``'s weights of ``VAL.checkpoint``, see :func:`common.trained_model`)."""
     d, v = cfg.DATASET, cfg.VAL
+    if model is None:
+        model = common.trained_model(cfg, v.checkpoint)
     return EvalJob(model=model, out_dir=Path(cfg.DIR), root_dataset=d.root_dataset,
                    list_val=d.list_val, scales=tuple(d.imgSizes), max_size=d.imgMaxSize,
                    padding_constant=d.padding_constant, flip=v.flip, amp=v.amp,

@@ -15,8 +15,9 @@ relative to the list's folder). For every image ``TEST.result/<name>.png`` shows
 ``<name>`` is the image's path relative to the inputs' common folder, ``/`` replaced by ``__``.
 
 ``--model NAME`` runs a released model instead (downloaded into the cache on first use); so
-does a plain ``python test.py --imgs photo.jpg`` when ``DIR`` holds no weights: the released
-model of the config's architecture, with a warning (:mod:`mit_semseg.cli.model_setup`).
+does a plain ``python test.py --imgs photo.jpg`` when the config is a packaged recipe whose
+``DIR`` holds no weights: the released model of that architecture, with a warning
+(:mod:`mit_semseg.cli.model_setup`).
 
 With one scale in ``DATASET.imgSizes`` (and no window cutting the image), a module prepared for
 fast inference (``MODEL.fast_inference True``, or ``MODEL.backend onnxruntime``) predicts the
