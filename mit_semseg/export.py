@@ -140,10 +140,19 @@ def export_onnx(segmentation_module: nn.Module, path: str | os.PathLike,
                           "pip install 'mit_semseg[onnx]'") from error
     network = inference_network(segmentation_module, for_onnx=True)
     example, dims = _example_and_dims(example_size)
-    with torch.no_grad():
-        program = torch.onnx.export(network, (example,), input_names=["image"],
-                                    output_names=list(OUTPUTS), dynamic_shapes=dims,
-                                    dynamo=True, optimize=True, verbose=False)
+    # the exporter's graph passes log every rewrite at INFO: hundreds of lines per model
+    passes_logs = {name: logging.getLogger(name) for name in ("onnx_ir", "onnxscript")}
+    levels = {name: log.level for name, log in passes_logs.items()}
+    try:
+        for log in passes_logs.values():
+            log.setLevel(logging.WARNING)
+        with torch.no_grad():
+            program = torch.onnx.export(network, (example,), input_names=["image"],
+                                        output_names=list(OUTPUTS), dynamic_shapes=dims,
+                                        dynamo=True, optimize=True, verbose=False)
+    finally:
+        for name, log in passes_logs.items():
+            log.setLevel(levels[name])
     model = program.model_proto
     info = {"num_class": str(network.decoder.num_class), **(metadata or {})}
     for key, value in info.items():

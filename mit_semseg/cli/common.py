@@ -96,9 +96,14 @@ def _config_help() -> str:
 
 
 def script_parser(prog: str, description: str, devices_help: str,
-                  examples: Sequence[str] = ()) -> argparse.ArgumentParser:
+                  examples: Sequence[str] = (), released_models: bool = False
+                  ) -> argparse.ArgumentParser:
     """A parser with ``--cfg``, ``--gpus``/``--gpu`` and the trailing ``opts``; the script adds
     its own flags (before the overrides on the command line).
+
+    With ``released_models`` (the inference scripts) it also takes ``--model NAME``, a model of
+    :mod:`mit_semseg.models.zoo` (see :mod:`mit_semseg.cli.model_setup`), and ``--cfg`` is
+    ``None`` when not given, so that the model's own config can take its place.
 
     ``--help`` ends with ``examples`` (``{prog}`` stands for the command, e.g.
     ``python train.py`` or ``mit-semseg-train``), the packaged configs, where every config key
@@ -111,9 +116,20 @@ def script_parser(prog: str, description: str, devices_help: str,
         + [_config_help(), _EXIT_STATUS_HELP.format(prog=prog)])
     parser = _Parser(prog=prog, description=description, epilog=epilog,
                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--cfg", default=DEFAULT_CFG, metavar="FILE|NAME",
-                        help="YAML config file, or the name of a packaged config "
-                             "(default: %(default)s)")
+    if released_models:
+        from mit_semseg.models.zoo import list_models
+
+        parser.add_argument("--cfg", default=None, metavar="FILE|NAME",
+                            help="YAML config file, or the name of a packaged config; with "
+                                 f"--model, that model's config (default: {DEFAULT_CFG})")
+        parser.add_argument("--model", default=None, metavar="NAME",
+                            help="run a model released with the original instead of DIR's "
+                                 "weights, downloaded into the cache on first use; one of: "
+                                 f"{', '.join(list_models())} (default: none)")
+    else:
+        parser.add_argument("--cfg", default=DEFAULT_CFG, metavar="FILE|NAME",
+                            help="YAML config file, or the name of a packaged config "
+                                 "(default: %(default)s)")
     parser.add_argument("--gpus", "--gpu", dest="gpus", default=None, metavar="DEVICES",
                         help=f"{devices_help} (default: the config's DEVICE, itself \"auto\" "
                              "by default: GPU 0 if there is one, else the CPU)")

@@ -9,9 +9,10 @@ Example::
 The list is cut into contiguous shards, one per process (never an empty one). Every process
 returns the integer confusion matrix of its shard; the master adds them, so the metrics are
 identical whatever the number of processes. The master checks the list, the weight files and
-DIR before starting any worker (exit status 2 on a setup error). If a worker fails, the master
-stops the others and exits with status 1 after printing the worker's error. Outputs are those
-of ``eval.py``.
+DIR before starting any worker (exit status 2 on a setup error); with ``--model NAME`` it first
+downloads the released model, and with ``MODEL.backend onnxruntime`` it exports the ONNX file
+(:mod:`mit_semseg.cli.model_setup`). If a worker fails, the master stops the others and exits
+with status 1 after printing the worker's error. Outputs are those of ``eval.py``.
 
 Under ``torchrun`` (one node or several) the processes are torchrun's: each rank evaluates
 its shard on ``--gpus cpu`` or on ``cuda:LOCAL_RANK``, rank 0 adds the confusion matrices and
@@ -36,10 +37,9 @@ import numpy as np
 import torch
 import torch.multiprocessing as mp
 
-from mit_semseg.cli import common, preflight
+from mit_semseg.cli import common, model_setup
 from mit_semseg.cli.devices import bind_cuda_device, resolve_devices
 from mit_semseg.cli.eval import eval_job
-from mit_semseg.config import load_config
 from mit_semseg.engine.distributed import (
     DistContext,
     cleanup_distributed,
@@ -54,6 +54,7 @@ from mit_semseg.engine.evaluation import (
     shard_ranges,
 )
 from mit_semseg.engine.precision import check_amp
+from mit_semseg.models.zoo import PretrainedModel
 
 PROG = "eval_multipro.py"
 logger = logging.getLogger("eval_multipro")
@@ -66,6 +67,7 @@ EXAMPLES = (
     "{prog} --cfg ade20k-resnet50dilated-ppm_deepsup --gpus 0-3 DIR ckpt/my_run",
     "{prog} --cfg ade20k-resnet18dilated-ppm_deepsup --gpus cpu --workers 2",
     "{prog} --cfg my_config.yaml --gpus 0,2 VAL.checkpoint epoch_10.pth",
+    "{prog} --model ade20k-hrnetv2-c1 --gpus 0-3   # results in ckpt/ade20k-hrnetv2-c1",
 )
 
 
@@ -73,12 +75,13 @@ def parse_args(argv: list[str] | None = None, prog: str = PROG) -> argparse.Name
     parser = common.script_parser(
         prog, "Evaluate a trained model (DIR/{encoder,decoder}_<VAL.checkpoint>) on\n"
         "DATASET.list_val with one process per device; the metrics equal eval.py's.",
-        devices_help='GPUs, e.g. "0-3" or "0,2"; "cpu" for CPU processes', examples=EXAMPLES)
+        devices_help='GPUs, e.g. "0-3" or "0,2"; "cpu" for CPU processes', examples=EXAMPLES,
+        released_models=True)
     parser.add_argument("--workers", type=int, default=None,
                         help="number of processes when --gpus is cpu (default: 1)")
     parser.add_argument("--start-method", choices=("auto", "fork", "spawn"), default="auto",
                         help="how worker processes start; auto = fork for CPU-only runs on "
-                             "Linux, else spawn (default: %(default)s)")
+                             "Linux with MODEL.backend torch, else spawn (default: %(default)s)")
     return parser.parse_args(argv)
 
 
@@ -118,13 +121,15 @@ def _threads_per_process(devices: list[torch.device]) -> int:
     return max((cores or 1) // cpu_procs, 1)
 
 
-def _start_method(requested: str, devices: list[torch.device]) -> str:
+def _start_method(requested: str, devices: list[torch.device], backend: str) -> str:
     """The multiprocessing start method for ``--start-method requested``.
 
     CUDA cannot be used in a forked child once the parent has initialised it (the master
     queries the GPUs while resolving ``--gpus``), so ``fork`` with CUDA devices is a usage
     error. CPU-only runs fork by default on Linux, which skips re-importing torch in every
-    child (the master has run no torch computation yet, so forking is safe).
+    child (the master has run no torch computation yet, so forking is safe), except with the
+    onnxruntime backend: the master may have exported and run the model (thread pools that a
+    forked child inherits in an unusable state).
     """
     cpu_only = all(d.type == "cpu" for d in devices)
     if requested == "fork" and not cpu_only:
@@ -132,7 +137,8 @@ def _start_method(requested: str, devices: list[torch.device]) -> str:
                                 "forked child cannot use CUDA); use spawn or auto")
     if requested != "auto":
         return requested
-    return "fork" if cpu_only and sys.platform.startswith("linux") else "spawn"
+    forkable = cpu_only and backend == "torch" and sys.platform.startswith("linux")
+    return "fork" if forkable else "spawn"
 
 
 def _collect(procs: list[Any], messages: Any, num_images: int) -> list[EvalResult]:
@@ -205,6 +211,7 @@ def _torchrun_device(args: argparse.Namespace, cfg: Any) -> torch.device | None:
     device = common.single_device(args.gpus or cfg.DEVICE,
                                   "; under torchrun each process uses one device")
     check_amp(cfg.VAL.amp, device, "VAL.amp")
+    model_setup.check_backend(cfg, [device], "VAL.amp")
     return device
 
 
@@ -231,16 +238,17 @@ def _evaluate_rank(job: EvalJob, device: torch.device, dist_ctx: DistContext,
     return (None if failed else sum(outcomes[1:], outcomes[0])), devices
 
 
-def _main_torchrun(cfg: Any, device: torch.device, prog: str) -> int:
+def _main_torchrun(cfg: Any, release: PretrainedModel | None, device: torch.device,
+                   prog: str) -> int:
     """``main`` for one process of a torchrun job."""
     dist_ctx = init_distributed(cfg.DIST.backend, device.type == "cuda")
     if device.type == "cuda":
         device = torch.device("cuda", dist_ctx.local_rank)
     bind_cuda_device(device)
     try:
-        job = eval_job(cfg)
-        preflight.check_evaluation(cfg, job.model.weight_files(), "VAL.checkpoint", "DIR",
-                                   "list_val")
+        # every rank fetches (a file lock makes them wait for one download per machine)
+        job = eval_job(cfg, model_setup.inference_model(cfg, release, "VAL.checkpoint", "DIR",
+                                                        "list_val", progress=dist_ctx.is_main))
         num_images = len(job.dataset())
     except common.SETUP_ERRORS as exc:
         cleanup_distributed(wait_for_peers=False)
@@ -266,20 +274,20 @@ def main(argv: list[str] | None = None) -> int:
     common.setup_logging()
     try:
         args = parse_args(argv, prog)
-        cfg = load_config(args.cfg, args.opts)
+        cfg, release = model_setup.load_script_config(args)
         torchrun_device = _torchrun_device(args, cfg)
     except common.SETUP_ERRORS as exc:
         return common.usage_error(prog, exc)
     if torchrun_device is not None:
-        return _main_torchrun(cfg, torchrun_device, prog)
+        return _main_torchrun(cfg, release, torchrun_device, prog)
     try:
         devices = _devices(args, cfg)
-        start_method = _start_method(args.start_method, devices)
+        start_method = _start_method(args.start_method, devices, cfg.MODEL.backend)
         for device in set(devices):
             check_amp(cfg.VAL.amp, device, "VAL.amp")
-        job = eval_job(cfg)
-        preflight.check_evaluation(cfg, job.model.weight_files(), "VAL.checkpoint", "DIR",
-                                   "list_val")
+        model_setup.check_backend(cfg, devices, "VAL.amp")
+        job = eval_job(cfg, model_setup.inference_model(cfg, release, "VAL.checkpoint", "DIR",
+                                                        "list_val"))
         num_images = len(job.dataset())
     except common.SETUP_ERRORS as exc:
         return common.usage_error(prog, exc)

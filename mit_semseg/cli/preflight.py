@@ -336,7 +336,8 @@ def check_evaluation(cfg: Any, weight_files: Mapping[str, Path], checkpoint_key:
     if list_key is not None:
         check_sample_list(cfg, list_key)
     fix = (f"set DIR to the folder that holds the encoder_/decoder_ files and "
-           f"{checkpoint_key} to their common suffix (e.g. epoch_20.pth)")
+           f"{checkpoint_key} to their common suffix (e.g. epoch_20.pth), or run a released "
+           "model with --model NAME (see --help)")
     missing = [str(path) for path in weight_files.values() if not Path(path).is_file()]
     if missing:
         raise SetupError(f"checkpoint file(s) not found: {', '.join(missing)}; {fix}")

@@ -14,11 +14,22 @@ relative to the list's folder). For every image ``TEST.result/<name>.png`` shows
 (value = class index + 1 as in ADE20K annotations; uint8, or uint16 above 255 classes).
 ``<name>`` is the image's path relative to the inputs' common folder, ``/`` replaced by ``__``.
 
+``--model NAME`` runs a released model instead (downloaded into the cache on first use); so
+does a plain ``python test.py --imgs photo.jpg`` when the config is a packaged recipe whose
+``DIR`` holds no weights: the released model of that architecture, with a warning
+(:mod:`mit_semseg.cli.model_setup`).
+
+With one scale in ``DATASET.imgSizes`` (and no window cutting the image), a module prepared for
+fast inference (``MODEL.fast_inference True``, or ``MODEL.backend onnxruntime``) predicts the
+argmax of the upsampled class scores, without softmax or any full-size float map
+(:func:`mit_semseg.engine.score_maps.predict_labels`); the plain module keeps the original's
+arithmetic.
+
 Grayscale, RGBA, 16-bit and tiny images are converted; unreadable files (missing, empty,
 corrupt) are reported by name and skipped. Before building the model it checks the weight
 files and that ``TEST.result`` is writable (:mod:`mit_semseg.cli.preflight`). Exit status: 0 if
 every image was processed, 1 if some could not be, 2 on a setup error (bad config, missing or
-unfitting checkpoint, unwritable output folder, no input images).
+unfitting checkpoint, download failed, unwritable output folder, no input images).
 """
 
 from __future__ import annotations
@@ -33,9 +44,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from mit_semseg.cli import common, preflight
+from mit_semseg.cli import common, model_setup
 from mit_semseg.cli.devices import bind_cuda_device
-from mit_semseg.config import load_config
 from mit_semseg.data import ImageReadError, TestDataset, dataset_palette
 from mit_semseg.engine.evaluation import resolve_class_names
 from mit_semseg.engine.inference import (
@@ -43,9 +53,9 @@ from mit_semseg.engine.inference import (
     collect_images,
     load_segmentation_module,
     output_names,
-    predict_probs,
 )
 from mit_semseg.engine.precision import check_amp
+from mit_semseg.engine.score_maps import predict_labels
 from mit_semseg.viz import class_fractions, prediction_panel, save_image
 
 PROG = "test.py"
@@ -53,8 +63,10 @@ logger = logging.getLogger("test")
 
 
 EXAMPLES = (
+    "{prog} --imgs photo.jpg   # the released ade20k-resnet50dilated-ppm_deepsup if DIR is empty",
+    "{prog} --imgs photo.jpg --model ade20k-hrnetv2-c1 --gpus cpu TEST.result out/",
     "{prog} --imgs photo.jpg --cfg ade20k-resnet50dilated-ppm_deepsup --gpus cpu "
-    "DIR ckpt/ade20k-resnet50dilated-ppm_deepsup TEST.result out/",
+    "DIR ckpt/my_run TEST.result out/",
     "{prog} --imgs holiday/ list.txt --cfg my_config.yaml --gpu 0 TEST.save_label True",
     "{prog} --imgs big.jpg --cfg config/ade20k-hrnetv2.yaml TEST.window_size 600",
 )
@@ -64,7 +76,8 @@ def parse_args(argv: list[str] | None = None, prog: str = PROG) -> argparse.Name
     parser = common.script_parser(
         prog, "Segment images with a trained model (DIR/{encoder,decoder}_<TEST.checkpoint>)\n"
         "and write one picture per image (input, prediction, legend) to TEST.result.",
-        devices_help='one device: a GPU index such as 0, or "cpu"', examples=EXAMPLES)
+        devices_help='one device: a GPU index such as 0, or "cpu"', examples=EXAMPLES,
+        released_models=True)
     parser.add_argument("--imgs", required=True, nargs="+", metavar="PATH",
                         help="images, folders (searched recursively) or list files "
                              "(.txt/.lst/.odgt); required")
@@ -130,9 +143,9 @@ def _segment_all(cfg: Any, module: nn.Module, device: torch.device, images: list
         try:
             sample = dataset[index]  # decodes and rescales; grayscale/RGBA/16-bit -> RGB
             image = sample["img_ori"]
-            probs = predict_probs(module, sample["img_data"], image.shape[:2], device,
-                                  window=window, amp=cfg.TEST.amp)
-            pred = probs.argmax(0).cpu().numpy()
+            # one scale: the argmax of the upsampled logits when the module allows it
+            pred = predict_labels(module, sample["img_data"], image.shape[:2], device,
+                                  window=window, amp=cfg.TEST.amp).cpu().numpy()
             out_path = outputs.write(name, image, pred, inputs)
         except (ImageReadError, FileNotFoundError) as exc:
             logger.error("skipped: %s", exc)
@@ -161,18 +174,19 @@ def main(argv: list[str] | None = None) -> int:
     common.setup_logging()
     try:
         args = parse_args(argv, prog)
-        cfg = load_config(args.cfg, args.opts)
+        cfg, release = model_setup.load_script_config(args)
         device = common.single_device(args.gpus or cfg.DEVICE)
         check_amp(cfg.TEST.amp, device, "TEST.amp")
+        model_setup.check_backend(cfg, [device], "TEST.amp")
         bind_cuda_device(device)
         images, problems = collect_images(args.imgs)
         for problem in problems:
             logger.error("%s", problem)
         if not images:
             raise FileNotFoundError("no input images found in --imgs " + " ".join(args.imgs))
-        model = common.trained_model(cfg, cfg.TEST.checkpoint)
-        preflight.check_evaluation(cfg, model.weight_files(), "TEST.checkpoint", "TEST.result",
-                                   None)
+        release = release or model_setup.fallback_release(cfg, args)
+        model = model_setup.inference_model(cfg, release, "TEST.checkpoint", "TEST.result",
+                                            None)
         module = load_segmentation_module(model, device)
     except common.SETUP_ERRORS as exc:
         return common.usage_error(prog, exc)

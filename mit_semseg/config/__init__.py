@@ -37,6 +37,7 @@ cfg = _C.clone()
 _AMP_CHOICES = ("", "bf16", "fp16")
 _BACKEND_CHOICES = ("auto", "nccl", "gloo")
 _PREFLIGHT_CHOICES = ("headers", "full", "off")
+_MODEL_BACKEND_CHOICES = ("torch", "onnxruntime")
 _DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
 
@@ -133,6 +134,8 @@ def validate_config(node: CfgNode, source: str = "config") -> None:
     )
     _check(d.preflight in _PREFLIGHT_CHOICES, "DATASET.preflight",
            f"must be one of {_PREFLIGHT_CHOICES}, got {d.preflight!r}", source)
+    _check(node.MODEL.backend in _MODEL_BACKEND_CHOICES, "MODEL.backend",
+           f"must be one of {_MODEL_BACKEND_CHOICES}, got {node.MODEL.backend!r}", source)
     _check(
         bool(_DEVICE_PATTERN.match(node.DEVICE)), "DEVICE",
         f"must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {node.DEVICE!r}", source,
@@ -221,7 +224,7 @@ def load_config(cfg_file: str | os.PathLike | None = None, opts: Sequence[str] =
 # inference settings. Every other key changes what is trained.
 RESUME_MAY_CHANGE = (
     "DIR", "DEVICE", "DATASET.root_dataset", "DATASET.list_train", "DATASET.list_val",
-    "MODEL.weights_encoder", "MODEL.weights_decoder", "MODEL.fast_inference",
+    "MODEL.weights_encoder", "MODEL.weights_decoder", "MODEL.fast_inference", "MODEL.backend",
     "TRAIN.start_epoch", "TRAIN.workers", "TRAIN.disp_iter", "TRAIN.pretrained", "TRAIN.resume",
     "TRAIN.checkpoint_every", "TRAIN.checkpoint_minutes", "DIST.backend", "VAL", "TEST",
     # how the run copes with faults, not what it trains: a run that stopped on a bad sample or

@@ -323,7 +323,9 @@ class EvalJob:
     """What ``eval.py`` / ``eval_multipro.py`` evaluate, and how (translated from the config).
 
     Attributes:
-        model: the trained model (its ``weights_dir`` also receives the result files).
+        model: the trained model.
+        out_dir: folder of the result files (``DIR``; for a training run, the folder of the
+            weights; for a released model, not its cache folder).
         root_dataset: folder the paths of ``list_val`` are relative to (``DATASET.root_dataset``).
         list_val: the validation ``.odgt`` list (``DATASET.list_val``).
         scales: short sides of the test scales (``DATASET.imgSizes``).
@@ -333,10 +335,11 @@ class EvalJob:
         amp: reduced-precision inference (``VAL.amp``), see :func:`predict_probs`.
         workers: loader worker processes (``VAL.workers``).
         visualize: write ``[image | ground truth | prediction]`` PNGs to
-            ``weights_dir/result/`` (``VAL.visualize``).
+            ``out_dir/result/`` (``VAL.visualize``).
     """
 
     model: TrainedModel
+    out_dir: Path
     root_dataset: str
     list_val: str
     scales: tuple[int, ...]
@@ -346,10 +349,6 @@ class EvalJob:
     amp: str = ""
     workers: int = 0
     visualize: bool = False
-
-    @property
-    def out_dir(self) -> Path:
-        return Path(self.model.weights_dir)
 
     def dataset(self, start: int = -1, end: int = -1) -> Any:
         """The :class:`~mit_semseg.data.ValDataset` of records ``[start, end)`` (all: -1, -1)."""
@@ -410,15 +409,24 @@ def evaluate_shard(
     )
 
 
-def compute_backend(device: torch.device) -> str:
+def compute_backend(device: torch.device, backend: str = "torch") -> str:
     """The library and hardware that ran the forward passes, e.g. ``torch 2.6.0, CPU
-    (oneDNN, AVX512)`` or ``torch 2.6.0, CUDA 12.4, cuDNN 90100, NVIDIA H100``."""
+    (oneDNN, AVX512)`` or ``torch 2.6.0, CUDA 12.4, cuDNN 90100, NVIDIA H100``; with
+    ``backend="onnxruntime"`` (:attr:`TrainedModel.backend`) e.g. ``onnxruntime 1.20.1
+    (CPUExecutionProvider); full-size tail: torch 2.6.0, CPU (oneDNN, AVX512)``."""
     if device.type == "cuda":
-        return (f"torch {torch.__version__}, CUDA {torch.version.cuda}, cuDNN "
-                f"{torch.backends.cudnn.version()}, {torch.cuda.get_device_name(device)}")
-    library = "oneDNN" if torch.backends.mkldnn.is_available() else "no oneDNN"
-    return f"torch {torch.__version__}, {device.type.upper()} ({library}, " \
-           f"{torch.backends.cpu.get_cpu_capability()})"
+        torch_part = (f"torch {torch.__version__}, CUDA {torch.version.cuda}, cuDNN "
+                      f"{torch.backends.cudnn.version()}, {torch.cuda.get_device_name(device)}")
+    else:
+        library = "oneDNN" if torch.backends.mkldnn.is_available() else "no oneDNN"
+        torch_part = (f"torch {torch.__version__}, {device.type.upper()} ({library}, "
+                      f"{torch.backends.cpu.get_cpu_capability()})")
+    if backend == "torch":
+        return torch_part
+    import onnxruntime
+
+    return (f"onnxruntime {onnxruntime.__version__} (CPUExecutionProvider); full-size tail: "
+            f"{torch_part}")
 
 
 def report_results(
@@ -438,13 +446,14 @@ def report_results(
     names = resolve_class_names(job.model.num_class, job.root_dataset)
     scores = scores_from_confusion(result.confusion)
     info = {
-        "checkpoint": str(job.out_dir / f"{{encoder,decoder}}_{job.model.checkpoint}"),
+        "checkpoint": str(Path(job.model.weights_dir)
+                          / f"{{encoder,decoder}}_{job.model.checkpoint}"),
         "list_val": job.list_val,
         "scales": list(job.scales),
         "flip": bool(job.flip),
         "fast_inference": bool(job.model.fast_inference),
         "precision": job.amp or "fp32",
-        "backend": compute_backend(devices[0]),
+        "backend": compute_backend(devices[0], job.model.backend),
         "devices": [str(d) for d in devices],
         **(extra or {}),
     }

@@ -15,13 +15,16 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Union
+from typing import TYPE_CHECKING, Union
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from mit_semseg.engine.precision import autocast
+
+if TYPE_CHECKING:
+    from mit_semseg.engine.onnxruntime_backend import OnnxRuntimeSegmenter
 
 __all__ = [
     "TrainedModel",
@@ -177,6 +180,9 @@ class TrainedModel:
             against the encoder; ``None`` skips the check.
         fast_inference: fold BatchNorm into the convolutions and use the channels-last layout
             (``MODEL.fast_inference``, :func:`mit_semseg.perf.optimize_for_inference`).
+        onnx_file: an ONNX export of these weights (``MODEL.backend onnxruntime``, see
+            :func:`mit_semseg.engine.onnxruntime_backend.cached_onnx_export`); when set,
+            :func:`load_segmentation_module` runs it in onnxruntime instead of PyTorch.
     """
 
     arch_encoder: str
@@ -186,6 +192,12 @@ class TrainedModel:
     checkpoint: str
     fc_dim: int | None = None
     fast_inference: bool = True
+    onnx_file: str | Path | None = None
+
+    @property
+    def backend(self) -> str:
+        """What runs the network: ``"onnxruntime"`` with an ``onnx_file``, else ``"torch"``."""
+        return "torch" if self.onnx_file is None else "onnxruntime"
 
     def weight_files(self) -> dict[str, Path]:
         """``{"encoder": path, "decoder": path}``."""
@@ -193,16 +205,24 @@ class TrainedModel:
                 for part in ("encoder", "decoder")}
 
 
-def load_segmentation_module(model: TrainedModel, device: torch.device) -> nn.Module:
+def load_segmentation_module(model: TrainedModel, device: torch.device
+                             ) -> nn.Module | OnnxRuntimeSegmenter:
     """Build ``model`` from its weight files, for inference on ``device``.
 
     Returns:
-        a :class:`~mit_semseg.models.SegmentationModule` in eval mode on ``device``.
+        a :class:`~mit_semseg.models.SegmentationModule` in eval mode on ``device``; with an
+        ``onnx_file``, an :class:`~mit_semseg.engine.onnxruntime_backend.OnnxRuntimeSegmenter`
+        of it, which answers the same calls.
 
     Raises:
-        FileNotFoundError: naming each missing checkpoint file.
+        FileNotFoundError: naming each missing checkpoint (or ONNX) file.
         ValueError: ``model.fc_dim`` does not match the encoder.
     """
+    if model.onnx_file is not None:
+        from mit_semseg.engine.onnxruntime_backend import OnnxRuntimeSegmenter
+
+        logger.info("running %s with onnxruntime", model.onnx_file)
+        return OnnxRuntimeSegmenter(model.onnx_file)
     paths = model.weight_files()
     missing = [str(p) for p in paths.values() if not p.is_file()]
     if missing:

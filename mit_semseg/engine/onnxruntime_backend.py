@@ -9,19 +9,43 @@ the module. It also has ``logits(images)``, which ``predict_probs`` prefers: the
 in onnxruntime up to the class scores, and the full-resolution tail runs in PyTorch by bands
 (:mod:`mit_semseg.engine.score_maps`), exactly as for the eager model.
 
+:func:`cached_onnx_export` gives the ONNX file of a trained model for ``MODEL.backend
+onnxruntime``: exported on first use, checked against the PyTorch model and cached under a name
+made from the architecture and the SHA-256 of the weight files, so retrained weights in the same
+place get a new export and the same weights anywhere share one.
+
 onnxruntime is an optional dependency: ``pip install 'mit_semseg[onnx]'``.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import logging
 import os
+import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
+from mit_semseg.download import cache_root, sha256_file
 from mit_semseg.engine.score_maps import LogitsSegmenter
 
-__all__ = ["OnnxRuntimeSegmenter"]
+if TYPE_CHECKING:
+    from mit_semseg.engine.inference import TrainedModel
+
+__all__ = ["EXPORT_TOLERANCE", "OnnxRuntimeSegmenter", "cached_onnx_export", "onnx_cache_path"]
+
+logger = logging.getLogger(__name__)
+
+# Largest probability difference accepted between a fresh export and the PyTorch model on a
+# random image. The export folds BatchNorm, which moves deep random-weight models by up to
+# ~1.3e-4 (docs/evaluation.md); a broken graph (wrong pooling bins, a dropped layer) is off
+# by 1e-2 or more.
+EXPORT_TOLERANCE = 1e-3
+# Part of the cache key: raise it when the exported graph's inputs or outputs change.
+_EXPORT_FORMAT = "image->logits,probs v1"
 
 
 class OnnxRuntimeSegmenter(LogitsSegmenter):
@@ -72,3 +96,65 @@ class OnnxRuntimeSegmenter(LogitsSegmenter):
     def probabilities(self, images: torch.Tensor) -> torch.Tensor:
         """The model's own ``probs`` output: probabilities at the input size."""
         return self._run("probs", images)
+
+
+def onnx_cache_path(model: TrainedModel, cache_dir: str | os.PathLike | None = None) -> Path:
+    """Where :func:`cached_onnx_export` keeps the export of ``model``:
+    ``<cache_dir or cache_root()/onnx>/<encoder>-<decoder>-<key>.onnx``, ``key`` hashing the
+    architecture, the class count and the content of both weight files (a dilated and a plain
+    ResNet have the same weights but not the same graph)."""
+    digest = hashlib.sha256()
+    for text in (_EXPORT_FORMAT, model.arch_encoder, model.arch_decoder, str(model.num_class)):
+        digest.update(text.encode() + b"\0")
+    for path in model.weight_files().values():
+        digest.update(bytes.fromhex(sha256_file(path)))
+    folder = Path(cache_dir) if cache_dir else cache_root() / "onnx"
+    return folder / f"{model.arch_encoder}-{model.arch_decoder}-{digest.hexdigest()[:16]}.onnx"
+
+
+def cached_onnx_export(model: TrainedModel, cache_dir: str | os.PathLike | None = None) -> Path:
+    """The ONNX file of ``model``'s weights, exported on first use (see :func:`onnx_cache_path`).
+
+    A new export is checked (:func:`mit_semseg.export.check_onnx`) before it is published, by
+    an atomic rename, so no process ever loads a partial or unchecked file; a lock beside it
+    makes concurrent callers (torchrun ranks) wait for one export instead of each making one.
+
+    Raises:
+        FileNotFoundError: a weight file is missing.
+        ImportError: onnx, onnxscript or onnxruntime is not installed.
+        ValueError: the export differs from the PyTorch model by more than
+            :data:`EXPORT_TOLERANCE` (nothing is cached).
+    """
+    from filelock import FileLock
+
+    path = onnx_cache_path(model, cache_dir)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(f"{path}.lock"):
+        if path.is_file():
+            logger.info("ONNX model (cached): %s", path)
+            return path
+        from mit_semseg.engine.inference import load_segmentation_module
+        from mit_semseg.export import check_onnx, export_onnx
+
+        weights = model.weight_files()
+        logger.info("exporting %s and %s to ONNX for onnxruntime (once; cached as %s)",
+                    weights["encoder"], weights["decoder"], path)
+        start = time.perf_counter()
+        plain = dataclasses.replace(model, fast_inference=False, onnx_file=None)
+        module = load_segmentation_module(plain, torch.device("cpu"))
+        metadata = {"arch_encoder": model.arch_encoder, "arch_decoder": model.arch_decoder,
+                    "weights": f"{weights['encoder']}, {weights['decoder']}"}
+        unchecked = path.with_name(f".{path.name}.{os.getpid()}.unchecked")
+        try:
+            export_onnx(module, unchecked, metadata)
+            difference = check_onnx(module, unchecked)
+            if not difference <= EXPORT_TOLERANCE:  # also catches NaN
+                raise ValueError(f"the ONNX export of {weights['encoder']} differs from the "
+                                 f"PyTorch model by {difference:.2e} (> {EXPORT_TOLERANCE:.0e}); "
+                                 "use MODEL.backend torch")
+            os.replace(unchecked, path)
+        finally:
+            unchecked.unlink(missing_ok=True)
+        logger.info("exported and checked in %.1f s (probabilities within %.1e of PyTorch's)",
+                    time.perf_counter() - start, difference)
+    return path

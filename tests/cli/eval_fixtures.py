@@ -124,3 +124,25 @@ def bound_devices(monkeypatch) -> list:
     calls: list = []
     monkeypatch.setattr(torch.cuda, "set_device", lambda device: calls.append(str(device)))
     return calls
+
+
+@pytest.fixture
+def inline_workers(monkeypatch) -> list[str]:
+    """Runs ``eval_multipro.py``'s workers' shards in this process, after checking that the
+    job survives pickling (as a spawned worker receives it); returns the start methods the
+    master chose. Forking here would be unsafe: this process has already run torch."""
+    import pickle
+
+    from mit_semseg.cli import eval_multipro
+    from mit_semseg.engine.evaluation import evaluate_shard, shard_ranges
+
+    methods: list[str] = []
+
+    def run_workers(job, devices, num_images, start_method):
+        methods.append(start_method)
+        job = pickle.loads(pickle.dumps(job))
+        return [evaluate_shard(job, device, start, end)
+                for (start, end), device in zip(shard_ranges(num_images, len(devices)), devices)]
+
+    monkeypatch.setattr(eval_multipro, "_run_workers", run_workers)
+    return methods

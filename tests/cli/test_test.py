@@ -114,11 +114,11 @@ def test_a_cuda_error_stops_the_run_other_errors_skip_one_image(  # noqa: F811
         _write(tmp_path / "in" / f"{name}.png", rng.integers(0, 255, (20, 30, 3), dtype=np.uint8))
     calls = []
 
-    def predict_probs(*args, **kwargs):
+    def predict_labels(*args, **kwargs):
         calls.append(1)
         raise error
 
-    monkeypatch.setattr(test_cli, "predict_probs", predict_probs)
+    monkeypatch.setattr(test_cli, "predict_labels", predict_labels)
     code, out = in_process("test.py", "--imgs", str(tmp_path / "in"), "--cfg", str(CFG),
                            "--gpu", "cpu",
                            *tiny_run.overrides(**{"TEST.result": str(tmp_path / "out")}))

@@ -149,7 +149,7 @@ def test_write_results_files(tmp_path):
 def test_report_records_how_the_numbers_were_computed(tmp_path, fast, amp):
     model = TrainedModel("resnet18dilated", "c1", 2, tmp_path, "epoch_1.pth",
                          fast_inference=fast)
-    job = EvalJob(model, str(tmp_path), "val.odgt", (300,), 1000, 8, amp=amp)
+    job = EvalJob(model, tmp_path, str(tmp_path), "val.odgt", (300,), 1000, 8, amp=amp)
     result = EvalResult(np.array([[3, 1], [0, 2]], np.int64), 1, 0.1)
     report_results(job, result, [CPU, CPU], extra={"processes": 2})
     metrics = json.loads((tmp_path / "eval_metrics.json").read_text())
@@ -157,6 +157,23 @@ def test_report_records_how_the_numbers_were_computed(tmp_path, fast, amp):
     assert metrics["precision"] == (amp or "fp32")
     assert metrics["backend"] == compute_backend(CPU)
     assert metrics["devices"] == ["cpu", "cpu"] and metrics["processes"] == 2
+
+
+def test_results_go_to_out_dir_and_name_the_weights_and_the_onnxruntime_backend(tmp_path):
+    """A released model's weights live in the cache; its results go elsewhere (DIR)."""
+    onnxruntime = pytest.importorskip("onnxruntime")
+    weights, out = tmp_path / "cache" / "model", tmp_path / "ckpt" / "model"
+    model = TrainedModel("resnet18dilated", "c1", 2, weights, "epoch_20.pth",
+                         onnx_file=tmp_path / "m.onnx")
+    job = EvalJob(model, out, str(tmp_path), "val.odgt", (300,), 1000, 8)
+    report_results(job, EvalResult(np.array([[3, 1], [0, 2]], np.int64), 1, 0.1), [CPU])
+    metrics = json.loads((out / "eval_metrics.json").read_text())
+    assert not weights.exists()
+    assert metrics["checkpoint"] == str(weights / "{encoder,decoder}_epoch_20.pth")
+    assert model.backend == "onnxruntime" and metrics["backend"] == compute_backend(
+        CPU, "onnxruntime")
+    assert metrics["backend"].startswith(f"onnxruntime {onnxruntime.__version__} ")
+    assert metrics["backend"].endswith(compute_backend(CPU))
 
 
 def test_compute_backend_names_library_and_hardware():

@@ -229,3 +229,44 @@ def test_load_rejects_a_wrong_fc_dim(tmp_path):
                          fc_dim=2048)
     with pytest.raises(ValueError, match="fc_dim=2048 .* 512"):
         load_segmentation_module(model, CPU)
+
+
+@pytest.fixture(scope="module")
+def varied_c1():
+    """A plain and a fast-inference (BatchNorm folded, banded tail) MobileNetV2 + C1 with
+    the same random weights and non-trivial BatchNorm statistics, so that labels vary."""
+    import copy
+
+    from mit_semseg.models import build_segmentation_model
+    from mit_semseg.perf import CONV_PLANS, optimize_for_inference
+
+    torch.manual_seed(3)
+    plain = build_segmentation_model("mobilenetv2dilated", "c1", NUM_CLASS, fc_dim=320).eval()
+    for m in plain.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.2, 0.2)
+            m.running_var.uniform_(0.5, 1.5)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.5, 0.5)
+    fast = optimize_for_inference(copy.deepcopy(plain), CPU, plan=CONV_PLANS[-1])
+    return plain, fast
+
+
+@pytest.mark.parametrize("image_size,seg_size", [((33, 47), (33, 47)), ((45, 61), (67, 93)),
+                                                 ((57, 41), (29, 121))])
+def test_predict_labels_single_scale_equals_the_argmax_of_the_probabilities(
+        varied_c1, image_size, seg_size):
+    """test.py's single-scale path: on a fast-inference module the argmax of the upsampled
+    logits (no softmax), on the plain module the original's full-size path, unchanged."""
+    from mit_semseg.engine.score_maps import predict_labels
+
+    plain, fast = varied_c1
+    image = [torch.randn(1, 3, *image_size)]
+    for module in (plain, fast):
+        labels = predict_labels(module, image, seg_size, CPU)
+        assert labels.shape == seg_size and labels.dtype == torch.long
+        assert torch.equal(labels, predict_probs(module, image, seg_size, CPU).argmax(0))
+    assert len(labels.unique()) > 1  # the comparison covers class boundaries
+    with torch.inference_mode():  # the plain module's own forward, as the original's test.py
+        own = plain({"img_data": image[0]}, segSize=seg_size)[0].argmax(0)
+    assert torch.equal(predict_labels(plain, image, seg_size, CPU), own)
