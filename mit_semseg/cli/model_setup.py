@@ -61,7 +61,8 @@ def load_script_config(args: argparse.Namespace) -> tuple[Any, zoo.PretrainedMod
     """The run's config and the released model ``--model`` names (None without it).
 
     Raises:
-        UsageError: ``--model`` names no released model (the message lists them).
+        UsageError: ``--model`` names no released model (the message lists them), or the
+            command line also picks a checkpoint (the released model has its own).
         ConfigError, FileNotFoundError: as :func:`mit_semseg.config.load_config`.
     """
     if args.model is None:
@@ -70,6 +71,11 @@ def load_script_config(args: argparse.Namespace) -> tuple[Any, zoo.PretrainedMod
         release = zoo.get_model(args.model)
     except KeyError as error:
         raise common.UsageError(f"--model: {error.args[0]}") from None
+    chosen = sorted({"VAL.checkpoint", "TEST.checkpoint"} & set(args.opts[0::2]))
+    if chosen:
+        raise common.UsageError(
+            f"--model {release.name} runs its released epoch {release.epoch}; drop "
+            f"{' and '.join(chosen)}, or run your own weights with DIR and --cfg instead")
     overrides = [*release.config_opts(), "DIR", f"ckpt/{release.name}", *args.opts]
     return load_config(args.cfg or release.config, overrides), release
 

@@ -113,6 +113,19 @@ def test_an_unknown_model_lists_the_names(script, tiny_run, in_process):
     assert all(name in line for name in list_models())
 
 
+@pytest.mark.parametrize("script,key", [("eval.py", "VAL.checkpoint"),
+                                        ("test.py", "TEST.checkpoint")])
+def test_a_checkpoint_beside_model_is_refused(script, key, tiny_run, in_process):
+    # the released files have their own epoch: another one would be silently ignored
+    imgs = ["--imgs", str(tiny_run.data / "validation.odgt")] if script == "test.py" else []
+    code, out, err = in_process(script, *imgs, "--model", SMALL, key, "epoch_3.pth",
+                                streams=True)
+    assert code == 2 and "Traceback" not in err
+    line = err.strip().splitlines()[-1]
+    assert line.startswith(f"{script}: error: --model {SMALL} runs its released epoch 20")
+    assert f"drop {key}" in line
+
+
 def _recipe_opts(tiny_run):
     """The packaged ADE20K recipe with the tiny images' sizes; DIR stays the recipe's."""
     return ["DATASET.imgSizes", "(48,)", "DATASET.imgMaxSize", "96",
