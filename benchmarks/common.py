@@ -59,6 +59,9 @@ def add_common_args(parser: argparse.ArgumentParser, repeats: int, threads: int 
                                  "is measured in turn")
     parser.add_argument("--no-write", action="store_true",
                         help="print only, leave benchmarks/RESULTS.md alone")
+    parser.add_argument("--section", default=None,
+                        help="write this section of RESULTS.md instead of the script's own "
+                             "(e.g. a re-run of one thread count beside the full table)")
     parser.add_argument("--measure", choices=IMPLS, help=argparse.SUPPRESS)
     parser.add_argument("--job", help=argparse.SUPPRESS)
 
@@ -264,6 +267,8 @@ def report(name: str, title: str, args: argparse.Namespace, command: str, lines:
            ) -> None:
     """Prints the report and writes it as section ``name`` of RESULTS.md (unless --no-write)."""
     device = getattr(args, "device", "cpu")
+    if args.section:
+        name, command = args.section, f"{command} --section {args.section}"
     if device != "cpu":
         name, title, command = f"{name}_{device}", f"{title} on {device}", (
             f"{command} --device {device}")
