@@ -47,16 +47,17 @@ def measure(impl: str, job: dict[str, Any]) -> dict[str, Any]:
     encoder, decoder, fc_dim = MODELS[job["model"]]
     module = common.build_module(impl, encoder, decoder, fc_dim, NUM_CLASS, job["weights"],
                                  train=False)
+    device = torch.device("cpu")  # peak RSS is a host-memory measure
     if impl == "ours":
-        module = _prepare_ours(module, opts, job)
+        module = _prepare_ours(module, opts, job, device)
     sample = torch.load(job["inputs"], weights_only=True)[0]
     seg_size = tuple(sample["seg_size"])
 
     def run() -> None:
         if impl == "ours":
-            scores = _forward_ours(module, sample["img_data"], seg_size, opts)
+            scores = _forward_ours(module, sample["img_data"], seg_size, opts, device)
         else:
-            scores = _forward_upstream(module, sample["img_data"], seg_size)
+            scores = _forward_upstream(module, sample["img_data"], seg_size, device)
         scores.argmax(0)
 
     run()
