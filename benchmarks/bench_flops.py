@@ -11,7 +11,7 @@ Workloads (fp32 and bf16 autocast):
 * ``inference``: our multi-scale inference of one ``--width`` x ``--height`` image (scales
   300..600 as in ``bench_inference.py``): ``plain`` = the model as built, ``fast`` = the
   default ``MODEL.fast_inference`` path. Note that the fast path counts fewer FLOPs (the
-  factored PPM head), so its GFLOP/s understate its speed-up.
+  factored PPM and UPerNet heads), so its GFLOP/s understate its speed-up.
 * ``train``: one SGD step (forward + backward + update) on a batch of 2 random 384 px images.
 * Peer: torchvision's ``deeplabv3_resnet50`` (random weights, nothing downloaded), a
   comparable dilated ResNet-50, on the same inference scales and training batch.

@@ -16,8 +16,9 @@ one warm-up image per run excluded (its time is reported apart as "first image":
 the convolution-plan measurement, the compilation of ``ours_compiled`` and oneDNN's kernel
 generation). Runs alternate over all variants, each a fresh process, for every thread count.
 
-Variants: ``ours`` (the default: ``MODEL.fast_inference``, i.e. BatchNorm folded, PPM head
-factored, convolution plan measured at start-up), ``ours_plain`` (the model as built),
+Variants: ``ours`` (the default: ``MODEL.fast_inference``, i.e. BatchNorm folded, PPM and
+UPerNet heads factored, convolution plan measured at start-up), ``ours_plain`` (the model as
+built),
 ``ours_bf16`` (fast + bf16 autocast), ``ours_compiled`` (fast + ``torch.compile`` with
 inductor freezing; compiled graphs are cached in ``--compile-cache``, so the first run
 compiles cold and later runs show the warm-cache start-up), ``ours_onnxruntime`` (the model

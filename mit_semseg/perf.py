@@ -4,8 +4,9 @@ always opt-in.
 
 * :func:`fold_batchnorm` merges each eval-mode BatchNorm into the convolution before it, which
   saves one pass over every feature map.
-* :class:`FactoredPPMDecoder` computes the PPM head's fusion convolution over its upsampled
-  pooling branches in closed form (about a fifth of ResNet-50 + PPM's FLOPs saved).
+* :func:`~mit_semseg.factored_heads.factor_decoders` computes the PPM and UPerNet heads' fusion
+  convolutions over upsampled maps in closed form at the small maps' sizes (about a fifth of
+  ResNet-50 + PPM's FLOPs and two fifths of ResNet-50 + UPerNet's saved).
 * :class:`ConvPlan`: feature-map layout (NCHW or channels-last NHWC) and the kernel of the
   1x1 convolutions (oneDNN or one GEMM, never PyTorch's slow single-thread fallback), chosen
   by timing each candidate on this machine at the current thread count
@@ -37,18 +38,16 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from mit_semseg.nn.resample import bilinear_matrix
+from mit_semseg.factored_heads import factor_decoders
 
 __all__ = [
     "CONV_PLANS",
     "ConvPlan",
-    "FactoredPPMDecoder",
     "LogitsNetwork",
     "PointwiseConv2d",
     "apply_conv_plan",
     "choose_conv_plan",
     "compile_module",
-    "factor_ppm_decoders",
     "fold_batchnorm",
     "optimize_for_inference",
     "to_channels_last",
@@ -291,111 +290,13 @@ def choose_conv_plan(module: nn.Module, run: Callable[[torch.Tensor], Any],
     return chosen, best
 
 
-class FactoredPPMDecoder(nn.Module):
-    """Inference form of a PPM decoder: the same logits for about half the head's FLOPs.
-
-    The PPM head's 3x3 fusion convolution reads ``cat([conv5, up(b_1), ..., up(b_n)])``, where
-    each ``b_i`` is a pooled branch of only ``s_i x s_i`` pixels (1, 2, 3, 6) bilinearly
-    upsampled to the map size. Convolution is linear, so it splits into a 3x3 convolution of
-    ``conv5`` alone plus, per branch, the convolution of an upsampled tiny map, which has a
-    closed form: apply the kernel's 9 taps to ``b_i`` at its own size (a matrix product on
-    ``s_i^2`` pixels), then resample with the tap-shifted bilinear matrices
-    (``A_k @ T @ A_l^T``, zero rows where the tap falls into the padding). With ResNet-50's
-    2048 channels next to 4 x 512 branch channels this removes half of the head's
-    multiply-adds, about a fifth of the whole network's, exactly up to float rounding.
-
-    The deep-supervision head is dropped (inference only). Built by
-    :func:`factor_ppm_decoders`; shares the branch modules with the decoder it came from.
-    """
-
-    deep_sup = False
-
-    def __init__(self, decoder: nn.Module) -> None:
-        super().__init__()
-        fusion = decoder.conv_last[0]
-        if (fusion.kernel_size != (3, 3) or fusion.padding != (1, 1) or fusion.stride != (1, 1)
-                or fusion.dilation != (1, 1) or fusion.groups != 1):
-            raise ValueError(f"cannot factor a PPM whose fusion convolution is {fusion}")
-        top = decoder.in_channels[-1]
-        self.num_class = decoder.num_class
-        self.in_channels = list(decoder.in_channels)
-        self.output_index = decoder.output_index
-        self.branches = decoder.ppm
-        self.pool_sizes = [branch[0].output_size for branch in decoder.ppm]
-        weight = fusion.weight.detach()
-        self.conv_main = nn.Conv2d(top, fusion.out_channels, 3, padding=1,
-                                   bias=fusion.bias is not None, device=weight.device,
-                                   dtype=weight.dtype)
-        with torch.no_grad():
-            self.conv_main.weight.copy_(weight[:, :top])
-            if fusion.bias is not None:
-                self.conv_main.bias.copy_(fusion.bias)
-        # (9 * out, in) per branch, rows ordered (tap row k, tap column l, output channel)
-        branch_weight = weight[:, top:].permute(2, 3, 0, 1).contiguous()
-        self.register_buffer("branch_weight", branch_weight.reshape(
-            9 * fusion.out_channels, len(self.branches), -1).transpose(0, 1).contiguous())
-        self.post = decoder.conv_last[1:]  # norm, ReLU, dropout, 1x1 classifier
-
-    def _shifted_bilinear(self, size: int, out_size: int, like: torch.Tensor) -> torch.Tensor:
-        """``(3, out_size, size)``: the bilinear matrix shifted by each tap offset -1, 0, 1."""
-        matrix = bilinear_matrix(size, out_size, like)
-        padded = F.pad(matrix, (0, 0, 1, 1))
-        return torch.stack([padded[k:k + out_size] for k in range(3)])
-
-    def _branch_terms(self, conv5: torch.Tensor) -> torch.Tensor:
-        """Sum over the branches of the fusion convolution of their upsampled maps."""
-        batch, _, height, width = conv5.shape
-        like = conv5 if conv5.dtype in (torch.float32, torch.float64) else conv5.float()
-        rows, columns = [], []
-        for index, branch in enumerate(self.branches):
-            pooled = branch(conv5)  # (B, 512, s, s)
-            size = pooled.shape[-1]
-            taps = self.branch_weight[index] @ pooled.flatten(2)  # (B, 9 * out, s * s)
-            taps = taps.reshape(batch, 3, 3, -1, size, size)  # (B, k, l, out, p, q)
-            col = self._shifted_bilinear(size, width, like)  # (l, W, q)
-            col = col.permute(0, 2, 1).reshape(3 * size, width)  # ((l, q), W)
-            taps = taps.permute(0, 1, 3, 4, 2, 5).reshape(batch, 3, -1, size, 3 * size)
-            partial = (taps @ col.to(taps.dtype))  # (B, k, out, p, W)
-            columns.append(partial.permute(0, 2, 1, 3, 4).reshape(batch, -1, 3 * size, width))
-            row = self._shifted_bilinear(size, height, like)  # (k, H, p)
-            rows.append(row.permute(1, 0, 2).reshape(height, 3 * size))  # (H, (k, p))
-        row_matrix = torch.cat(rows, 1)
-        return row_matrix.to(columns[0].dtype) @ torch.cat(columns, 2)  # (B, out, H, W)
-
-    def forward(self, conv_out: Sequence[torch.Tensor]) -> torch.Tensor:
-        """Class scores ``(B, num_class, h, w)``, equal to the PPM decoder's."""
-        conv5 = conv_out[-1]
-        fused = self.conv_main(conv5)
-        fused = fused + self._branch_terms(conv5).to(fused.dtype)
-        return self.post(fused)
-
-
-def factor_ppm_decoders(module: nn.Module) -> int:
-    """Replaces every PPM decoder inside ``module`` by a :class:`FactoredPPMDecoder`, in place.
-
-    For inference only: the result has no deep-supervision head and no training forward.
-
-    Returns:
-        the number of decoders replaced.
-    """
-    from mit_semseg.models.decoders.ppm import PPM
-
-    count = 0
-    for parent in list(module.modules()):
-        for name, child in list(parent.named_children()):
-            if isinstance(child, PPM):
-                setattr(parent, name, FactoredPPMDecoder(child))
-                count += 1
-    return count
-
-
 def optimize_for_inference(segmentation_module: nn.Module, device: torch.device | str,
                            plan: ConvPlan | None = None, fold_bn: bool = True,
-                           factor_ppm: bool = True) -> nn.Module:
+                           factor_heads: bool = True) -> nn.Module:
     """Makes an eval-mode copy-to-be faster, in place, keeping its outputs.
 
-    BatchNorm is folded into the convolutions, PPM heads are factored
-    (:class:`FactoredPPMDecoder`), and the convolution plan (layout, 1x1 kernel) is the one
+    BatchNorm is folded into the convolutions, PPM and UPerNet heads are factored
+    (:mod:`mit_semseg.factored_heads`), and the convolution plan (layout, 1x1 kernel) is the one
     this machine runs fastest at the current thread count, measured by
     :func:`choose_conv_plan` unless ``plan`` is given (on CUDA: channels-last, cuDNN).
     It also marks the module ``fast_tail``: :func:`~mit_semseg.engine.inference.predict_probs`
@@ -416,8 +317,8 @@ def optimize_for_inference(segmentation_module: nn.Module, device: torch.device 
         image = torch.zeros(1, 3, 64, 64, device=device)
         fold_batchnorm(segmentation_module,
                        lambda: segmentation_module({"img_data": image}, segSize=(64, 64)))
-    if factor_ppm:
-        factor_ppm_decoders(segmentation_module)
+    if factor_heads:
+        factor_decoders(segmentation_module)
     if device.type != "cpu":
         return to_channels_last(segmentation_module)
     if plan is None:

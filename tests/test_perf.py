@@ -13,13 +13,11 @@ from mit_semseg.nn.resample import MatrixAdaptiveAvgPool2d, bilinear_matrix
 from mit_semseg.perf import (
     CONV_PLANS,
     ConvPlan,
-    FactoredPPMDecoder,
     LogitsNetwork,
     PointwiseConv2d,
     apply_conv_plan,
     choose_conv_plan,
     compile_module,
-    factor_ppm_decoders,
     fold_batchnorm,
     optimize_for_inference,
     to_channels_last,
@@ -197,32 +195,6 @@ def test_bilinear_matrix_equals_interpolate(size, out):
                              align_corners=False)[0, :, :, 0]
     got = x @ bilinear_matrix(size, out, x).T
     torch.testing.assert_close(got, expected)
-
-
-# ----------------------------------------------------------------- factored PPM head
-@pytest.mark.parametrize("size", [(72, 88), (41, 97), (9, 17)])
-def test_factored_ppm_gives_the_same_logits(size):
-    module = build_segmentation_model("resnet18dilated", "ppm_deepsup", NUM_CLASS).eval()
-    module = module.double()
-    _randomise_bn(module)
-    x = torch.randn(1, 3, *size, dtype=torch.float64)
-    with torch.inference_mode():
-        maps = module.encoder(x, return_feature_maps=True)
-        expected = module.decoder(maps)
-        assert factor_ppm_decoders(module) == 1
-        got = module.decoder(maps)
-    assert isinstance(module.decoder, FactoredPPMDecoder)
-    # 9x17 gives a 2x3 map: smaller than the 3x3 and 6x6 branches (upsampling shrinks them)
-    torch.testing.assert_close(got, expected, rtol=0, atol=1e-10)
-
-
-def test_factored_ppm_runs_under_bf16_autocast(model):
-    ppm = build_segmentation_model("resnet18dilated", "ppm", NUM_CLASS).eval()
-    imgs = [torch.randn(1, 3, 40, 56)]
-    exact = predict_probs(ppm, imgs, (41, 57), CPU)
-    factor_ppm_decoders(ppm)
-    approx = predict_probs(ppm, imgs, (41, 57), CPU, amp="bf16")
-    assert 0 < (approx - exact).abs().max() < 0.05
 
 
 # ----------------------------------------------------------------- convolution plans

@@ -79,6 +79,17 @@ class UPerNet(SegmentationDecoder):
                 "in_channels=encoder.out_channels"
             )
         maps = [self._check_map(conv_out, i) for i in range(len(conv_out))]
+        fpn_maps = self.feature_pyramid(maps)
+        size = fpn_maps[0].shape[2:]
+        fused = torch.cat([fpn_maps[0]] + [upsample(p, size) for p in fpn_maps[1:]], 1)
+        return self.conv_last(fused)  # (B, num_class, H/s0, W/s0)
+
+    def feature_pyramid(self, maps: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """The FPN maps (``fpn_dim`` channels each) at the encoder maps' sizes, finest first.
+
+        Uses only the pyramid pooling and FPN layers, so the factored inference head
+        (:mod:`mit_semseg.factored_heads`) shares it.
+        """
         conv5 = maps[-1]
         size = conv5.shape[2:]
         pyramid = [conv5] + [conv(upsample(pool(conv5), size))
@@ -90,10 +101,7 @@ class UPerNet(SegmentationDecoder):
             f = lateral + upsample(f, lateral.shape[2:])  # top-down path
             fpn_maps.append(self.fpn_out[i](f))
         fpn_maps.reverse()  # highest resolution first
-        size = fpn_maps[0].shape[2:]
-        fused = torch.cat([fpn_maps[0]] + [upsample(p, size) for p in fpn_maps[1:]], 1)
-        return self.conv_last(fused)  # (B, num_class, H/s0, W/s0)
-
+        return fpn_maps
 
 DECODERS.register("upernet", partial(UPerNet, fpn_dim=512))
 DECODERS.register("upernet_lite", partial(UPerNet, fpn_dim=256))
