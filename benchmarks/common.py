@@ -266,14 +266,17 @@ def update_results_section(name: str, body: str, path: Path = RESULTS) -> None:
 def report(name: str, title: str, args: argparse.Namespace, command: str, lines: Sequence[str]
            ) -> None:
     """Prints the report and writes it as section ``name`` of RESULTS.md (unless --no-write)."""
+    # (only the comparisons take --section, --device and --threads from add_common_args)
     device = getattr(args, "device", "cpu")
-    if args.section:
-        name, command = args.section, f"{command} --section {args.section}"
+    section = getattr(args, "section", None)
+    if section:
+        name, command = section, f"{command} --section {section}"
     if device != "cpu":
         name, title, command = f"{name}_{device}", f"{title} on {device}", (
             f"{command} --device {device}")
     body = "\n".join([f"## {title}", "",
-                      f"Machine: {machine_description(args.threads, device)}.", "",
+                      f"Machine: {machine_description(getattr(args, 'threads', None), device)}.",
+                      "",
                       *lines, "", f"Re-run: `{command}`", ""])
     print("\n" + body)
     if not args.no_write:
