@@ -10,9 +10,10 @@ Convolution is linear, so the part that reads an upsampled map ``up(m)`` can be 
 (``sum_k R_k (sum_l W_kl m C_l^T)``, zero rows where a tap reads the padding). The result equals
 the convolution of the concatenation up to float rounding; what it saves:
 
-* PPM (ResNet-50 dilated): half of the head's multiply-adds, about a fifth of the network's.
-* UPerNet (ResNet-50): three quarters of the final fusion convolution, which reads 2048
-  channels at a quarter of the image size and is about half of the network's FLOPs.
+* PPM: the fusion convolution's pooled-branch half (4 x 512 of ResNet-50's 2048 + 2048 input
+  channels).
+* UPerNet: three quarters of the final fusion convolution, which reads 2048 channels at a
+  quarter of the image size and is the network's largest layer.
 
 UPerNet's own pyramid pooling cannot be factored this way (its branches apply ReLU after
 upsampling), and is small anyway. The factored heads serve inference only: no training

@@ -5,8 +5,7 @@ always opt-in.
 * :func:`fold_batchnorm` merges each eval-mode BatchNorm into the convolution before it, which
   saves one pass over every feature map.
 * :func:`~mit_semseg.factored_heads.factor_decoders` computes the PPM and UPerNet heads' fusion
-  convolutions over upsampled maps in closed form at the small maps' sizes (about a fifth of
-  ResNet-50 + PPM's FLOPs and two fifths of ResNet-50 + UPerNet's saved).
+  convolutions over upsampled maps in closed form at the small maps' sizes.
 * :class:`ConvPlan`: feature-map layout (NCHW or channels-last NHWC) and the kernel of the
   1x1 convolutions (oneDNN or one GEMM, never PyTorch's slow single-thread fallback), chosen
   by timing each candidate on this machine at the current thread count

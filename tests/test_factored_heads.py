@@ -3,7 +3,7 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
-from torch.nn.modules.batchnorm import _BatchNorm
+from test_perf import _randomise_bn  # the same random BatchNorm statistics as the folding tests
 from torch.utils.flop_counter import FlopCounterMode
 
 from mit_semseg.engine.inference import predict_probs
@@ -18,15 +18,6 @@ from mit_semseg.perf import CONV_PLANS, optimize_for_inference
 
 CPU = torch.device("cpu")
 NUM_CLASS = 7
-
-
-def _randomise_bn(module):
-    for m in module.modules():
-        if isinstance(m, _BatchNorm):
-            m.running_mean.uniform_(-0.2, 0.2)
-            m.running_var.uniform_(0.5, 1.5)
-            m.weight.data.uniform_(0.5, 1.5)
-            m.bias.data.uniform_(-0.2, 0.2)
 
 
 @pytest.mark.parametrize("small,size", [((3, 4), (11, 13)), ((1, 1), (5, 7)),
