@@ -61,6 +61,9 @@ class UpsampledConv3x3(nn.Module):
             self.register_buffer(f"taps_{index}", taps.contiguous())
         self.num_inputs = len(weights)
 
+    # Eager under torch.compile: the resampling matrices are built from the sizes, which would
+    # make every new input size a recompilation.
+    @torch.compiler.disable
     def forward(self, maps: Sequence[torch.Tensor], size: Sequence[int]) -> torch.Tensor:
         """``(B, out, H, W)`` for ``size = (H, W)``, in NCHW layout."""
         if len(maps) != self.num_inputs:

@@ -174,15 +174,17 @@ class PointwiseConv2d(nn.Conv2d):
 
     Which is faster depends on the CPU and its BLAS (MKL is slow on some non-Intel CPUs), so
     :func:`choose_conv_plan` measures both. Only CPU float32 inference outside autocast is
-    rerouted; training, autocast and other devices run the ordinary ``nn.Conv2d`` path. The
-    state dict is that of ``nn.Conv2d``.
+    rerouted; training, autocast, ``torch.compile`` and other devices run the ordinary
+    ``nn.Conv2d`` path. The state dict is that of ``nn.Conv2d``.
     """
 
     kernel: str = "onednn"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Under torch.compile the graph keeps an ordinary convolution: inductor picks (and,
+        # with freezing, pre-packs) its own kernel, and cannot trace mkldnn_convolution.
         if (x.device.type != "cpu" or x.dtype != torch.float32 or torch.is_grad_enabled()
-                or torch.is_autocast_enabled("cpu")):
+                or torch.is_autocast_enabled("cpu") or torch.compiler.is_compiling()):
             return super().forward(x)
         if self.kernel == "onednn":
             return torch.mkldnn_convolution(x, self.weight, self.bias, self.padding, self.stride,

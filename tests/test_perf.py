@@ -180,6 +180,28 @@ def test_compiled_module_gives_the_same_probabilities(model, freezing):
     torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("decoder,fc_dim", [("c1_deepsup", 512), ("ppm_deepsup", 512)])
+@pytest.mark.parametrize("plan", [ConvPlan(False, "onednn"), ConvPlan(True, "gemm")], ids=str)
+def test_compiled_fast_path_compiles_once_for_all_input_sizes(decoder, fc_dim, plan):
+    # the fast path's explicit 1x1 kernels and a PPM head's adaptive pooling once made
+    # torch.compile fail, or recompile at every new image size (minutes per image)
+    module = build_segmentation_model("resnet18dilated", decoder, NUM_CLASS, fc_dim=fc_dim).eval()
+    _randomise_bn(module)
+    optimize_for_inference(module, CPU, plan=plan)
+    compiled = compile_module(LogitsNetwork(module.encoder, module.decoder), freezing=True)
+    # large enough that PyTorch's own small-map convolution rule (a guard) never switches
+    sizes = [(112, 128), (128, 120), (136, 152)]
+    torch._dynamo.reset()  # forget other tests' graphs: they would count as recompilations
+    with torch.inference_mode():
+        compiled(torch.randn(1, 3, *sizes[0]))
+        with torch._dynamo.config.patch(error_on_recompile=True):
+            for size in sizes[1:]:
+                x = torch.randn(1, 3, *size)
+                torch.testing.assert_close(compiled(x), module.decoder(module.encoder(x)),
+                                           rtol=1e-4, atol=1e-4)
+
+
 # ----------------------------------------------------------------- exact resampling matrices
 @pytest.mark.parametrize("size,out", [(13, 6), (7, 3), (5, 6), (1, 1), (9, 9)])
 def test_adaptive_pool_matrix_equals_adaptive_avg_pool(size, out):

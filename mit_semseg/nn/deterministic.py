@@ -56,6 +56,10 @@ def interpolate_bilinear(x: Tensor, size: Sequence[int]) -> Tensor:
     return _separable(x, rows, cols)
 
 
+# Left out of torch.compile graphs: inductor's adaptive pooling (and the matrix form's sizes)
+# bake the input size into the graph, so each new image size would recompile (tens of seconds
+# for a PPM head); cut out, the rest of the network compiles once with dynamic shapes.
+@torch.compiler.disable
 def adaptive_avg_pool2d(x: Tensor, output_size: int | Sequence[int]) -> Tensor:
     """``F.adaptive_avg_pool2d``, deterministic in deterministic CUDA training."""
     if not _needs_matrix_form(x):
