@@ -10,7 +10,7 @@ setup(
     python_requires=">=3.9",
     packages=find_packages(include=["mit_semseg", "mit_semseg.*"]),
     # the class table and the config recipes (--cfg NAME) travel with the package
-    package_data={"mit_semseg": ["data/*.csv", "config/files/*.yaml"]},
+    package_data={"mit_semseg": ["models/*.csv", "config/files/*.yaml"]},
     install_requires=[
         "numpy",
         "torch>=2.1",
@@ -25,7 +25,7 @@ setup(
     extras_require={
         # "wheel" lets tests/test_install.py build the wheel offline with older setuptools
         "test": ["pytest", "pytest-timeout", "pytest-xdist", "ruff", "wheel"],
-        # ONNX export (python -m mit_semseg.export) and the onnxruntime inference backend
+        # ONNX export (mit-semseg-export) and the onnxruntime inference backend
         "onnx": ["onnx", "onnxscript", "onnxruntime"],
     },
     entry_points={
@@ -34,6 +34,7 @@ setup(
             "mit-semseg-eval = mit_semseg.cli.eval:main",
             "mit-semseg-eval-multipro = mit_semseg.cli.eval_multipro:main",
             "mit-semseg-test = mit_semseg.cli.test:main",
+            "mit-semseg-export = mit_semseg.cli.export:main",
         ],
     },
 )

@@ -44,9 +44,9 @@ def main() -> None:
     from mit_semseg.config import get_cfg_defaults
     from mit_semseg.engine.checkpoint import load_training_state
     from mit_semseg.engine.optim import PolySchedule, build_optimizers
-    from mit_semseg.engine.precision import grad_scaler
     from mit_semseg.engine.trainer import ResumableCheckpoint, TrainState, train_step
     from mit_semseg.models import build_segmentation_model
+    from mit_semseg.nn.precision import grad_scaler
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)

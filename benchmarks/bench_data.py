@@ -49,7 +49,7 @@ def measure(impl: str, job: dict) -> dict:
         dataset = TrainDataset(root, odgt, opt, batch_per_gpu=BATCH_PER_GPU, seed=0)
         loader = build_train_loader(dataset, num_devices=1, workers=1, seed=0)
     else:
-        from mit_semseg.nn import user_scattered_collate
+        from mit_semseg.data.loader import user_scattered_collate
 
         dataset = TrainDataset(root, odgt, opt, batch_per_gpu=BATCH_PER_GPU)
         loader = torch.utils.data.DataLoader(dataset, batch_size=1, shuffle=False,

@@ -40,8 +40,8 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
-from mit_semseg.engine.inference import predict_probs  # noqa: E402
-from mit_semseg.perf import optimize_for_inference  # noqa: E402
+from mit_semseg.inference.fast_path import optimize_for_inference  # noqa: E402
+from mit_semseg.inference.predict import PredictOptions, predict_probs  # noqa: E402
 
 CPU = torch.device("cpu")
 TRAIN_BATCH, TRAIN_SIZE = 2, 384
@@ -89,7 +89,8 @@ def _ours_workloads(name: str, inputs: list, seg_size: tuple) -> dict[tuple, Cal
                                                        TRAIN_SIZE // stride))}
 
     def infer(module, amp):
-        return lambda: predict_probs(module, inputs, seg_size, CPU, amp=amp).argmax(0)
+        options = PredictOptions(amp=amp)
+        return lambda: predict_probs(module, inputs, seg_size, CPU, options).argmax(0)
 
     def step(bf16):
         def run():

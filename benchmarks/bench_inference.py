@@ -4,7 +4,7 @@ Inputs are synthetic ADE-like validation images (``--min-size``..``--max-size`` 
 once by our ``ValDataset`` at the original's test scales (short side 300, 400, 500, 600,
 ``imgMaxSize`` 1000, sides rounded to multiples of 8), and fed identically to both sides, with
 the same weights (150 classes; BatchNorm statistics calibrated on the images so predictions
-are not degenerate). Ours runs :func:`mit_semseg.engine.inference.predict_probs` (the path of our
+are not degenerate). Ours runs :func:`mit_semseg.inference.predict.predict_probs` (the path of our
 ``eval.py``) and an argmax, on the module as ``eval.py`` prepares it (``MODEL.fast_inference``
 on: BatchNorm folded, channels-last) unless the variant says otherwise; the original runs its
 ``eval.py`` loop on its own ``SegmentationModule``: for every scale a forward with
@@ -22,7 +22,7 @@ built),
 ``ours_bf16`` (fast + bf16 autocast), ``ours_compiled`` (fast + ``torch.compile`` with
 inductor freezing; compiled graphs are cached in ``--compile-cache``, so the first run
 compiles cold and later runs show the warm-cache start-up), ``ours_onnxruntime`` (the model
-exported once by ``mit_semseg.export`` in the parent, export time reported, run by
+exported once by ``mit_semseg.deploy.export`` in the parent, export time reported, run by
 onnxruntime with the same thread count; the full-size tail in PyTorch).
 Predictions of the first run of each side are compared: max |score difference| (on a grid of
 every 4th pixel), share of equal pixels, and mIoU against the labels (equal within 1e-4 = pass).
@@ -75,20 +75,21 @@ MIOU_TOLERANCE = 1e-4
 
 def _forward_ours(module: Any, img_list: list, seg_size: tuple[int, int], opts: dict,
                   device: Any) -> Any:
-    from mit_semseg.engine.inference import predict_probs
+    from mit_semseg.inference.predict import PredictOptions, predict_probs
 
-    return predict_probs(module, img_list, seg_size, device, amp=opts.get("amp", ""))
+    options = PredictOptions(amp=opts.get("amp", ""))
+    return predict_probs(module, img_list, seg_size, device, options)
 
 
 def _prepare_ours(module: Any, opts: dict, job: dict, device: Any) -> Any:
     """The variant's inference object (what ``predict_probs`` gets)."""
     import torch
 
-    from mit_semseg.engine.score_maps import LogitsSegmenter
-    from mit_semseg.perf import LogitsNetwork, compile_module, optimize_for_inference
+    from mit_semseg.inference.banded_tail import LogitsSegmenter
+    from mit_semseg.inference.fast_path import LogitsNetwork, compile_module, optimize_for_inference
 
     if opts.get("onnxruntime"):
-        from mit_semseg.engine.onnxruntime_backend import OnnxRuntimeSegmenter
+        from mit_semseg.deploy.onnxruntime import OnnxRuntimeSegmenter
 
         return OnnxRuntimeSegmenter(job["onnx"], threads=torch.get_num_threads())
     if opts.get("fast"):
@@ -235,7 +236,7 @@ def _export_onnx(name: str, weights: dict, tmp: Path) -> tuple[str, float]:
     """Exports the model of ``weights`` once (in the parent); returns the file and seconds."""
     import time
 
-    from mit_semseg.export import export_onnx
+    from mit_semseg.deploy.export import export_onnx
 
     encoder, decoder, fc_dim = MODELS[name]
     module = common.build_module("ours", encoder, decoder, fc_dim, NUM_CLASS, weights,

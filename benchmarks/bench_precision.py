@@ -18,7 +18,7 @@ statistics: random weights and random affine parameters (gamma in [0.5, 1.5], be
 eval-mode BatchNorm gives about zero mean and unit variance per channel, as in a trained
 network. (Random running statistics would not match the activations: these grow or shrink
 from layer to layer and saturate the softmax, which hides rounding differences.) Both paths
-are loaded from the same files by ``load_segmentation_module`` and run through
+are loaded from the same files by ``TrainedModel.load`` and run through
 ``predict_probs`` at several scales, as ``eval.py`` does.
 
     python benchmarks/bench_precision.py [--part demo|archs|all] [--archs r18d_c1ds ...]
@@ -41,12 +41,9 @@ import torch  # noqa: E402
 
 from mit_semseg.cli.eval import eval_job  # noqa: E402
 from mit_semseg.config import load_config  # noqa: E402
-from mit_semseg.engine.evaluation import evaluate_shard  # noqa: E402
-from mit_semseg.engine.inference import (  # noqa: E402
-    TrainedModel,
-    load_segmentation_module,
-    predict_probs,
-)
+from mit_semseg.inference.evaluation import evaluate_shard  # noqa: E402
+from mit_semseg.inference.predict import PredictOptions, predict_probs  # noqa: E402
+from mit_semseg.inference.trained_model import TrainedModel  # noqa: E402
 from mit_semseg.metrics import scores_from_confusion  # noqa: E402
 
 DEMO_CFG = "config/synthetic-mobilenetv2dilated-c1_deepsup.yaml"
@@ -80,7 +77,8 @@ def agreement(reference, module, samples, device, amp: str = "") -> dict:
     max_diff, equal, total = 0.0, 0, 0
     for sample in samples:
         ref = predict_probs(reference, sample["img_data"], sample["seg_size"], device)
-        out = predict_probs(module, sample["img_data"], sample["seg_size"], device, amp=amp)
+        out = predict_probs(module, sample["img_data"], sample["seg_size"], device,
+                            PredictOptions(amp=amp))
         max_diff = max(max_diff, (out - ref).abs().max().item())
         equal += int((out.argmax(0) == ref.argmax(0)).sum())
         total += ref[0].numel()
@@ -124,14 +122,14 @@ def run_demo(args: argparse.Namespace) -> None:
     plain = next(iter(VARIANTS))
     jobs = {label: eval_job(cfg) for label, cfg in configs.items()}
     samples = _val_samples(jobs[plain].dataset())
-    reference = load_segmentation_module(jobs[plain].model, cpu)
+    reference = jobs[plain].model.load(cpu)
     plain_s = statistics.median(times[plain])
     rows, notes = [], []
     for label in VARIANTS:
         s = scores[label]
         d_miou = s["miou"] - scores[plain]["miou"]
         d_acc = s["pixel_acc"] - scores[plain]["pixel_acc"]
-        same = agreement(reference, load_segmentation_module(jobs[label].model, cpu), samples,
+        same = agreement(reference, jobs[label].model.load(cpu), samples,
                          cpu, jobs[label].amp)
         seconds = statistics.median(times[label])
         rows.append([label, f"{s['miou']:.6f}", f"{d_miou:+.1e}", f"{100 * s['pixel_acc']:.4f}",
@@ -207,9 +205,8 @@ def run_archs(args: argparse.Namespace) -> None:
             torch.save(net.encoder.state_dict(), Path(tmp) / f"encoder_{name}.pth")
             torch.save(net.decoder.state_dict(), Path(tmp) / f"decoder_{name}.pth")
             del net
-            loaded = {fast: load_segmentation_module(
-                TrainedModel(encoder, decoder, NUM_CLASS, tmp, f"{name}.pth",
-                             fast_inference=fast), cpu) for fast in (False, True)}
+            loaded = {fast: TrainedModel(encoder, decoder, NUM_CLASS, tmp, f"{name}.pth",
+                             fast_inference=fast).load(cpu) for fast in (False, True)}
             same = agreement(loaded[False], loaded[True], samples, cpu)
             rows.append([f"{encoder} + {decoder}", f"{same['max_diff']:.1e}",
                          f"{100 * same['equal'] / same['total']:.4f}",
@@ -227,7 +224,7 @@ def run_archs(args: argparse.Namespace) -> None:
         f"synthetic images ({sizes}) at scales {scales} (long side <= {args.max_side}, "
         "sides rounded up to multiples of 32), "
         "probabilities averaged over the scales at the image size by `predict_probs`, both "
-        "paths loaded by `load_segmentation_module` from the same files. Max prob. diff = "
+        "paths loaded by `TrainedModel.load` from the same files. Max prob. diff = "
         "largest |difference| of any class probability at any pixel; equal pixels = same "
         "argmax.",
         "",

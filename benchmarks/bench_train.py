@@ -62,11 +62,11 @@ def _current_rss_mib() -> float:
 def _train_ours(module: Any, batch: dict, steps: int, opts: dict, device: Any) -> list[float]:
 
     from mit_semseg.engine.optim import PolySchedule, build_optimizers
-    from mit_semseg.engine.precision import grad_scaler
     from mit_semseg.engine.trainer import TrainState, train_one_epoch
+    from mit_semseg.nn.precision import grad_scaler
 
     if opts.get("channels_last"):
-        from mit_semseg.perf import to_channels_last
+        from mit_semseg.inference.fast_path import to_channels_last
 
         to_channels_last(module)
     optimizers = build_optimizers(module.encoder, module.decoder, lr_encoder=LR,

@@ -1,3 +1,5 @@
-"""The original's ``mit_semseg.dataset`` import path (see :mod:`mit_semseg.compat`)."""
+"""The original ``mit_semseg`` 1.0.0's ``mit_semseg.dataset`` import path."""
 
-from mit_semseg.compat import BaseDataset, TestDataset, TrainDataset, ValDataset  # noqa: F401
+from mit_semseg.data.datasets import BaseDataset, TestDataset, TrainDataset, ValDataset
+
+__all__ = ["BaseDataset", "TestDataset", "TrainDataset", "ValDataset"]

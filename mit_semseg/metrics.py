@@ -160,3 +160,37 @@ def intersectionAndUnion(  # noqa: N802 - original public name
     """
     scores = scores_from_confusion(confusion_matrix(imPred, imLab, numClass))
     return scores["intersection"], scores["union"]
+
+
+class AverageMeter:
+    """Running (optionally weighted) average; works for floats and NumPy arrays (the
+    original's ``mit_semseg.utils.AverageMeter``)."""
+
+    def __init__(self) -> None:
+        self.initialized = False
+        self.val: Any = None
+        self.avg: Any = None
+        self.sum: Any = None
+        self.count: Any = None
+
+    def initialize(self, val: Any, weight: float) -> None:
+        self.val, self.avg, self.sum, self.count = val, val, val * weight, weight
+        self.initialized = True
+
+    def update(self, val: Any, weight: float = 1) -> None:
+        if self.initialized:
+            self.add(val, weight)
+        else:
+            self.initialize(val, weight)
+
+    def add(self, val: Any, weight: float) -> None:
+        self.val = val
+        self.sum = self.sum + val * weight
+        self.count = self.count + weight
+        self.avg = self.sum / self.count
+
+    def value(self) -> Any:
+        return self.val
+
+    def average(self) -> Any:
+        return self.avg

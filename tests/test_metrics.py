@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from mit_semseg import metrics
 from mit_semseg.metrics import (
     accuracy,
     confusion_matrix,
@@ -163,3 +164,15 @@ def test_agrees_with_original_eval_formula(upstream_path):
     np.testing.assert_allclose(scores["iou"], ref["iou"], rtol=1e-12)
     assert scores["miou"] == pytest.approx(ref["miou"], rel=1e-12)
     assert scores["pixel_acc"] == pytest.approx(ref["acc"], rel=1e-9)
+
+
+def test_average_meter_is_weighted():
+    meter = metrics.AverageMeter()
+    meter.update(1.0, weight=1)
+    meter.update(4.0, weight=3)
+    assert meter.value() == 4.0
+    assert meter.average() == pytest.approx((1 + 12) / 4)
+    arrays = metrics.AverageMeter()
+    arrays.update(np.array([1.0, 2.0]))
+    arrays.update(np.array([3.0, 6.0]))
+    np.testing.assert_allclose(arrays.sum, [4.0, 8.0])

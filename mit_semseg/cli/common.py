@@ -29,8 +29,10 @@ from typing import Any, NoReturn
 import torch
 
 from mit_semseg.cli.devices import resolve_devices
+from mit_semseg.config import defaults, packaged_configs
 from mit_semseg.download import DownloadError
-from mit_semseg.engine.inference import TrainedModel
+from mit_semseg.inference.trained_model import TrainedModel
+from mit_semseg.models.zoo import list_models
 
 __all__ = [
     "DEFAULT_CFG",
@@ -86,8 +88,6 @@ def program_name(script: str) -> str:
 
 
 def _config_help() -> str:
-    from mit_semseg.config import defaults, packaged_configs
-
     names = "\n".join(f"    {name}" for name in packaged_configs())
     return (f"config:\n  --cfg takes a YAML file or the name of a packaged config:\n{names}\n"
             "  KEY VALUE pairs after the flags override single config keys.\n"
@@ -117,8 +117,6 @@ def script_parser(prog: str, description: str, devices_help: str,
     parser = _Parser(prog=prog, description=description, epilog=epilog,
                      formatter_class=argparse.RawDescriptionHelpFormatter)
     if released_models:
-        from mit_semseg.models.zoo import list_models
-
         parser.add_argument("--cfg", default=None, metavar="FILE|NAME",
                             help="YAML config file, or the name of a packaged config; with "
                                  f"--model, that model's config (default: {DEFAULT_CFG})")
@@ -179,6 +177,14 @@ def setup_logging(output_dir: str | None = None, rank: int = 0,
         log_file.setFormatter(formatter)
         root.addHandler(log_file)
     root.setLevel(logging.INFO if rank == 0 else logging.WARNING)
+
+
+def setup_logger(distributed_rank: int = 0, filename: str = "log.txt") -> logging.Logger:
+    """The original's ``mit_semseg.utils.setup_logger``: console logging, INFO on rank 0
+    (``filename`` was ignored by the original too)."""
+    del filename
+    setup_logging(None, distributed_rank)
+    return logging.getLogger("mit_semseg")
 
 
 def trained_model(cfg: Any, checkpoint: str) -> TrainedModel:

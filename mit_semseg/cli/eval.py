@@ -26,9 +26,10 @@ from typing import Any
 
 from mit_semseg.cli import common, model_setup
 from mit_semseg.cli.devices import bind_cuda_device
-from mit_semseg.engine.evaluation import EvalJob, evaluate_shard, report_results
-from mit_semseg.engine.inference import TrainedModel
-from mit_semseg.engine.precision import check_amp
+from mit_semseg.inference.evaluation import EvalJob, evaluate_shard, report_results
+from mit_semseg.inference.predict import PredictOptions
+from mit_semseg.inference.trained_model import TrainedModel
+from mit_semseg.nn.precision import check_amp
 
 PROG = "eval.py"
 logger = logging.getLogger("eval")
@@ -60,7 +61,8 @@ def eval_job(cfg: Any, model: TrainedModel | None = None) -> EvalJob:
         model = common.trained_model(cfg, v.checkpoint)
     return EvalJob(model=model, out_dir=Path(cfg.DIR), root_dataset=d.root_dataset,
                    list_val=d.list_val, scales=tuple(d.imgSizes), max_size=d.imgMaxSize,
-                   padding_constant=d.padding_constant, flip=v.flip, amp=v.amp,
+                   padding_constant=d.padding_constant,
+                   options=PredictOptions(flip=v.flip, amp=v.amp),
                    workers=v.workers, visualize=v.visualize)
 
 

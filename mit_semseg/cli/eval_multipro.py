@@ -46,15 +46,15 @@ from mit_semseg.engine.distributed import (
     init_distributed,
     launched_by_torchrun,
 )
-from mit_semseg.engine.evaluation import (
+from mit_semseg.inference.evaluation import (
     EvalJob,
     EvalResult,
     evaluate_shard,
     report_results,
     shard_ranges,
 )
-from mit_semseg.engine.precision import check_amp
 from mit_semseg.models.zoo import PretrainedModel
+from mit_semseg.nn.precision import check_amp
 
 PROG = "eval_multipro.py"
 logger = logging.getLogger("eval_multipro")
@@ -93,8 +93,8 @@ def _worker(rank: int, job: EvalJob, device: str, start: int, end: int, threads:
         bind_cuda_device(torch.device(device))  # before anything could touch GPU 0
         if threads > 0:
             torch.set_num_threads(threads)
-        result = evaluate_shard(job, torch.device(device), start, end,
-                                on_image=lambda: messages.put(("image", rank)))
+        result = evaluate_shard(job, torch.device(device), (start, end),
+                                hooks=[lambda *_: messages.put(("image", rank))])
         messages.put(("done", rank, result.confusion, result.num_images, result.seconds))
     except BaseException:
         messages.put(("error", rank, traceback.format_exc()))
@@ -222,9 +222,9 @@ def _evaluate_rank(job: EvalJob, device: torch.device, dist_ctx: DistContext,
     shards = shard_ranges(num_images, dist_ctx.world_size)
     outcome: Any = EvalResult(np.zeros((job.model.num_class,) * 2, dtype=np.int64), 0, 0.0)
     if dist_ctx.rank < len(shards):  # never an empty shard: spare ranks contribute nothing
-        start, end = shards[dist_ctx.rank]
         try:
-            outcome = evaluate_shard(job, device, start, end, progress=dist_ctx.is_main)
+            outcome = evaluate_shard(job, device, shards[dist_ctx.rank],
+                                     progress=dist_ctx.is_main)
         except Exception:  # reported by rank 0 once every rank is done
             outcome = traceback.format_exc()
     gathered = dist_ctx.gather((str(device), outcome))

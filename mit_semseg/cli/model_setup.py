@@ -21,7 +21,7 @@ files; the sample list is checked before a download, so a bad list costs no down
 
 ``MODEL.backend onnxruntime`` (CPU only, ``pip install 'mit_semseg[onnx]'``) runs the
 weights through onnxruntime, from an ONNX export made on first use and cached by the hash of
-the weights (:func:`mit_semseg.engine.onnxruntime_backend.cached_onnx_export`).
+the weights (:func:`mit_semseg.deploy.onnxruntime.cached_onnx_export`).
 """
 
 from __future__ import annotations
@@ -39,7 +39,8 @@ import torch
 from mit_semseg.cli import common, preflight
 from mit_semseg.config import load_config
 from mit_semseg.config.packaged import PACKAGED_DIR, resolve_config_file
-from mit_semseg.engine.inference import TrainedModel
+from mit_semseg.deploy.onnxruntime import OnnxRuntimeModel, cached_onnx_export
+from mit_semseg.inference.trained_model import TrainedModel
 from mit_semseg.models import zoo
 
 __all__ = [
@@ -165,7 +166,5 @@ def inference_model(cfg: Any, release: zoo.PretrainedModel | None, checkpoint_ke
         logger.info("released model %s: %s", release.name, encoder.parent)
     preflight.check_evaluation(cfg, model.weight_files(), checkpoint_key, output_key, list_key)
     if cfg.MODEL.backend == "onnxruntime":
-        from mit_semseg.engine.onnxruntime_backend import cached_onnx_export
-
-        model = dataclasses.replace(model, onnx_file=cached_onnx_export(model))
+        model = OnnxRuntimeModel(**dataclasses.asdict(model), onnx_file=cached_onnx_export(model))
     return model

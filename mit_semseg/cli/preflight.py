@@ -34,6 +34,21 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from mit_semseg.data.check import check_dataset
+from mit_semseg.engine.checkpoint import (
+    TRAINING_STATE_FORMAT,
+    epoch_checkpoint_paths,
+    resolve_resume_path,
+)
+from mit_semseg.models import build_segmentation_model
+from mit_semseg.models.checkpoint_format import (
+    UPSTREAM_BN_EXTRAS,
+    key_differences,
+    read_state_dict,
+    strip_module_prefix,
+)
+from mit_semseg.models.registry import DECODERS, ENCODERS
+
 __all__ = [
     "SetupError",
     "check_architectures",
@@ -60,8 +75,6 @@ class SetupError(ValueError):
 
 def check_architectures(cfg: Any) -> None:
     """``MODEL.arch_encoder`` and ``MODEL.arch_decoder`` name registered modules."""
-    from mit_semseg.models.registry import DECODERS, ENCODERS
-
     for registry, key in ((ENCODERS, "arch_encoder"), (DECODERS, "arch_decoder")):
         name = cfg.MODEL[key]
         if name not in registry:
@@ -75,8 +88,6 @@ def model_skeleton(cfg: Any) -> nn.Module:
     Raises:
         SetupError: an unknown architecture, or ``MODEL.fc_dim`` not matching the encoder.
     """
-    from mit_semseg.models import build_segmentation_model
-
     check_architectures(cfg)
     # the builder logs how it initialises the weights, which a skeleton does not have
     builder_log = logging.getLogger("mit_semseg.models.builder")
@@ -173,8 +184,6 @@ def check_sample_list(cfg: Any, key: str) -> None:
         SetupError: the list is missing or some of its lines are bad; one line naming the
             first bad lines, their count and the command that lists them all.
     """
-    from mit_semseg.data.check import check_dataset
-
     d = cfg.DATASET
     mode, odgt, root = d.preflight, d[key], d.root_dataset
     if mode == "off":
@@ -213,13 +222,6 @@ def check_state_dict(part: nn.Module, state: Any, what: str, arch: tuple[str, st
     Raises:
         SetupError: not a state dict, other keys, or other shapes.
     """
-    from mit_semseg.engine.checkpoint import TRAINING_STATE_FORMAT
-    from mit_semseg.models.checkpoint_format import (
-        UPSTREAM_BN_EXTRAS,
-        key_differences,
-        strip_module_prefix,
-    )
-
     if not isinstance(state, Mapping) or not all(isinstance(k, str) for k in state):
         raise SetupError(f"{what} holds a {type(state).__name__}, not a state dict of weights")
     if state.get("format") == TRAINING_STATE_FORMAT:
@@ -260,8 +262,6 @@ def check_weight_file(path: str | os.PathLike, part: nn.Module, what: str,
                       arch: tuple[str, str], num_class: int, fix: str) -> None:
     """The file exists, is a readable checkpoint and fits ``part`` (see
     :func:`check_state_dict`); ``fix`` ends the message when the file is missing."""
-    from mit_semseg.models.checkpoint_format import read_state_dict
-
     try:
         state = read_state_dict(path, what)
     except FileNotFoundError:
@@ -292,8 +292,6 @@ def check_training(cfg: Any, num_devices: int, world_size: int) -> None:
         num_devices: devices driven by this process.
         world_size: processes of the run (torchrun), 1 otherwise.
     """
-    from mit_semseg.engine.checkpoint import epoch_checkpoint_paths, resolve_resume_path
-
     skeleton = model_skeleton(cfg)
     check_trainable_batch_norm(cfg, skeleton, num_devices, world_size)
     check_sample_list(cfg, "list_train")

@@ -16,10 +16,10 @@ from collections.abc import Iterator
 from typing import Any
 
 from mit_semseg.cli import common
+from mit_semseg.cli.run_lock import RunDirLocked, RunLock
 from mit_semseg.config import ConfigError, resume_changes
 from mit_semseg.engine import checkpoint as ckpt
 from mit_semseg.engine.distributed import DistContext
-from mit_semseg.engine.run_lock import RunDirLocked, RunLock
 from mit_semseg.files import atomic_write_text
 
 __all__ = ["check_resume_config", "find_resume_state", "lock_run_dir", "open_run_dir"]

@@ -22,7 +22,7 @@ does a plain ``python test.py --imgs photo.jpg`` when the config is a packaged r
 With one scale in ``DATASET.imgSizes`` (and no window cutting the image), a module prepared for
 fast inference (``MODEL.fast_inference True``, or ``MODEL.backend onnxruntime``) predicts the
 argmax of the upsampled class scores, without softmax or any full-size float map
-(:func:`mit_semseg.engine.score_maps.predict_labels`); the plain module keeps the original's
+(:func:`mit_semseg.inference.predict.predict_labels`); the plain module keeps the original's
 arithmetic.
 
 Grayscale, RGBA, 16-bit and tiny images are converted; unreadable files (missing, empty,
@@ -36,6 +36,8 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,16 +48,12 @@ from torch import nn
 
 from mit_semseg.cli import common, model_setup
 from mit_semseg.cli.devices import bind_cuda_device
-from mit_semseg.data import ImageReadError, TestDataset, dataset_palette
-from mit_semseg.engine.evaluation import resolve_class_names
-from mit_semseg.engine.inference import (
-    Window,
-    collect_images,
-    load_segmentation_module,
-    output_names,
-)
-from mit_semseg.engine.precision import check_amp
-from mit_semseg.engine.score_maps import predict_labels
+from mit_semseg.data.datasets import TestDataset
+from mit_semseg.data.image_io import ImageReadError
+from mit_semseg.data.odgt import list_images
+from mit_semseg.data.palette import dataset_palette, resolve_class_names
+from mit_semseg.inference.predict import PredictOptions, Window, predict_labels
+from mit_semseg.nn.precision import check_amp
 from mit_semseg.viz import class_fractions, prediction_panel, save_image
 
 PROG = "test.py"
@@ -105,6 +103,63 @@ class _Outputs:
         return out_path
 
 
+def collect_images(inputs: Sequence[str | os.PathLike]) -> tuple[list[Path], list[str]]:
+    """Expands ``--imgs`` arguments (files, folders, list files) into image paths.
+
+    Each argument is expanded with :func:`mit_semseg.data.list_images`; an argument that
+    cannot be used (missing path, empty folder, unknown file type) is reported instead of
+    stopping the others.
+
+    Returns:
+        ``(images, problems)``: the images in order without duplicates, and one message per
+        unusable argument.
+    """
+    images: list[Path] = []
+    problems: list[str] = []
+    seen: set[Path] = set()
+    for item in inputs:
+        try:
+            found = list_images(item)
+        except (FileNotFoundError, ValueError) as exc:
+            problems.append(str(exc))
+            continue
+        for path in map(Path, found):
+            if path.resolve() not in seen:
+                seen.add(path.resolve())
+                images.append(path)
+    return images, problems
+
+
+def output_names(images: Sequence[Path]) -> list[str]:
+    """Unique output stems for images, readable and stable.
+
+    The stem is the path relative to the images' common folder with separators turned into
+    ``__`` (``a/x.jpg`` and ``b/x.jpg`` give ``a__x`` and ``b__x``; a single folder gives plain
+    file stems). Files differing only by extension keep it (``x_jpg``, ``x_png``).
+    """
+    if not images:
+        return []
+    resolved = [p.resolve() for p in images]
+    base = Path(os.path.commonpath([p.parent for p in resolved]))
+    rel = [p.relative_to(base) for p in resolved]
+    stems = ["__".join(r.with_suffix("").parts) for r in rel]
+    counts: dict[str, int] = {}
+    for stem in stems:
+        counts[stem] = counts.get(stem, 0) + 1
+    names = [
+        f"{stem}_{r.suffix[1:]}" if counts[stem] > 1 else stem for r, stem in zip(rel, stems)
+    ]
+    # last resort for pathological names (e.g. "x_jpg.png" next to "x.jpg" and "x.png")
+    taken: set[str] = set()
+    for i, name in enumerate(names):
+        candidate, n = name, 2
+        while candidate in taken:
+            candidate, n = f"{name}_{n}", n + 1
+        taken.add(candidate)
+        names[i] = candidate
+    return names
+
+
 def _window(cfg: Any) -> Window | None:
     if cfg.TEST.window_size <= 0:
         return None
@@ -134,7 +189,7 @@ def _segment_all(cfg: Any, module: nn.Module, device: torch.device, images: list
     outputs = _Outputs(Path(cfg.TEST.result), dataset_palette(num_class, cfg.DATASET.root_dataset),
                        resolve_class_names(num_class, cfg.DATASET.root_dataset),
                        cfg.TEST.save_label)
-    window = _window(cfg)
+    options = PredictOptions(window=_window(cfg), amp=cfg.TEST.amp)
     inputs = {p.resolve() for p in images}
     dataset = TestDataset([{"fpath_img": str(p)} for p in images], cfg.DATASET)
     failed = 0
@@ -145,7 +200,7 @@ def _segment_all(cfg: Any, module: nn.Module, device: torch.device, images: list
             image = sample["img_ori"]
             # one scale: the argmax of the upsampled logits when the module allows it
             pred = predict_labels(module, sample["img_data"], image.shape[:2], device,
-                                  window=window, amp=cfg.TEST.amp).cpu().numpy()
+                                  options).cpu().numpy()
             out_path = outputs.write(name, image, pred, inputs)
         except (ImageReadError, FileNotFoundError) as exc:
             logger.error("skipped: %s", exc)
@@ -187,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
         release = release or model_setup.fallback_release(cfg, args)
         model = model_setup.inference_model(cfg, release, "TEST.checkpoint", "TEST.result",
                                             None)
-        module = load_segmentation_module(model, device)
+        module = model.load(device)
     except common.SETUP_ERRORS as exc:
         return common.usage_error(prog, exc)
     failed = len(problems) + _segment_all(cfg, module, device, images)

@@ -43,10 +43,9 @@ from mit_semseg.data.loader import (
     seed_everything,
 )
 from mit_semseg.engine import checkpoint as ckpt
-from mit_semseg.engine.determinism import configure_determinism
 from mit_semseg.engine.distributed import DistContext, cleanup_distributed, init_distributed
 from mit_semseg.engine.optim import PolySchedule, build_optimizers
-from mit_semseg.engine.precision import check_amp, grad_scaler
+from mit_semseg.engine.reproducibility import configure_determinism
 from mit_semseg.engine.run_control import RunControl, SignalWatch, TrainingInterrupted
 from mit_semseg.engine.trainer import (
     ResumableCheckpoint,
@@ -59,6 +58,7 @@ from mit_semseg.engine.trainer import (
     train_one_epoch,
 )
 from mit_semseg.models import build_segmentation_model
+from mit_semseg.nn.precision import check_amp, grad_scaler
 from mit_semseg.viz import plot_training_curves
 
 PROG = "train.py"

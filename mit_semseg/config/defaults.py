@@ -74,14 +74,14 @@ _C.MODEL.weights_decoder = ""
 # encoder's declared out_channels.
 _C.MODEL.fc_dim = 2048
 # Inference only (eval.py, eval_multipro.py, test.py): fold BatchNorm into the convolutions and
-# use the channels-last layout (mit_semseg.perf.optimize_for_inference); faster on CPU, see
-# benchmarks/RESULTS.md. Probabilities differ from the plain model's by float rounding: up to
-# 1.3e-4, 99.97% or more equal predictions on the released architectures, the same mIoU on the
-# trained demo model (docs/evaluation.md). False = the original's arithmetic, bit for bit.
+# use the channels-last layout (mit_semseg.inference.fast_path.optimize_for_inference); faster on
+# CPU, see benchmarks/RESULTS.md. Probabilities differ from the plain model's by float rounding:
+# up to 1.3e-4, 99.97% or more equal predictions on the released architectures, the same mIoU on
+# the trained demo model (docs/evaluation.md). False = the original's arithmetic, bit for bit.
 _C.MODEL.fast_inference = True
 # What runs the network in eval.py, eval_multipro.py and test.py. Options: "torch" (PyTorch, any
 # device), "onnxruntime" (CPU only; needs pip install 'mit_semseg[onnx]'): on first use the
-# weights are exported to ONNX (python -m mit_semseg.export), checked against the PyTorch model
+# weights are exported to ONNX (as mit-semseg-export does), checked against the PyTorch model
 # and cached as <cache>/onnx/<architecture>-<hash of the weight files>.onnx, where <cache> is
 # $MIT_SEMSEG_HOME or ~/.cache/torch/mit_semseg (docs/evaluation.md). Upsampling, softmax and
 # argmax at full resolution stay in PyTorch; VAL.amp / TEST.amp apply to "torch" only.

@@ -28,11 +28,8 @@ _EXPORTS = {
     "list_images": "odgt",
     "read_odgt": "odgt",
     "write_odgt": "odgt",
-    "ade_palette": "palette",
-    "class_names": "palette",
     "dataset_palette": "palette",
-    "load_class_info": "palette",
-    "ImageReadError": "transforms",
+    "ImageReadError": "image_io",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -32,8 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mit_semseg.data.odgt import TRAIN_KEYS, OdgtError, check_record
-from mit_semseg.data.transforms import (
+from mit_semseg.data.image_io import (
     _JPEG_EOI,
     _JPEG_TRAILER_SLACK,
     ImageReadError,
@@ -41,6 +40,8 @@ from mit_semseg.data.transforms import (
     read_label,
     read_labelled_image,
 )
+from mit_semseg.data.odgt import TRAIN_KEYS, OdgtError, check_record
+from mit_semseg.models.classes import load_class_info
 
 __all__ = ["CheckReport", "check_dataset", "main", "read_header"]
 
@@ -330,8 +331,6 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     names = None
     if args.class_info:
-        from mit_semseg.data.palette import load_class_info
-
         names = load_class_info(args.class_info)["names"]
     report = check_dataset(args.odgt, args.num_class, args.root, full=not args.headers_only)
     sys.stdout.write(report.format(names, args.max_problems) + "\n")

@@ -28,14 +28,11 @@ import cv2
 import numpy as np
 import torch
 
+from mit_semseg.data.image_io import ImageReadError, read_image, read_label, read_labelled_image
 from mit_semseg.data.odgt import TRAIN_KEYS, list_images, records_from
 from mit_semseg.data.transforms import (
-    ImageReadError,
     normalize_image,
     normalize_into,
-    read_image,
-    read_label,
-    read_labelled_image,
     resize_image,
     resize_label,
     round_up,
@@ -141,7 +138,7 @@ class BaseDataset(torch.utils.data.Dataset):
 
     def _load_image(self, index: int, label_shape: Sequence[int] | None = None) -> np.ndarray:
         """The image of record ``index``: upright, or in the orientation ``label_shape`` fits
-        (:func:`~mit_semseg.data.transforms.read_labelled_image`)."""
+        (:func:`~mit_semseg.data.image_io.read_labelled_image`)."""
         path = self._image_path(self.list_sample[index])
         try:
             return read_image(path) if label_shape is None else read_labelled_image(path,

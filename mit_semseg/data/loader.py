@@ -27,8 +27,6 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Sampler
 
-from mit_semseg.nn import user_scattered_collate
-
 __all__ = [
     "TrainSampler",
     "build_train_loader",
@@ -38,8 +36,15 @@ __all__ = [
     "global_device_indices",
     "seed_cuda_generators",
     "seed_everything",
+    "user_scattered_collate",
     "worker_init_fn",
 ]
+
+
+def user_scattered_collate(batch: list[Any]) -> list[Any]:
+    """The ``collate_fn`` of every loader here: the samples (or per-device batches) as a list,
+    unchanged, because their images differ in size (the original's name)."""
+    return batch
 
 
 def worker_init_fn(worker_id: int) -> None:

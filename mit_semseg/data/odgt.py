@@ -12,6 +12,7 @@ Build a list for a custom dataset (images and masks paired by relative path and 
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import json
 import logging
 import os
@@ -19,6 +20,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from mit_semseg.data.image_io import missing_path_message, read_label, read_labelled_image
 from mit_semseg.files import atomic_write_text
 
 __all__ = [
@@ -29,7 +31,6 @@ __all__ = [
     "check_record",
     "find_images",
     "list_images",
-    "missing_path_message",
     "read_odgt",
     "write_odgt",
 ]
@@ -134,14 +135,6 @@ def _is_image(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_EXTENSIONS
 
 
-def missing_path_message(path: str | os.PathLike) -> str:
-    """Why a missing ``path`` cannot be read: a broken symbolic link (naming its target) or
-    no such file."""
-    if os.path.islink(path):
-        return f"{path}: broken symbolic link (its target {os.readlink(path)} does not exist)"
-    return f"{path}: no such file or folder"
-
-
 def find_images(folder: str | os.PathLike) -> list[Path]:
     """All image files under ``folder`` (recursive, any common extension, any case), sorted.
 
@@ -163,6 +156,15 @@ def find_images(folder: str | os.PathLike) -> list[Path]:
         logger.warning("%d broken symbolic link(s) in %s: %s", len(broken), folder,
                        "; ".join(missing_path_message(p) for p in sorted(broken)))
     return sorted(found)
+
+
+def find_recursive(root_dir: str, ext: str = ".jpg") -> list[str]:
+    """All files under ``root_dir`` whose name ends with ``ext``, in a sorted, stable order (the
+    original's ``mit_semseg.utils.find_recursive``; :func:`find_images` takes every image type)."""
+    found = []
+    for folder, _, names in sorted(os.walk(root_dir)):
+        found.extend(os.path.join(folder, n) for n in sorted(fnmatch.filter(names, "*" + ext)))
+    return found
 
 
 def _paths_from_list_file(list_file: Path) -> list[Path]:
@@ -255,8 +257,6 @@ def build_odgt(
         FileNotFoundError: a folder does not exist, or an image has no mask.
         ValueError: no image found, or an image and its mask differ in size.
     """
-    from mit_semseg.data.transforms import read_label, read_labelled_image
-
     images, masks, root = Path(images), Path(masks), Path(root)
     for folder in (images, masks):
         if not folder.is_dir():

@@ -17,7 +17,7 @@ run. This module is the only place the package reads the launcher's environment:
   ``MASTER_ADDR:MASTER_PORT`` (otherwise rank 0 serves it).
 
 The synchronised BatchNorm layer for DDP is a model component and lives in
-:mod:`mit_semseg.nn.distributed`.
+:mod:`mit_semseg.nn.distributed_batchnorm`.
 """
 
 from __future__ import annotations

@@ -31,7 +31,8 @@ from mit_semseg.engine.checkpoint import (
 )
 from mit_semseg.engine.distributed import DistContext
 from mit_semseg.engine.optim import PolySchedule
-from mit_semseg.engine.precision import autocast
+from mit_semseg.nn import SynchronizedBatchNorm2d, UserScatteredDataParallel, convert_sync_batchnorm
+from mit_semseg.nn.precision import autocast
 
 __all__ = [
     "BN_MOMENTUM_AS_ORIGINAL",
@@ -170,8 +171,6 @@ def set_bn_momentum(module: nn.Module, momentum: float) -> int:
 def norm_layer_for(num_devices: int, sync_bn: bool) -> Callable[..., nn.Module]:
     """The BatchNorm class for one process driving ``num_devices`` devices."""
     if num_devices > 1 and sync_bn:
-        from mit_semseg.nn import SynchronizedBatchNorm2d
-
         # "plus": 1/sqrt(var + eps) like nn.BatchNorm2d and DDP's synced BN, so that one
         # device, several devices and several processes compute the same thing
         return functools.partial(SynchronizedBatchNorm2d, eps_mode="plus")
@@ -191,14 +190,10 @@ def parallelize(module: nn.Module, devices: Sequence[torch.device], dist_ctx: Di
     module.to(devices[0])
     if dist_ctx.distributed:
         if sync_bn:
-            from mit_semseg.nn import convert_sync_batchnorm
-
             module = convert_sync_batchnorm(module)
         cuda_ids = [devices[0].index] if devices[0].type == "cuda" else None
         return nn.parallel.DistributedDataParallel(module, device_ids=cuda_ids), False
     if len(devices) > 1:  # one process, several devices: the original's dict-scattering DP
-        from mit_semseg.nn import UserScatteredDataParallel
-
         if devices[0].type == "cpu":
             return UserScatteredDataParallel(module, num_cpu_replicas=len(devices)), True
         return UserScatteredDataParallel(module, device_ids=[d.index for d in devices]), True

@@ -1,11 +1,9 @@
 """Segmentation models: encoders, decoders, the training/inference wrapper and the builder.
 
 Importing this package registers every encoder and decoder, so ``list_encoders()`` and
-``list_decoders()`` are complete. ``ModelBuilder`` (the original's interface) is served from
-:mod:`mit_semseg.compat` on first access.
+``list_decoders()`` are complete. ``ModelBuilder`` is the original's interface
+(:mod:`mit_semseg.models.legacy`).
 """
-
-from typing import Any
 
 from . import decoders, encoders  # noqa: F401  (registration)
 from .builder import (
@@ -17,6 +15,7 @@ from .builder import (
     list_encoders,
 )
 from .checkpoint_format import attach_upstream_bn_buffers, load_weights
+from .legacy import ModelBuilder
 from .pretrained import load_pretrained
 from .registry import DECODERS, ENCODERS
 from .segmentation_module import SegmentationModule
@@ -39,11 +38,3 @@ __all__ = [
     "load_weights",
 ]
 
-
-def __getattr__(name: str) -> Any:
-    # Loaded lazily so that the package itself never imports the compatibility module.
-    if name == "ModelBuilder":
-        from ..compat import ModelBuilder
-
-        return ModelBuilder
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

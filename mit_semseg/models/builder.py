@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import torch.nn as nn
 
-from mit_semseg.nn.deterministic import NLLLoss
+from mit_semseg.nn.deterministic_ops import NLLLoss
 
 from .checkpoint_format import load_weights
 from .layers import NormLayer

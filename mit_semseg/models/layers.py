@@ -1,7 +1,7 @@
 """Pieces shared by encoders and decoders: the norm-layer type, conv + norm (+ ReLU), bilinear
 resizing, adaptive pooling and the one weight-initialisation helper.
 
-Resizing and pooling go through :mod:`mit_semseg.nn.deterministic`, which uses PyTorch's kernels
+Resizing and pooling go through :mod:`mit_semseg.nn.deterministic_ops`, which uses PyTorch's kernels
 except in deterministic CUDA training (``TRAIN.deterministic``), where their backward would
 accumulate with atomic adds."""
 
@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from mit_semseg.nn.deterministic import AdaptiveAvgPool2d, interpolate_bilinear
+from mit_semseg.nn.deterministic_ops import AdaptiveAvgPool2d, interpolate_bilinear
 
 __all__ = ["AdaptiveAvgPool2d", "NormLayer", "conv_norm", "init_weights", "upsample"]
 

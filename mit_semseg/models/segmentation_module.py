@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from mit_semseg.nn.deterministic import NLLLoss
+from mit_semseg.nn.deterministic_ops import NLLLoss
 
 from .layers import upsample
 

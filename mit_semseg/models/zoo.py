@@ -29,9 +29,9 @@ from pathlib import Path
 
 import torch
 
-from ..data.palette import ade_palette, class_names
 from ..download import DownloadError, cache_root, cached_download
 from .builder import build_segmentation_model
+from .classes import ade_palette, class_names
 from .segmentation_module import SegmentationModule
 
 __all__ = [

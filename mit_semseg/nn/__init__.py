@@ -14,9 +14,8 @@ from .data_parallel import (
     UserScatteredDataParallel,
     async_copy_to,
     dict_gather,
-    user_scattered_collate,
 )
-from .distributed import (
+from .distributed_batchnorm import (
     DistributedSyncBatchNorm,
     convert_sync_batchnorm,
     revert_sync_batchnorm,
@@ -50,5 +49,4 @@ __all__ = [
     "execute_replication_callbacks",
     "patch_replication_callback",
     "revert_sync_batchnorm",
-    "user_scattered_collate",
 ]

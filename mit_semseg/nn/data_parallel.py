@@ -22,17 +22,11 @@ __all__ = [
     "UserScatteredDataParallel",
     "async_copy_to",
     "dict_gather",
-    "user_scattered_collate",
 ]
 
 logger = logging.getLogger(__name__)
 
 _copy_streams: dict[int, Any] = {}
-
-
-def user_scattered_collate(batch: list[Any]) -> list[Any]:
-    """``collate_fn`` for the training loader: the list of per-device batches, unchanged."""
-    return batch
 
 
 def _copy_stream(device: torch.device) -> Any:

@@ -6,10 +6,10 @@ Three users need resampling as plain linear algebra rather than as PyTorch's fus
   when the input size is unknown (ONNX pooling kernels are fixed at export time), so
   :class:`MatrixAdaptiveAvgPool2d` computes the same bins as ``P_h @ x @ P_w^T`` with pooling
   matrices made from ``arange`` of the traced size.
-* The factored PPM and UPerNet heads (:mod:`mit_semseg.factored_heads`) apply a 3x3
+* The factored PPM and UPerNet heads (:mod:`mit_semseg.models.decoders.factored`) apply a 3x3
   convolution to bilinearly upsampled maps in closed form, which needs the bilinear weights
   as a matrix.
-* Deterministic CUDA training (:mod:`mit_semseg.nn.deterministic`): the backward of these
+* Deterministic CUDA training (:mod:`mit_semseg.nn.deterministic_ops`): the backward of these
   matrix products has no atomic adds, unlike the backward of PyTorch's kernels.
 
 Both follow PyTorch's index rules exactly, so results equal the fused kernels up to float

@@ -34,6 +34,7 @@ from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from .comm import DEFAULT_TIMEOUT, SlavePipe, SyncMaster
+from .replicate import DataParallelWithCallback
 
 __all__ = [
     "SynchronizedBatchNorm1d",
@@ -401,8 +402,6 @@ def convert_model(module: nn.Module, **sync_kwargs: Any) -> nn.Module:
     Returns:
         The converted module (a new object if ``module`` itself was a BatchNorm or wrapper).
     """
-    from .replicate import DataParallelWithCallback
-
     if isinstance(module, nn.DataParallel) and not isinstance(module, DataParallelWithCallback):
         inner = convert_model(module.module, **sync_kwargs)
         if not module.device_ids:

@@ -134,15 +134,15 @@ def inline_workers(monkeypatch) -> list[str]:
     import pickle
 
     from mit_semseg.cli import eval_multipro
-    from mit_semseg.engine.evaluation import evaluate_shard, shard_ranges
+    from mit_semseg.inference.evaluation import evaluate_shard, shard_ranges
 
     methods: list[str] = []
 
     def run_workers(job, devices, num_images, start_method):
         methods.append(start_method)
         job = pickle.loads(pickle.dumps(job))
-        return [evaluate_shard(job, device, start, end)
-                for (start, end), device in zip(shard_ranges(num_images, len(devices)), devices)]
+        return [evaluate_shard(job, device, shard)
+                for shard, device in zip(shard_ranges(num_images, len(devices)), devices)]
 
     monkeypatch.setattr(eval_multipro, "_run_workers", run_workers)
     return methods

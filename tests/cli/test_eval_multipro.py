@@ -90,9 +90,9 @@ def test_fork_is_rejected_with_cuda_devices(tiny_run, in_process, monkeypatch): 
 def test_each_worker_binds_its_gpu_first(in_process, bound_devices, monkeypatch):  # noqa: F811
     """Issue 17.4: a worker on cuda:1 makes it the current device before it evaluates, so it
     creates no context on GPU 0."""
-    def evaluate_shard(job, device, start, end, on_image):
+    def evaluate_shard(job, device, shard, hooks):
         assert bound_devices == ["cuda:1"] and device == torch.device("cuda", 1)
-        return multipro.EvalResult(np.eye(2, dtype=np.int64), end - start, 0.5)
+        return multipro.EvalResult(np.eye(2, dtype=np.int64), shard[1] - shard[0], 0.5)
 
     monkeypatch.setattr(multipro, "evaluate_shard", evaluate_shard)
     messages = queue.Queue()

@@ -13,8 +13,8 @@ from eval_fixtures import CFG, make_tiny_run
 
 from mit_semseg.cli import common
 from mit_semseg.cli import test as test_cli
-from mit_semseg.engine.inference import predict_probs
-from mit_semseg.engine.onnxruntime_backend import EXPORT_TOLERANCE, OnnxRuntimeSegmenter
+from mit_semseg.deploy.onnxruntime import EXPORT_TOLERANCE, OnnxRuntimeSegmenter
+from mit_semseg.inference.predict import predict_probs
 
 ONNX = ("MODEL.backend", "onnxruntime")
 
@@ -24,8 +24,8 @@ def varied_run(tmp_path_factory):
     """The tiny run with non-trivial BatchNorm statistics, so that its labels vary (the plain
     random model predicts one class everywhere), and its ONNX export made once."""
     pytest.importorskip("onnxruntime", reason="needs pip install 'mit_semseg[onnx]'")
-    from mit_semseg.engine.inference import TrainedModel
-    from mit_semseg.engine.onnxruntime_backend import cached_onnx_export
+    from mit_semseg.deploy.onnxruntime import cached_onnx_export
+    from mit_semseg.inference.trained_model import TrainedModel
     from mit_semseg.models import build_segmentation_model
 
     root = tmp_path_factory.mktemp("varied_run")
@@ -74,12 +74,12 @@ def test_test_py_labels_equal_torch_up_to_the_export_tolerance(onnx_home, tmp_pa
     calls = {"torch": [], "onnxruntime": []}  # per image: (module class, torch probabilities)
     real = test_cli.predict_labels
 
-    def spy(module, img_list, seg_size, device, **kwargs):
+    def spy(module, img_list, seg_size, device, options):
         probs = None
         if not isinstance(module, OnnxRuntimeSegmenter):
-            probs = predict_probs(module, img_list, seg_size, device, **kwargs)
+            probs = predict_probs(module, img_list, seg_size, device, options)
         calls[backend].append((type(module), probs))
-        return real(module, img_list, seg_size, device, **kwargs)
+        return real(module, img_list, seg_size, device, options)
 
     monkeypatch.setattr(test_cli, "predict_labels", spy)
     labels = {}

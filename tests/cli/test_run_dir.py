@@ -10,10 +10,10 @@ from torch import nn
 from train_fixtures import CONFIG, REPO_ROOT, dataset, train_opts  # noqa: F401
 
 from mit_semseg.cli.run_dir import check_resume_config, find_resume_state
+from mit_semseg.cli.run_lock import RunLock
 from mit_semseg.config import ConfigError, load_config
 from mit_semseg.engine.checkpoint import LAST_CHECKPOINT, save_training_state
 from mit_semseg.engine.distributed import DistContext
-from mit_semseg.engine.run_lock import RunLock
 
 sys.path.insert(0, str(REPO_ROOT))
 import train  # noqa: E402  (the script under test)

@@ -124,12 +124,12 @@ def test_eval_predicts_the_originals_labels_on_every_pixel(compared, name):
     """Our eval path (EvalJob from the config, its ValDataset, the loaded module,
     predict_probs) against the original's eval loop, pixel by pixel."""
     from mit_semseg.cli.eval import eval_job
-    from mit_semseg.engine.inference import load_segmentation_module, predict_probs
+    from mit_semseg.inference.predict import predict_probs
 
     root, upstream = compared
     job = eval_job(load_config(_config_file(name), _overrides(root, name)))
     cpu = torch.device("cpu")
-    module = load_segmentation_module(job.model, cpu)
+    module = job.model.load(cpu)
     dataset = job.dataset()
     theirs = upstream[name]["val_preds"]
     assert len(dataset) == len(theirs) == len(IMAGES)

@@ -4,10 +4,13 @@ import pytest
 import torch
 from eval_fixtures import CFG, bound_devices, in_process, run_script, tiny_run  # noqa: F401
 
+from mit_semseg.cli.test import collect_images, output_names
+
 
 def _write(path, array):
     path.parent.mkdir(parents=True, exist_ok=True)
     assert cv2.imwrite(str(path), array)
+    return path
 
 
 @pytest.fixture
@@ -82,14 +85,14 @@ def test_missing_checkpoint_and_no_images(tiny_run, mixed_folder, tmp_path, in_p
 def test_binds_its_gpu_before_loading_the_model(tiny_run, mixed_folder, in_process,  # noqa: F811
                                                 bound_devices, monkeypatch):  # noqa: F811
     from mit_semseg.cli import common
-    from mit_semseg.cli import test as test_cli
+    from mit_semseg.inference.trained_model import TrainedModel
 
     monkeypatch.setattr(common, "single_device", lambda spec, hint="": torch.device("cuda", 3))
 
-    def load_segmentation_module(model, device):
+    def load(model, device):
         raise FileNotFoundError(f"stop here; bound so far: {bound_devices}")
 
-    monkeypatch.setattr(test_cli, "load_segmentation_module", load_segmentation_module)
+    monkeypatch.setattr(TrainedModel, "load", load)
     code, out = in_process("test.py", "--imgs", str(mixed_folder / "photo.jpg"), "--cfg",
                            str(CFG), "--gpu", "3", *tiny_run.overrides())
     assert code == 2 and "stop here; bound so far: ['cuda:3']" in out
@@ -107,7 +110,6 @@ def test_a_cuda_error_stops_the_run_other_errors_skip_one_image(  # noqa: F811
         tiny_run, in_process, tmp_path, monkeypatch, error, attempted):  # noqa: F811
     """Issue 17.7: after a CUDA error that poisons the context, every later image would fail
     the same way: stop and count them as failed, instead of trying each one."""
-    from mit_semseg.cli import test as test_cli
 
     rng = np.random.default_rng(2)
     for name in ("a", "b", "c"):
@@ -118,6 +120,8 @@ def test_a_cuda_error_stops_the_run_other_errors_skip_one_image(  # noqa: F811
         calls.append(1)
         raise error
 
+    from mit_semseg.cli import test as test_cli
+
     monkeypatch.setattr(test_cli, "predict_labels", predict_labels)
     code, out = in_process("test.py", "--imgs", str(tmp_path / "in"), "--cfg", str(CFG),
                            "--gpu", "cpu",
@@ -126,3 +130,33 @@ def test_a_cuda_error_stops_the_run_other_errors_skip_one_image(  # noqa: F811
     assert "0 image(s) written" in out and "3 failed" in out
     if attempted == 1:
         assert "the 3 image(s) from this one on are not processed" in out
+
+
+def test_collect_images_reports_bad_arguments_and_keeps_going(tmp_path):
+    img = np.zeros((2, 2, 3), np.uint8)
+    a = _write(tmp_path / "set" / "a.JPG", img)
+    b = _write(tmp_path / "set" / "sub" / "b.png", img)
+    c = _write(tmp_path / "c.bmp", img)
+    (tmp_path / "list.txt").write_text(f"{c}\n{a}\n")
+    (tmp_path / "empty").mkdir()
+    images, problems = collect_images(
+        [tmp_path / "set", tmp_path / "empty", tmp_path / "nope.jpg", tmp_path / "list.txt"]
+    )
+    assert images == [a, b, c]  # a listed twice, kept once
+    assert len(problems) == 2
+    assert "empty" in problems[0]
+    assert "nope.jpg" in problems[1] and "no such file" in problems[1]
+
+
+def test_output_names_unique_and_readable(tmp_path):
+    paths = [
+        tmp_path / "x" / "img.jpg",
+        tmp_path / "y" / "img.jpg",
+        tmp_path / "y" / "other.png",
+        tmp_path / "y" / "dup.jpg",
+        tmp_path / "y" / "dup.png",
+    ]
+    names = output_names(paths)
+    assert names == ["x__img", "y__img", "y__other", "y__dup_jpg", "y__dup_png"]
+    assert output_names([tmp_path / "one" / "pic.jpeg"]) == ["pic"]
+    assert output_names([tmp_path / "f" / "a.jpg", tmp_path / "f" / "b.jpg"]) == ["a", "b"]

@@ -7,8 +7,8 @@ import pytest
 
 from mit_semseg.data import check
 from mit_semseg.data.check import check_dataset, main, read_header
+from mit_semseg.data.image_io import read_label
 from mit_semseg.data.odgt import read_odgt
-from mit_semseg.data.transforms import read_label
 
 
 def test_clean_dataset_passes_with_true_statistics(synthetic_root):

@@ -7,8 +7,9 @@ from conftest import make_opt, random_pair, write_lines
 from PIL import Image
 
 from mit_semseg.data import ImageReadError, OdgtError, TestDataset, TrainDataset, ValDataset
+from mit_semseg.data.image_io import read_image
 from mit_semseg.data.odgt import read_odgt
-from mit_semseg.data.transforms import normalize_image, read_image
+from mit_semseg.data.transforms import normalize_image
 
 MEAN = torch.tensor([0.485, 0.456, 0.406])[:, None, None]
 STD = torch.tensor([0.229, 0.224, 0.225])[:, None, None]
@@ -197,15 +198,15 @@ def _labelled(samples, image_name: str, label: np.ndarray, height: int, width: i
 
 
 def test_exif_tagged_image_takes_the_orientation_its_label_fits(samples, caplog, monkeypatch):
-    from mit_semseg.data import transforms
+    from mit_semseg.data import image_io
 
-    monkeypatch.setattr(transforms, "_ignored_orientation_reported", False)
+    monkeypatch.setattr(image_io, "_ignored_orientation_reported", False)
     stored = np.random.default_rng(8).integers(0, 256, (24, 40, 3), dtype=np.uint8)
     as_stored = _tagged_jpeg(samples.root / "photo.jpg", stored, 6)  # shown rotated 90 deg
     opt = make_opt(imgSizes=(24,))
     # a label of the stored size (e.g. ADE20K's): the stored pixels, as the original read them
     record = _labelled(samples, "photo.jpg", np.ones((24, 40), np.uint8), 24, 40)
-    with caplog.at_level(logging.WARNING, logger="mit_semseg.data.transforms"):
+    with caplog.at_level(logging.WARNING, logger="mit_semseg.data.image_io"):
         item = ValDataset(samples.root, [record], opt)[0]
         ValDataset(samples.root, [record], opt)[0]
     np.testing.assert_array_equal(item["img_ori"], as_stored)

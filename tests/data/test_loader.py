@@ -14,6 +14,7 @@ from mit_semseg.data.loader import (
     device_seed,
     global_device_indices,
     seed_cuda_generators,
+    user_scattered_collate,
     worker_init_fn,
 )
 
@@ -218,3 +219,8 @@ def test_cuda_generators_survive_the_data_stream_and_differ_per_gpu_cuda():
     assert all(torch.equal(torch.cuda.get_rng_state(g), b) for g, b in zip(gpus, before))
     masks = [torch.nn.functional.dropout(torch.ones(256, device=g), 0.5).cpu() for g in gpus]
     assert all(not torch.equal(masks[0], m) for m in masks[1:])
+
+
+def test_user_scattered_collate_is_identity():
+    batch = [{"a": 1}, {"a": 2}]
+    assert user_scattered_collate(batch) is batch

@@ -1,11 +1,12 @@
 import json
+import os
 
 import numpy as np
 import pytest
 from conftest import write_label, write_rgb
 from yacs.config import CfgNode
 
-from mit_semseg.data import TestDataset
+from mit_semseg.data import TestDataset, odgt
 from mit_semseg.data.odgt import OdgtError, build_odgt, list_images, main, read_odgt, write_odgt
 
 
@@ -142,3 +143,11 @@ def test_build_odgt_names_a_broken_mask_link(tmp_path):
     (tmp_path / "masks" / "a.png").symlink_to(tmp_path / "gone.png")
     with pytest.raises(FileNotFoundError, match=r"masks/a\.png: broken symbolic link"):
         build_odgt(tmp_path / "images", tmp_path / "masks", tmp_path)
+
+
+def test_find_recursive_sorted(tmp_path):
+    for name in ("b/2.jpg", "a/1.jpg", "a/3.png", "c.jpg"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"")
+    found = [os.path.relpath(p, tmp_path) for p in odgt.find_recursive(str(tmp_path))]
+    assert found == ["c.jpg", os.path.join("a", "1.jpg"), os.path.join("b", "2.jpg")]

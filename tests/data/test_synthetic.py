@@ -4,10 +4,11 @@ import hashlib
 import numpy as np
 import pytest
 
+from mit_semseg.data.image_io import read_image, read_label
 from mit_semseg.data.odgt import read_odgt
-from mit_semseg.data.palette import dataset_palette, load_class_info
+from mit_semseg.data.palette import dataset_palette
 from mit_semseg.data.synthetic import CLASSES, SYNTHETIC_NUM_CLASS, generate, main
-from mit_semseg.data.transforms import read_image, read_label
+from mit_semseg.models.classes import load_class_info
 
 
 def _digest(root):

@@ -17,7 +17,6 @@ from torch import nn
 
 from mit_semseg.engine.checkpoint import load_training_state
 from mit_semseg.engine.optim import PolySchedule, build_optimizers
-from mit_semseg.engine.precision import grad_scaler
 from mit_semseg.engine.run_control import (
     RunControl,
     SignalWatch,
@@ -25,6 +24,7 @@ from mit_semseg.engine.run_control import (
     signal_name,
 )
 from mit_semseg.engine.trainer import ResumableCheckpoint, TrainState
+from mit_semseg.nn.precision import grad_scaler
 
 CPU = torch.device("cpu")
 

@@ -14,7 +14,6 @@ from torch import nn
 from mit_semseg.engine.checkpoint import load_training_state
 from mit_semseg.engine.distributed import DistContext
 from mit_semseg.engine.optim import PolySchedule, build_optimizers
-from mit_semseg.engine.precision import grad_scaler
 from mit_semseg.engine.trainer import (
     BN_MOMENTUM_AS_ORIGINAL,
     ResumableCheckpoint,
@@ -28,6 +27,7 @@ from mit_semseg.engine.trainer import (
     set_bn_momentum,
     train_one_epoch,
 )
+from mit_semseg.nn.precision import grad_scaler
 
 CPU = torch.device("cpu")
 

@@ -11,7 +11,6 @@ from mit_semseg.nn import (
     UserScatteredDataParallel,
     async_copy_to,
     dict_gather,
-    user_scattered_collate,
 )
 
 from ._helpers import assert_close, randomize_bn
@@ -99,11 +98,6 @@ def test_bad_inputs_are_reported():
         model([_feed(2, 5, "a")] * 3)
     with pytest.raises(ValueError, match="empty list"):
         model([])
-
-
-def test_user_scattered_collate_is_identity():
-    batch = [{"a": 1}, {"a": 2}]
-    assert user_scattered_collate(batch) is batch
 
 
 def test_async_copy_to_recurses_and_keeps_non_tensors():

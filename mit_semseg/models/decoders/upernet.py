@@ -88,7 +88,7 @@ class UPerNet(SegmentationDecoder):
         """The FPN maps (``fpn_dim`` channels each) at the encoder maps' sizes, finest first.
 
         Uses only the pyramid pooling and FPN layers, so the factored inference head
-        (:mod:`mit_semseg.factored_heads`) shares it.
+        (:mod:`mit_semseg.models.decoders.factored`) shares it.
         """
         conv5 = maps[-1]
         size = conv5.shape[2:]

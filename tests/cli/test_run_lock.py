@@ -1,4 +1,4 @@
-"""mit_semseg.engine.run_lock: one run per output folder, stale locks taken over."""
+"""mit_semseg.cli.run_lock: one run per output folder, stale locks taken over."""
 
 import dataclasses
 import json
@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from mit_semseg.engine.run_lock import LOCK_NAME, LockOwner, RunDirLocked, RunLock
+from mit_semseg.cli.run_lock import LOCK_NAME, LockOwner, RunDirLocked, RunLock
 
 
 def _write_lock(folder, **changes):

@@ -1,14 +1,14 @@
 """Deterministic CUDA forms of the three training ops that torch computes with atomic adds.
 
 Under ``torch.use_deterministic_algorithms(True)`` (``TRAIN.deterministic``, see
-:mod:`mit_semseg.engine.determinism`) torch raises on the CUDA backward of bilinear
+:mod:`mit_semseg.engine.reproducibility`) torch raises on the CUDA backward of bilinear
 interpolation and of adaptive average pooling, and on the CUDA NLL loss, because their kernels
 accumulate with atomic adds in a varying order. The functions here compute the same values from
 matrix products (both ops are separable linear maps, ``y = A_h x A_w^T``) and from a gather,
 whose CUDA kernels are deterministic in that mode. Everywhere else (CPU, inference, the mode
 off) they call the usual kernel, so nothing changes outside deterministic CUDA training. The
 matrix forms equal the kernels up to float rounding (checked on the CPU by
-``tests/nn/test_deterministic.py``).
+``tests/nn/test_deterministic_ops.py``).
 """
 
 from __future__ import annotations

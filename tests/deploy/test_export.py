@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from mit_semseg.engine.inference import predict_probs
-from mit_semseg.export import export_onnx, export_program, inference_network, main
+from mit_semseg.deploy.export import export_onnx, export_program, inference_network
+from mit_semseg.inference.predict import PredictOptions, predict_probs
 from mit_semseg.models import build_segmentation_model
 
 CPU = torch.device("cpu")
@@ -57,7 +57,7 @@ PAIRS = [("mobilenetv2dilated", "ppm_deepsup"),
 def test_onnx_probabilities_equal_eager_at_odd_sizes(exported, encoder, decoder):
     import onnx
 
-    from mit_semseg.engine.onnxruntime_backend import OnnxRuntimeSegmenter
+    from mit_semseg.deploy.onnxruntime import OnnxRuntimeSegmenter
 
     module, path = exported(encoder, decoder)
     proto = onnx.load(path)
@@ -79,13 +79,13 @@ def test_onnx_probabilities_equal_eager_at_odd_sizes(exported, encoder, decoder)
 
 
 def test_onnxruntime_backend_in_multi_scale_prediction(exported):
-    from mit_semseg.engine.onnxruntime_backend import OnnxRuntimeSegmenter
+    from mit_semseg.deploy.onnxruntime import OnnxRuntimeSegmenter
 
     module, path = exported("mobilenetv2dilated", "ppm_deepsup")
     segmenter = OnnxRuntimeSegmenter(path)
     imgs = [torch.randn(1, 3, 41, 57), torch.randn(1, 3, 57, 79)]
-    expected = predict_probs(module, imgs, (45, 63), CPU, flip=True)
-    got = predict_probs(segmenter, imgs, (45, 63), CPU, flip=True)
+    expected = predict_probs(module, imgs, (45, 63), CPU, PredictOptions(flip=True))
+    got = predict_probs(segmenter, imgs, (45, 63), CPU, PredictOptions(flip=True))
     torch.testing.assert_close(got, expected, rtol=0, atol=1e-4)
 
 
@@ -93,7 +93,7 @@ def test_onnxruntime_backend_refuses_a_foreign_model(tmp_path, onnxruntime):
     import onnx
     from onnx import TensorProto, helper
 
-    from mit_semseg.engine.onnxruntime_backend import OnnxRuntimeSegmenter
+    from mit_semseg.deploy.onnxruntime import OnnxRuntimeSegmenter
 
     graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g",
                               [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
@@ -127,30 +127,3 @@ def test_inference_network_leaves_the_module_alone():
     assert not any("deepsup" in k or "running_mean" in k for k in network.state_dict())
 
 
-def _write_checkpoint(tmp_path, encoder, decoder):
-    module = build_segmentation_model(encoder, decoder, 4)
-    torch.save(module.encoder.state_dict(), tmp_path / "encoder_epoch_1.pth")
-    torch.save(module.decoder.state_dict(), tmp_path / "decoder_epoch_1.pth")
-    cfg = tmp_path / "cfg.yaml"
-    cfg.write_text(f"DATASET:\n  num_class: 4\nMODEL:\n  arch_encoder: {encoder}\n"
-                   f"  arch_decoder: {decoder}\n  fc_dim: {module.encoder.out_channels[-1]}\n"
-                   f"DIR: {tmp_path}\nTEST:\n  checkpoint: epoch_1.pth\n")
-    return cfg
-
-
-@pytest.mark.slow
-def test_cli_exports_and_checks(tmp_path, onnxruntime):
-    cfg = _write_checkpoint(tmp_path, "mobilenetv2dilated", "c1_deepsup")
-    out = tmp_path / "out" / "model.onnx"
-    assert main(["--cfg", str(cfg), "--output", str(out)]) == 0
-    assert out.is_file() and not list(out.parent.glob(".*"))  # no temporary file left
-
-
-def test_cli_names_a_missing_checkpoint(tmp_path, capsys):
-    cfg = _write_checkpoint(tmp_path, "mobilenetv2dilated", "c1_deepsup")
-    (tmp_path / "decoder_epoch_1.pth").unlink()
-    assert main(["--cfg", str(cfg), "--format", "torch-export", "--output",
-                 str(tmp_path / "m.pt2")]) == 2
-    logged = capsys.readouterr()
-    assert "decoder_epoch_1.pth" in logged.out + logged.err
-    assert not (tmp_path / "m.pt2").exists()

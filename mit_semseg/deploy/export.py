@@ -3,7 +3,7 @@
 The exported network maps a normalised image ``image`` (B, 3, H, W) to two outputs:
 
 * ``logits`` (B, num_class, h, w): class scores at the decoder's resolution (1/4 or 1/8);
-  :class:`mit_semseg.engine.onnxruntime_backend.OnnxRuntimeSegmenter` uses these, so that
+  :class:`mit_semseg.deploy.onnxruntime.OnnxRuntimeSegmenter` uses these, so that
   multi-scale evaluation can resize them to any size;
 * ``probs`` (B, num_class, H, W): softmax of the scores bilinearly upsampled to the input
   size, what a deployment usually wants.
@@ -16,23 +16,15 @@ What changes on the way (all exact up to float rounding; the export checks it):
   :class:`mit_semseg.nn.resample.MatrixAdaptiveAvgPool2d`: ONNX pooling has fixed kernels, which
   cannot give PyTorch's adaptive bins for an input size that is only known at run time.
 
-Command line (the config gives the architecture, ``DIR`` + ``TEST.checkpoint`` the weights)::
-
-    python -m mit_semseg.export --cfg config/ade20k-resnet50dilated-ppm_deepsup.yaml \\
-        --format onnx --output model.onnx DIR ckpt/ade20k-resnet50dilated-ppm_deepsup
-
-After writing, the exported model is run on an odd-sized random image and compared with the
-eager model (onnxruntime for ONNX); a difference above ``--tolerance`` is an error.
+The command line is ``mit-semseg-export`` (:mod:`mit_semseg.cli.export`); the ONNX model is
+run by :mod:`mit_semseg.deploy.onnxruntime`, which also checks an export against the eager model.
 """
 
 from __future__ import annotations
 
-import argparse
 import copy
 import logging
 import os
-import sys
-import time
 from pathlib import Path
 
 import torch
@@ -40,18 +32,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from mit_semseg.files import atomic_write
+from mit_semseg.inference.fast_path import LogitsNetwork, fold_batchnorm
 from mit_semseg.models.layers import upsample
 from mit_semseg.nn.resample import MatrixAdaptiveAvgPool2d
-from mit_semseg.perf import LogitsNetwork, fold_batchnorm
 
 __all__ = [
     "FORMATS",
     "InferenceNetwork",
-    "check_onnx",
     "export_onnx",
     "export_program",
+    "check_program",
     "inference_network",
-    "main",
 ]
 
 logger = logging.getLogger(__name__)
@@ -163,20 +154,7 @@ def export_onnx(segmentation_module: nn.Module, path: str | os.PathLike,
     return path
 
 
-def check_onnx(segmentation_module: nn.Module, path: str | os.PathLike,
-               size: tuple[int, int] = (77, 109)) -> float:
-    """Largest difference between the probabilities of the ONNX model (onnxruntime) and of
-    ``segmentation_module`` on a random ``size`` image."""
-    from mit_semseg.engine.onnxruntime_backend import OnnxRuntimeSegmenter
-
-    image = torch.randn(1, 3, *size, generator=torch.Generator().manual_seed(1))
-    with torch.inference_mode():
-        expected = segmentation_module.eval()({"img_data": image}, segSize=size)
-    got = OnnxRuntimeSegmenter(path).probabilities(image)
-    return (got - expected).abs().max().item()
-
-
-def _check_program(segmentation_module: nn.Module, path: Path,
+def check_program(segmentation_module: nn.Module, path: Path,
                    size: tuple[int, int] = (77, 109)) -> float:
     image = torch.randn(1, 3, *size, generator=torch.Generator().manual_seed(1))
     program = torch.export.load(path).module()
@@ -184,66 +162,3 @@ def _check_program(segmentation_module: nn.Module, path: Path,
         expected = segmentation_module.eval()({"img_data": image}, segSize=size)
         got = program(image)[1]
     return (got - expected).abs().max().item()
-
-
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m mit_semseg.export",
-                                     description="Export a trained model to ONNX or torch.export")
-    parser.add_argument("--cfg", required=True, metavar="FILE", help="model config file")
-    parser.add_argument("--format", choices=FORMATS, default="onnx")
-    parser.add_argument("--output", required=True, metavar="FILE",
-                        help="file to write (.onnx or .pt2)")
-    parser.add_argument("--tolerance", type=float, default=1e-4,
-                        help="largest accepted probability difference from the eager model")
-    parser.add_argument("--no-check", action="store_true",
-                        help="skip running the exported model against the eager one")
-    parser.add_argument("opts", nargs=argparse.REMAINDER,
-                        help="config overrides as KEY VALUE pairs (DIR, TEST.checkpoint, ...)")
-    return parser.parse_args(argv)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Command line entry point; returns the exit code (0 ok, 1 check failed, 2 bad setup)."""
-    import dataclasses
-
-    from mit_semseg.cli.common import setup_logging, trained_model
-    from mit_semseg.config import ConfigError, load_config
-    from mit_semseg.engine.inference import load_segmentation_module
-
-    args = parse_args(argv)
-    setup_logging()
-    try:
-        cfg = load_config(args.cfg, args.opts)
-        # export folds BatchNorm on its own copy
-        model = dataclasses.replace(trained_model(cfg, cfg.TEST.checkpoint), fast_inference=False)
-        module = load_segmentation_module(model, torch.device("cpu"))
-    except (ConfigError, FileNotFoundError, ValueError, RuntimeError) as error:
-        logger.error("%s", error)
-        return 2
-    start = time.perf_counter()
-    metadata = {"arch_encoder": cfg.MODEL.arch_encoder, "arch_decoder": cfg.MODEL.arch_decoder,
-                "checkpoint": str(Path(cfg.DIR) / cfg.TEST.checkpoint),
-                "input": "image: RGB, /255, normalised by ImageNet mean and std, (B, 3, H, W)"}
-    try:
-        if args.format == "onnx":
-            path = export_onnx(module, args.output, metadata)
-        else:
-            path = export_program(module, args.output)
-    except ImportError as error:
-        logger.error("%s", error)
-        return 2
-    logger.info("wrote %s (%s) in %.1f s", path, args.format, time.perf_counter() - start)
-    if args.no_check:
-        return 0
-    difference = (check_onnx(module, path) if args.format == "onnx"
-                  else _check_program(module, path))
-    if difference > args.tolerance:
-        logger.error("exported probabilities differ from the eager model's by %.2e (> %.0e)",
-                     difference, args.tolerance)
-        return 1
-    logger.info("checked: probabilities within %.2e of the eager model's", difference)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

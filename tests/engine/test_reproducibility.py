@@ -1,11 +1,11 @@
-"""mit_semseg.engine.determinism: what TRAIN.deterministic switches."""
+"""mit_semseg.engine.reproducibility: what TRAIN.deterministic switches."""
 
 import os
 
 import pytest
 import torch
 
-from mit_semseg.engine.determinism import CUBLAS_WORKSPACE_CONFIG, configure_determinism
+from mit_semseg.engine.reproducibility import CUBLAS_WORKSPACE_CONFIG, configure_determinism
 
 
 @pytest.fixture

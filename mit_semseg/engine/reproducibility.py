@@ -7,7 +7,7 @@ split-K reductions whose order depends on a workspace) and kernels that accumula
 adds (bilinear upsampling and adaptive pooling backward, NLL loss). :func:`configure_determinism`
 switches TF32 off, pins cuDNN to deterministic algorithms, gives cuBLAS a fixed workspace
 (``CUBLAS_WORKSPACE_CONFIG``) and turns on ``torch.use_deterministic_algorithms``, under which
-the models use the matrix forms of :mod:`mit_semseg.nn.deterministic` for the atomic ops.
+the models use the matrix forms of :mod:`mit_semseg.nn.deterministic_ops` for the atomic ops.
 
 It must run before the process' first cuBLAS call (``train.py`` calls it right after reading
 the config): cuBLAS reads the workspace setting when it creates its handle.

@@ -1,11 +1,11 @@
-"""mit_semseg.nn.deterministic: the matrix/gather forms equal torch's kernels (CPU, forced),
+"""mit_semseg.nn.deterministic_ops: the matrix/gather forms equal torch's kernels (CPU, forced),
 they are used only in deterministic CUDA training, and that training is reproducible (CUDA)."""
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from mit_semseg.nn import deterministic as det
+from mit_semseg.nn import deterministic_ops as det
 
 
 @pytest.fixture
@@ -94,7 +94,7 @@ def test_models_use_the_deterministic_ops():
 @pytest.mark.cuda
 @pytest.mark.parametrize("decoder", ["ppm_deepsup", "upernet"])
 def test_deterministic_cuda_training_step_is_bitwise_reproducible_cuda(decoder, monkeypatch):
-    from mit_semseg.engine.determinism import configure_determinism
+    from mit_semseg.engine.reproducibility import configure_determinism
     from mit_semseg.models import build_segmentation_model
 
     monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":4096:8")

@@ -3,18 +3,18 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
-from test_perf import _randomise_bn  # the same random BatchNorm statistics as the folding tests
+from model_helpers import randomise_batchnorm
 from torch.utils.flop_counter import FlopCounterMode
 
-from mit_semseg.engine.inference import predict_probs
-from mit_semseg.factored_heads import (
+from mit_semseg.inference.fast_path import CONV_PLANS, optimize_for_inference
+from mit_semseg.inference.predict import PredictOptions, predict_probs
+from mit_semseg.models import build_segmentation_model
+from mit_semseg.models.decoders.factored import (
     FactoredPPMDecoder,
     FactoredUPerNetDecoder,
     UpsampledConv3x3,
     factor_decoders,
 )
-from mit_semseg.models import build_segmentation_model
-from mit_semseg.perf import CONV_PLANS, optimize_for_inference
 
 CPU = torch.device("cpu")
 NUM_CLASS = 7
@@ -42,7 +42,7 @@ def test_upsampled_conv_rejects_a_kernel_that_is_not_3x3():
 def _factored_against_plain(encoder, decoder, size, expected_type):
     torch.manual_seed(0)
     module = build_segmentation_model(encoder, decoder, NUM_CLASS).eval().double()
-    _randomise_bn(module)
+    randomise_batchnorm(module)
     x = torch.randn(1, 3, *size, dtype=torch.float64)
     with torch.inference_mode():
         maps = module.encoder(x, return_feature_maps=True)
@@ -91,7 +91,7 @@ def test_factored_upernet_skips_most_of_the_fusion_convolution():
 def test_fast_inference_of_upernet_keeps_the_probabilities():
     torch.manual_seed(0)
     plain = build_segmentation_model("resnet18", "upernet_deepsup", NUM_CLASS).eval()
-    _randomise_bn(plain)
+    randomise_batchnorm(plain)
     fast = optimize_for_inference(copy.deepcopy(plain), CPU, plan=CONV_PLANS[-1])
     assert isinstance(fast.decoder, FactoredUPerNetDecoder)
     imgs = [torch.randn(1, 3, 56, 72), torch.randn(1, 3, 80, 104)]
@@ -107,5 +107,5 @@ def test_factored_heads_run_under_bf16_autocast(decoder):
     imgs = [torch.randn(1, 3, 40, 56)]
     exact = predict_probs(module, imgs, (41, 57), CPU)
     factor_decoders(module)
-    approx = predict_probs(module, imgs, (41, 57), CPU, amp="bf16")
+    approx = predict_probs(module, imgs, (41, 57), CPU, PredictOptions(amp="bf16"))
     assert 0 < (approx - exact).abs().max() < 0.05

@@ -1,10 +1,10 @@
-"""mit_semseg.engine.precision: mode checks naming the key, autocast, gradient scaler."""
+"""mit_semseg.nn.precision: mode checks naming the key, autocast, gradient scaler."""
 
 import pytest
 import torch
 from torch import nn
 
-from mit_semseg.engine.precision import autocast, check_amp, grad_scaler
+from mit_semseg.nn.precision import autocast, check_amp, grad_scaler
 
 
 def test_amp_autocast():

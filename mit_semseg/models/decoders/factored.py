@@ -18,7 +18,7 @@ the convolution of the concatenation up to float rounding; what it saves:
 UPerNet's own pyramid pooling cannot be factored this way (its branches apply ReLU after
 upsampling), and is small anyway. The factored heads serve inference only: no training
 forward, no deep-supervision head. :func:`factor_decoders` installs them;
-:func:`mit_semseg.perf.optimize_for_inference` calls it (``MODEL.fast_inference``).
+:func:`mit_semseg.inference.fast_path.optimize_for_inference` calls it (``MODEL.fast_inference``).
 """
 
 from __future__ import annotations
@@ -30,6 +30,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from mit_semseg.nn.resample import bilinear_matrix
+
+from .ppm import PPM
+from .upernet import UPerNet
 
 __all__ = ["FactoredPPMDecoder", "FactoredUPerNetDecoder", "UpsampledConv3x3",
            "factor_decoders"]
@@ -177,9 +180,6 @@ def factor_decoders(module: nn.Module) -> int:
     Returns:
         the number of decoders replaced.
     """
-    from mit_semseg.models.decoders.ppm import PPM
-    from mit_semseg.models.decoders.upernet import UPerNet
-
     count = 0
     for parent in list(module.modules()):
         for name, child in list(parent.named_children()):

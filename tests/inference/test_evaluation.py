@@ -8,20 +8,22 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mit_semseg.engine.evaluation import (
+from mit_semseg.deploy.onnxruntime import OnnxRuntimeModel
+from mit_semseg.inference.evaluation import (
     EvalJob,
     EvalResult,
+    SavePanels,
     compute_backend,
     evaluate,
     format_class_table,
     format_summary,
     iter_samples,
     report_results,
-    resolve_class_names,
     shard_ranges,
     write_results,
 )
-from mit_semseg.engine.inference import TrainedModel
+from mit_semseg.inference.predict import PredictOptions
+from mit_semseg.inference.trained_model import TrainedModel
 from mit_semseg.metrics import confusion_matrix, scores_from_confusion
 from mit_semseg.viz import eval_panel
 
@@ -75,10 +77,7 @@ def test_evaluate_accumulates_exact_confusion(tmp_path):
         samples,
         NUM_CLASS,
         CPU,
-        visualize_dir=tmp_path / "result",
-        palette=PALETTE,
-        on_image=lambda: calls.append(1),
-        class_names=NAMES,
+        hooks=[SavePanels(tmp_path / "result", PALETTE, NAMES), lambda *_: calls.append(1)],
     )
     np.testing.assert_array_equal(result.confusion, _expected_conf(samples))
     assert result.num_images == 5 and len(calls) == 5 and result.seconds > 0
@@ -149,7 +148,8 @@ def test_write_results_files(tmp_path):
 def test_report_records_how_the_numbers_were_computed(tmp_path, fast, amp):
     model = TrainedModel("resnet18dilated", "c1", 2, tmp_path, "epoch_1.pth",
                          fast_inference=fast)
-    job = EvalJob(model, tmp_path, str(tmp_path), "val.odgt", (300,), 1000, 8, amp=amp)
+    job = EvalJob(model, tmp_path, str(tmp_path), "val.odgt", (300,), 1000, 8,
+                  PredictOptions(amp=amp))
     result = EvalResult(np.array([[3, 1], [0, 2]], np.int64), 1, 0.1)
     report_results(job, result, [CPU, CPU], extra={"processes": 2})
     metrics = json.loads((tmp_path / "eval_metrics.json").read_text())
@@ -163,8 +163,8 @@ def test_results_go_to_out_dir_and_name_the_weights_and_the_onnxruntime_backend(
     """A released model's weights live in the cache; its results go elsewhere (DIR)."""
     onnxruntime = pytest.importorskip("onnxruntime")
     weights, out = tmp_path / "cache" / "model", tmp_path / "ckpt" / "model"
-    model = TrainedModel("resnet18dilated", "c1", 2, weights, "epoch_20.pth",
-                         onnx_file=tmp_path / "m.onnx")
+    model = OnnxRuntimeModel("resnet18dilated", "c1", 2, weights, "epoch_20.pth",
+                             onnx_file=tmp_path / "m.onnx")
     job = EvalJob(model, out, str(tmp_path), "val.odgt", (300,), 1000, 8)
     report_results(job, EvalResult(np.array([[3, 1], [0, 2]], np.int64), 1, 0.1), [CPU])
     metrics = json.loads((out / "eval_metrics.json").read_text())
@@ -197,9 +197,3 @@ def test_text_formats():
     )
 
 
-def test_resolve_class_names(tmp_path):
-    (tmp_path / "object_info.csv").write_text("Idx,Name\n1,cat;kitty\n2,dog\n")
-    assert resolve_class_names(3, tmp_path) == ["cat", "dog", "class_2"]
-    ade = resolve_class_names(150, tmp_path / "missing")
-    assert ade[0] == "wall" and ade[2] == "sky" and len(ade) == 150
-    assert resolve_class_names(2, None) == ["class_0", "class_1"]

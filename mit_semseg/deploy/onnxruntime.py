@@ -1,13 +1,13 @@
 """Inference with onnxruntime behind the interface of the eager model.
 
-:class:`OnnxRuntimeSegmenter` loads a model written by :mod:`mit_semseg.export` and answers
+:class:`OnnxRuntimeSegmenter` loads a model written by :mod:`mit_semseg.deploy.export` and answers
 like a :class:`~mit_semseg.models.SegmentationModule` in inference:
 ``segmenter({'img_data': images}, segSize=(H, W))`` and ``segmenter.predict(images, (H, W))``
 give ``(B, num_class, H, W)`` probabilities, so
-:func:`mit_semseg.engine.inference.predict_probs` and the evaluation loop take it in place of
+:func:`mit_semseg.inference.predict.predict_probs` and the evaluation loop take it in place of
 the module. It also has ``logits(images)``, which ``predict_probs`` prefers: the network runs
 in onnxruntime up to the class scores, and the full-resolution tail runs in PyTorch by bands
-(:mod:`mit_semseg.engine.score_maps`), exactly as for the eager model.
+(:mod:`mit_semseg.inference.banded_tail`), exactly as for the eager model.
 
 :func:`cached_onnx_export` gives the ONNX file of a trained model for ``MODEL.backend
 onnxruntime``: exported on first use, checked against the PyTorch model and cached under a name
@@ -24,18 +24,27 @@ import hashlib
 import logging
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import ClassVar
 
 import torch
+from filelock import FileLock
+from torch import nn
 
+from mit_semseg.deploy.export import export_onnx
 from mit_semseg.download import cache_root, sha256_file
-from mit_semseg.engine.score_maps import LogitsSegmenter
+from mit_semseg.inference.banded_tail import LogitsSegmenter
+from mit_semseg.inference.trained_model import TrainedModel
 
-if TYPE_CHECKING:
-    from mit_semseg.engine.inference import TrainedModel
-
-__all__ = ["EXPORT_TOLERANCE", "OnnxRuntimeSegmenter", "cached_onnx_export", "onnx_cache_path"]
+__all__ = [
+    "EXPORT_TOLERANCE",
+    "OnnxRuntimeModel",
+    "OnnxRuntimeSegmenter",
+    "cached_onnx_export",
+    "check_onnx",
+    "onnx_cache_path",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +61,7 @@ class OnnxRuntimeSegmenter(LogitsSegmenter):
     """An exported ONNX segmentation model run by onnxruntime on the CPU.
 
     Args:
-        path: ``.onnx`` file from ``python -m mit_semseg.export`` (inputs ``image``, outputs
+        path: ``.onnx`` file from ``python -m mit_semseg.deploy.export`` (inputs ``image``, outputs
             ``logits`` and ``probs``).
         threads: intra-op threads; default ``torch.get_num_threads()``, so that both backends
             use the same number.
@@ -72,7 +81,7 @@ class OnnxRuntimeSegmenter(LogitsSegmenter):
         self.path = Path(path)
         if not self.path.is_file():
             raise FileNotFoundError(f"ONNX model not found: {self.path} (write one with "
-                                    "python -m mit_semseg.export --format onnx)")
+                                    "python -m mit_semseg.deploy.export --format onnx)")
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = int(threads or torch.get_num_threads())
         options.inter_op_num_threads = 1
@@ -83,7 +92,7 @@ class OnnxRuntimeSegmenter(LogitsSegmenter):
         if inputs != ["image"] or not {"logits", "probs"} <= outputs:
             raise ValueError(f"{self.path} has inputs {inputs} and outputs {sorted(outputs)}; "
                              "expected input 'image' and outputs 'logits', 'probs' (export it "
-                             "with python -m mit_semseg.export)")
+                             "with python -m mit_semseg.deploy.export)")
         self.metadata = dict(self.session.get_modelmeta().custom_metadata_map)
         self.num_class = int(self.metadata.get("num_class", 0)) or None
         super().__init__(lambda images: self._run("logits", images))
@@ -96,6 +105,36 @@ class OnnxRuntimeSegmenter(LogitsSegmenter):
     def probabilities(self, images: torch.Tensor) -> torch.Tensor:
         """The model's own ``probs`` output: probabilities at the input size."""
         return self._run("probs", images)
+
+
+def check_onnx(segmentation_module: nn.Module, path: str | os.PathLike,
+               size: tuple[int, int] = (77, 109)) -> float:
+    """Largest difference between the probabilities of the ONNX model (onnxruntime) and of
+    ``segmentation_module`` on a random ``size`` image."""
+    image = torch.randn(1, 3, *size, generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        expected = segmentation_module.eval()({"img_data": image}, segSize=size)
+    got = OnnxRuntimeSegmenter(path).probabilities(image)
+    return (got - expected).abs().max().item()
+
+
+@dataclass(frozen=True)
+class OnnxRuntimeModel(TrainedModel):
+    """A trained model run by onnxruntime from its ONNX export (``MODEL.backend onnxruntime``).
+
+    Attributes:
+        onnx_file: the export of the weights of :meth:`weight_files` (see
+            :func:`cached_onnx_export`).
+    """
+
+    onnx_file: str | Path = ""
+    backend: ClassVar[str] = "onnxruntime"
+
+    def load(self, device: torch.device) -> OnnxRuntimeSegmenter:
+        """The segmenter of :attr:`onnx_file`; it computes on the CPU whatever ``device`` is
+        (the full-size tail runs there in PyTorch)."""
+        logger.info("running %s with onnxruntime", self.onnx_file)
+        return OnnxRuntimeSegmenter(self.onnx_file)
 
 
 def onnx_cache_path(model: TrainedModel, cache_dir: str | os.PathLike | None = None) -> Path:
@@ -115,7 +154,7 @@ def onnx_cache_path(model: TrainedModel, cache_dir: str | os.PathLike | None = N
 def cached_onnx_export(model: TrainedModel, cache_dir: str | os.PathLike | None = None) -> Path:
     """The ONNX file of ``model``'s weights, exported on first use (see :func:`onnx_cache_path`).
 
-    A new export is checked (:func:`mit_semseg.export.check_onnx`) before it is published, by
+    A new export is checked (:func:`check_onnx`) before it is published, by
     an atomic rename, so no process ever loads a partial or unchecked file; a lock beside it
     makes concurrent callers (torchrun ranks) wait for one export instead of each making one.
 
@@ -125,23 +164,19 @@ def cached_onnx_export(model: TrainedModel, cache_dir: str | os.PathLike | None 
         ValueError: the export differs from the PyTorch model by more than
             :data:`EXPORT_TOLERANCE` (nothing is cached).
     """
-    from filelock import FileLock
-
     path = onnx_cache_path(model, cache_dir)
     path.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(f"{path}.lock"):
         if path.is_file():
             logger.info("ONNX model (cached): %s", path)
             return path
-        from mit_semseg.engine.inference import load_segmentation_module
-        from mit_semseg.export import check_onnx, export_onnx
-
         weights = model.weight_files()
         logger.info("exporting %s and %s to ONNX for onnxruntime (once; cached as %s)",
                     weights["encoder"], weights["decoder"], path)
         start = time.perf_counter()
-        plain = dataclasses.replace(model, fast_inference=False, onnx_file=None)
-        module = load_segmentation_module(plain, torch.device("cpu"))
+        plain = TrainedModel(**{f.name: getattr(model, f.name)
+                                 for f in dataclasses.fields(TrainedModel)})
+        module = dataclasses.replace(plain, fast_inference=False).load(torch.device("cpu"))
         metadata = {"arch_encoder": model.arch_encoder, "arch_decoder": model.arch_decoder,
                     "weights": f"{weights['encoder']}, {weights['decoder']}"}
         unchecked = path.with_name(f".{path.name}.{os.getpid()}.unchecked")

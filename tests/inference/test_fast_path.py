@@ -3,14 +3,11 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
+from model_helpers import randomise_batchnorm
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from mit_semseg.engine import score_maps
-from mit_semseg.engine.inference import predict_probs
-from mit_semseg.models import DECODERS, ENCODERS, build_segmentation_model
-from mit_semseg.models.segmentation_module import softmax_over_classes
-from mit_semseg.nn.resample import MatrixAdaptiveAvgPool2d, bilinear_matrix
-from mit_semseg.perf import (
+from mit_semseg.inference import banded_tail
+from mit_semseg.inference.fast_path import (
     CONV_PLANS,
     ConvPlan,
     LogitsNetwork,
@@ -22,6 +19,10 @@ from mit_semseg.perf import (
     optimize_for_inference,
     to_channels_last,
 )
+from mit_semseg.inference.predict import PredictOptions, predict_labels, predict_probs
+from mit_semseg.models import DECODERS, ENCODERS, build_segmentation_model
+from mit_semseg.models.segmentation_module import softmax_over_classes
+from mit_semseg.nn.resample import MatrixAdaptiveAvgPool2d, bilinear_matrix
 
 CPU = torch.device("cpu")
 NUM_CLASS = 7
@@ -79,7 +80,7 @@ def test_channels_last_training_step_equals_default_layout(model):
 def test_bf16_autocast_inference_is_close_and_summed_in_fp32(model):
     imgs = [torch.randn(1, 3, 32, 40), torch.randn(1, 3, 40, 48)]
     exact = predict_probs(model, imgs, (33, 41), CPU)
-    approx = predict_probs(model, imgs, (33, 41), CPU, amp="bf16")
+    approx = predict_probs(model, imgs, (33, 41), CPU, PredictOptions(amp="bf16"))
     assert approx.dtype == torch.float32
     torch.testing.assert_close(approx.sum(0), torch.ones(33, 41))
     assert 0 < (approx - exact).abs().max() < 0.05
@@ -88,19 +89,9 @@ def test_bf16_autocast_inference_is_close_and_summed_in_fp32(model):
 def test_unknown_or_unsupported_amp_is_refused(model):
     imgs = [torch.randn(1, 3, 16, 16)]
     with pytest.raises(ValueError, match="amp must be one of"):
-        predict_probs(model, imgs, (16, 16), CPU, amp="int8")
+        predict_probs(model, imgs, (16, 16), CPU, PredictOptions(amp="int8"))
     with pytest.raises(ValueError, match="needs a CUDA device"):
-        predict_probs(model, imgs, (16, 16), CPU, amp="fp16")
-
-
-def _randomise_bn(module):
-    for m in module.modules():
-        if isinstance(m, _BatchNorm):
-            m.running_mean.uniform_(-0.2, 0.2)
-            m.running_var.uniform_(0.5, 1.5)
-            if m.affine:
-                m.weight.data.uniform_(0.5, 1.5)
-                m.bias.data.uniform_(-0.2, 0.2)
+        predict_probs(model, imgs, (16, 16), CPU, PredictOptions(amp="fp16"))
 
 
 def _check_folding(encoder, decoder, fc_dim=None):
@@ -108,7 +99,7 @@ def _check_folding(encoder, decoder, fc_dim=None):
     # float64, so that the comparison tests the folding arithmetic, not float32 rounding
     # amplified through 100 random layers
     module = build_segmentation_model(encoder, decoder, NUM_CLASS, fc_dim=fc_dim).eval().double()
-    _randomise_bn(module)
+    randomise_batchnorm(module)
     x = torch.randn(1, 3, 72, 88, dtype=torch.float64)
     with torch.inference_mode():
         expected = module({"img_data": x}, segSize=(75, 90))
@@ -141,7 +132,7 @@ def test_folding_needs_eval_mode(model):
 def test_folding_leaves_a_batchnorm_after_a_non_convolution_alone():
     net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(),
                               torch.nn.BatchNorm2d(4)).eval()
-    _randomise_bn(net)
+    randomise_batchnorm(net)
     x = torch.randn(2, 3, 9, 9)
     with torch.no_grad():
         expected = net(x)
@@ -176,7 +167,7 @@ def test_compiled_module_gives_the_same_probabilities(model, freezing):
     imgs = [torch.randn(1, 3, 32, 40), torch.randn(1, 3, 40, 48)]
     expected = predict_probs(model, imgs, (33, 41), CPU)
     compiled = compile_module(LogitsNetwork(model.encoder, model.decoder), freezing=freezing)
-    got = predict_probs(score_maps.LogitsSegmenter(compiled), imgs, (33, 41), CPU)
+    got = predict_probs(banded_tail.LogitsSegmenter(compiled), imgs, (33, 41), CPU)
     torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
 
 
@@ -187,7 +178,7 @@ def test_compiled_fast_path_compiles_once_for_all_input_sizes(decoder, plan):
     # the fast path's explicit 1x1 kernels and a PPM head's adaptive pooling once made
     # torch.compile fail, or recompile at every new image size (over a minute per image)
     module = build_segmentation_model("resnet18dilated", decoder, NUM_CLASS, fc_dim=512).eval()
-    _randomise_bn(module)
+    randomise_batchnorm(module)
     optimize_for_inference(module, CPU, plan=plan)
     compiled = compile_module(LogitsNetwork(module.encoder, module.decoder), freezing=True)
     # large enough that PyTorch's own small-map convolution rule (a guard) never switches
@@ -287,38 +278,38 @@ def test_unknown_pointwise_kernel_is_refused():
 @pytest.mark.parametrize("feature,out", [((9, 13), (71, 99)), ((12, 10), (12, 10)),
                                          ((30, 20), (17, 11))])
 def test_banded_tail_equals_upsample_then_softmax(monkeypatch, feature, out):
-    monkeypatch.setattr(score_maps, "BAND_BYTES", 4 * NUM_CLASS * out[1] * 5)  # 5-row bands
+    monkeypatch.setattr(banded_tail, "BAND_BYTES", 4 * NUM_CLASS * out[1] * 5)  # 5-row bands
     logits = torch.randn(2, NUM_CLASS, *feature)
     upsampled = F.interpolate(logits, size=out, mode="bilinear", align_corners=False)
     expected = F.softmax(upsampled, dim=1)
     scores = torch.full((2, NUM_CLASS, *out), 0.25)
-    score_maps.add_probabilities(scores, logits, terms=2)
+    banded_tail.add_probabilities(scores, logits, terms=2)
     torch.testing.assert_close(scores, 0.25 + expected / 2, rtol=0, atol=1e-6)
-    score_maps.add_probabilities(scores, logits, overwrite=True)
+    banded_tail.add_probabilities(scores, logits, overwrite=True)
     torch.testing.assert_close(scores, expected, rtol=0, atol=1e-6)
-    labels = score_maps.labels_from_logits(logits, out)
+    labels = banded_tail.labels_from_logits(logits, out)
     assert labels.shape == (2, *out) and torch.equal(labels, upsampled.argmax(1))
 
 
 def test_only_a_module_prepared_for_fast_inference_takes_the_banded_tail(model):
     # the plain module keeps the original's full-size operations (bit-identical scores,
     # tests/cli/test_scripts_upstream_equivalence.py)
-    assert score_maps.fast_logits(model) is None
+    assert banded_tail.fast_logits(model) is None
     model.fast_tail = True
-    assert score_maps.fast_logits(model) == model.logits
-    assert score_maps.fast_logits(score_maps.LogitsSegmenter(model.logits)) is not None
+    assert banded_tail.fast_logits(model) == model.logits
+    assert banded_tail.fast_logits(banded_tail.LogitsSegmenter(model.logits)) is not None
 
 
 def test_predict_labels_single_scale_is_the_argmax_of_predict_probs(model):
     model.fast_tail = True  # takes the argmax-of-logits shortcut
     img = [torch.randn(1, 3, 40, 56)]
-    labels = score_maps.predict_labels(model, img, (45, 61), CPU)
+    labels = predict_labels(model, img, (45, 61), CPU)
     assert labels.shape == (45, 61) and labels.dtype == torch.long
     assert torch.equal(labels, predict_probs(model, img, (45, 61), CPU).argmax(0))
 
 
 def test_predict_probs_by_bands_equals_the_modules_own_probabilities(model, monkeypatch):
-    monkeypatch.setattr(score_maps, "BAND_BYTES", 4 * NUM_CLASS * 61 * 7)
+    monkeypatch.setattr(banded_tail, "BAND_BYTES", 4 * NUM_CLASS * 61 * 7)
     model.fast_tail = True
     imgs = [torch.randn(1, 3, 40, 56), torch.randn(1, 3, 48, 64)]
     with torch.inference_mode():
@@ -326,6 +317,6 @@ def test_predict_probs_by_bands_equals_the_modules_own_probabilities(model, monk
         mirrored = sum(model({"img_data": x.flip(-1)}, segSize=(45, 61)).flip(-1) for x in imgs)
     torch.testing.assert_close(predict_probs(model, imgs, (45, 61), CPU), expected[0],
                                rtol=0, atol=1e-6)
-    with_flip = predict_probs(model, imgs, (45, 61), CPU, flip=True)
+    with_flip = predict_probs(model, imgs, (45, 61), CPU, PredictOptions(flip=True))
     torch.testing.assert_close(with_flip, (expected[0] * 2 + mirrored[0]) / 4, rtol=0,
                                atol=1e-6)

@@ -8,13 +8,12 @@ result one band of rows at a time, so only the result itself is full size, and e
 intermediate maps stay in the CPU cache.
 
 * :func:`fast_logits` finds the feature-resolution scores of a module prepared for fast
-  inference (:func:`mit_semseg.perf.optimize_for_inference`, a compiled or onnxruntime
-  segmenter). The plain module is left to its own full-size tail, whose operations are the
-  original's and reproduce its scores bit for bit; the banded one differs by float rounding.
+  inference (:func:`mit_semseg.inference.fast_path.optimize_for_inference`, a compiled or
+  onnxruntime segmenter). The plain module is left to its own full-size tail, whose operations
+  are the original's and reproduce its scores bit for bit; the banded one differs by float rounding.
 * :func:`add_probabilities` adds ``softmax(upsample(logits)) / terms`` into a score map.
 * :func:`labels_from_logits` is the single-scale shortcut: argmax of the upsampled logits,
   no softmax (softmax keeps the order of the scores), no full-size float map at all.
-* :func:`predict_labels` is what ``test.py`` needs: labels of an image from one or more scales.
 * :class:`LogitsSegmenter` gives anything that computes logits (a compiled network, an
   onnxruntime session) the inference interface of the eager model.
 """
@@ -33,7 +32,6 @@ __all__ = [
     "add_probabilities",
     "fast_logits",
     "labels_from_logits",
-    "predict_labels",
 ]
 
 # bytes of one band of upsampled scores (the temporaries are a few times that)
@@ -44,8 +42,8 @@ def fast_logits(module: Any) -> Callable[[torch.Tensor], torch.Tensor] | None:
     """``images -> (B, C, h, w)`` class scores of ``module`` when it takes the banded tail.
 
     That is a module marked ``fast_tail = True`` (set by
-    :func:`mit_semseg.perf.optimize_for_inference`, and by :class:`LogitsSegmenter`) with a
-    ``logits(images)`` method; anything else gives ``None``.
+    :func:`mit_semseg.inference.fast_path.optimize_for_inference`, and by
+    :class:`LogitsSegmenter`) with a ``logits(images)`` method; anything else gives ``None``.
     """
     own = getattr(module, "logits", None)
     return own if callable(own) and getattr(module, "fast_tail", False) else None
@@ -117,37 +115,13 @@ def labels_from_logits(logits: torch.Tensor, seg_size: Sequence[int]) -> torch.T
     return labels
 
 
-def predict_labels(module: Any, img_list: Sequence[torch.Tensor], seg_size: Sequence[int],
-                   device: torch.device, flip: bool = False, window: Any = None,
-                   amp: str = "") -> torch.Tensor:
-    """Class index per pixel ``(H, W)`` of an image given at one or more scales.
-
-    One scale, no flip and no tiling, on a module prepared for fast inference: the argmax of
-    the upsampled logits (:func:`labels_from_logits`). Otherwise the argmax of
-    :func:`mit_semseg.engine.inference.predict_probs` (same arguments), since averaging over scales
-    needs the probabilities.
-    """
-    from mit_semseg.engine.inference import _window_params, predict_probs
-    from mit_semseg.engine.precision import autocast
-
-    logits_of = fast_logits(module)
-    single = len(img_list) == 1 and not flip and (
-        window is None or max(img_list[0].shape[2:]) <= _window_params(window)[0])
-    if not single or logits_of is None:
-        return predict_probs(module, img_list, seg_size, device, flip=flip, window=window,
-                             amp=amp).argmax(0)
-    with torch.inference_mode(), autocast(device, amp):
-        logits = logits_of(img_list[0].to(device, non_blocking=True))
-    return labels_from_logits(logits, seg_size)[0]
-
-
 class LogitsSegmenter:
     """The eager model's inference interface around a function ``images -> logits``.
 
     ``segmenter({'img_data': images}, segSize=(H, W))`` and ``segmenter.predict(images,
     (H, W))`` give ``(B, C, H, W)`` probabilities like a
     :class:`~mit_semseg.models.SegmentationModule`; ``segmenter.logits(images)`` gives the
-    feature-resolution scores, which :func:`mit_semseg.engine.inference.predict_probs` prefers.
+    feature-resolution scores, which :func:`mit_semseg.inference.predict.predict_probs` prefers.
 
     Args:
         logits: ``images (B, 3, H, W) -> (B, C, h, w)`` class scores.

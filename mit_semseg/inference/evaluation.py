@@ -1,9 +1,12 @@
 """Validation loop, result aggregation and result files for ``eval.py`` / ``eval_multipro.py``.
 
 :func:`evaluate` runs multi-scale (optionally flipped, optionally windowed) inference over a
-validation loader and returns one integer confusion matrix. Shards evaluated in different
-processes are combined by adding their matrices, which is exact, so the metrics do not depend on
-how many processes were used. :func:`write_results` writes, atomically, into the output folder:
+validation loader and returns one integer confusion matrix; what else happens per image
+(pictures, a progress bar, progress messages from worker processes) are hooks it calls with the
+sample, its label and the prediction (:class:`SavePanels`, :class:`ProgressBar`). Shards
+evaluated in different processes are combined by adding their matrices, which is exact, so the
+metrics do not depend on how many processes were used. :func:`write_results` writes, atomically,
+into the output folder:
 
 * ``eval_metrics.json``: mIoU, pixel accuracy, overall score, per-class IoU with names, timings;
 * ``class_iou.csv``: one row per class (index, name, IoU, accuracy, pixels);
@@ -25,21 +28,24 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
+from torch.utils.data import DataLoader
+from tqdm import tqdm
 
-from mit_semseg.engine.inference import (
-    TrainedModel,
-    Window,
-    load_segmentation_module,
-    predict_probs,
-)
+from mit_semseg.data.datasets import ValDataset
+from mit_semseg.data.loader import user_scattered_collate
+from mit_semseg.data.palette import dataset_palette, resolve_class_names
 from mit_semseg.files import atomic_write, atomic_write_text
+from mit_semseg.inference.predict import PredictOptions, predict_probs
+from mit_semseg.inference.trained_model import TrainedModel
 from mit_semseg.metrics import confusion_matrix, scores_from_confusion
 from mit_semseg.viz import confusion_matrix_figure, eval_panel, save_image
 
 __all__ = [
     "EvalJob",
     "EvalResult",
+    "ImageHook",
+    "ProgressBar",
+    "SavePanels",
     "compute_backend",
     "evaluate_shard",
     "report_results",
@@ -47,7 +53,6 @@ __all__ = [
     "format_class_table",
     "format_summary",
     "iter_samples",
-    "resolve_class_names",
     "shard_ranges",
     "write_results",
 ]
@@ -100,25 +105,58 @@ def _squeeze_label(label: Any) -> np.ndarray:
     return label
 
 
-def _result_name(info: Any, index: int) -> str:
-    """Output file name for the visualisation of a sample: its image's stem + .png."""
-    info = info[0] if isinstance(info, (list, tuple)) else info
-    return f"{Path(str(info)).stem}.png" if info else f"image_{index:06d}.png"
+# called after each image with (sample, ground truth (H, W), prediction (H, W))
+ImageHook = Callable[[dict, np.ndarray, np.ndarray], None]
+
+
+class SavePanels:
+    """Hook writing ``image | ground truth | prediction | legend`` PNGs into ``folder`` (see
+    :func:`mit_semseg.viz.eval_panel`), one per image, named after the image file.
+
+    Args:
+        folder: where the pictures go (created).
+        palette: ``(N, 3)`` uint8 RGB class colours.
+        class_names: names in the legends; ``None`` = ``class_<i>``.
+    """
+
+    def __init__(self, folder: str | Path, palette: np.ndarray,
+                 class_names: Sequence[str] | None = None) -> None:
+        self.folder = Path(folder)
+        self.palette = palette
+        self.class_names = class_names
+        self.count = 0
+
+    def __call__(self, sample: dict, label: np.ndarray, pred: np.ndarray) -> None:
+        image = np.asarray(sample["img_ori"])
+        image = image[0] if image.ndim == 4 else image
+        info = sample.get("info")
+        info = info[0] if isinstance(info, (list, tuple)) else info
+        name = f"{Path(str(info)).stem}.png" if info else f"image_{self.count:06d}.png"
+        save_image(self.folder / name, eval_panel(image, label, pred, self.palette,
+                                                  self.class_names))
+        self.count += 1
+
+
+class ProgressBar:
+    """Hook advancing a tqdm bar of ``total`` images; :meth:`close` it when done."""
+
+    def __init__(self, total: int | None, desc: str = "eval") -> None:
+        self.bar = tqdm(total=total, desc=desc, unit="img", dynamic_ncols=True)
+
+    def __call__(self, sample: dict, label: np.ndarray, pred: np.ndarray) -> None:
+        self.bar.update(1)
+
+    def close(self) -> None:
+        self.bar.close()
 
 
 def evaluate(
-    segmentation_module: nn.Module,
+    segmentation_module: Any,
     loader: Iterable[Any],
     num_class: int,
     device: torch.device,
-    flip: bool = False,
-    window: Window | None = None,
-    amp: str = "",
-    progress: bool = False,
-    visualize_dir: str | Path | None = None,
-    palette: np.ndarray | None = None,
-    on_image: Callable[[], None] | None = None,
-    class_names: Sequence[str] | None = None,
+    options: PredictOptions = PredictOptions(),
+    hooks: Sequence[ImageHook] = (),
 ) -> EvalResult:
     """Runs inference over a validation set and accumulates the confusion matrix.
 
@@ -128,51 +166,29 @@ def evaluate(
             ``seg_label`` ``(1, H, W)`` with -1 = ignore, ``img_ori``, ``info``), or lists of them.
         num_class: number of classes.
         device: where to run.
-        flip: average with horizontally flipped inputs.
-        window: sliding-window size or ``(size, stride)``; ``None`` = whole images.
-        amp: reduced-precision inference (see :func:`predict_probs`); ``""`` = fp32.
-        progress: show a tqdm progress bar.
-        visualize_dir: if given, write ``image | ground truth | prediction | legend`` PNGs
-            there (see :func:`mit_semseg.viz.eval_panel`).
-        palette: ``(N, 3)`` colours, required with ``visualize_dir``.
-        on_image: called after each image (progress reporting from worker processes).
-        class_names: names in the pictures' legends; ``None`` = ``class_<i>``.
+        options: flips, windows and precision of the prediction.
+        hooks: called after each image with the sample, its label and the prediction
+            (:class:`SavePanels`, :class:`ProgressBar`, progress messages...).
 
     Returns:
         the accumulated :class:`EvalResult`.
     """
-    if visualize_dir is not None and palette is None:
-        raise ValueError("visualize_dir needs a palette")
     segmentation_module.eval()
     conf = np.zeros((num_class, num_class), np.int64)
     seconds = 0.0
     count = 0
-    samples = iter_samples(loader)
-    if progress:
-        from tqdm import tqdm
-
-        total = len(loader) if hasattr(loader, "__len__") else None
-        samples = tqdm(samples, total=total, desc="eval", unit="img", dynamic_ncols=True)
-    for sample in samples:
+    for sample in iter_samples(loader):
         label = _squeeze_label(sample["seg_label"])
         _sync(device)
         start = time.perf_counter()
-        probs = predict_probs(
-            segmentation_module, sample["img_data"], label.shape, device, flip=flip,
-            window=window, amp=amp,
-        )
+        probs = predict_probs(segmentation_module, sample["img_data"], label.shape, device,
+                              options)
         pred = probs.argmax(0).cpu().numpy()  # .cpu() waits for the device
         seconds += time.perf_counter() - start
         conf += confusion_matrix(pred, label, num_class)
-        if visualize_dir is not None:
-            image = np.asarray(sample["img_ori"])
-            image = image[0] if image.ndim == 4 else image
-            name = _result_name(sample.get("info"), count)
-            panel = eval_panel(image, label, pred, palette, class_names)
-            save_image(Path(visualize_dir) / name, panel)
         count += 1
-        if on_image is not None:
-            on_image()
+        for hook in hooks:
+            hook(sample, label, pred)
     return EvalResult(conf, count, seconds)
 
 
@@ -192,32 +208,6 @@ def shard_ranges(num_items: int, num_shards: int) -> list[tuple[int, int]]:
     num_shards = min(num_shards, num_items)
     bounds = [num_items * k // num_shards for k in range(num_shards + 1)] if num_shards else [0]
     return [(a, b) for a, b in zip(bounds, bounds[1:]) if b > a]
-
-
-def resolve_class_names(num_class: int, root_dataset: str | Path | None = None) -> list[str]:
-    """Display names of the classes, by the first rule that applies.
-
-    1. ``<root_dataset>/object_info.csv`` (the synthetic dataset and custom datasets);
-    2. the packaged ADE20K table when ``num_class == 150``;
-    3. ``class_<i>``.
-
-    A table with fewer rows than ``num_class`` is completed with ``class_<i>`` names.
-    """
-    from mit_semseg.data.palette import OBJECT150_CSV, class_names
-
-    candidates = []
-    if root_dataset:
-        candidates.append(Path(root_dataset) / "object_info.csv")
-    if num_class == 150:
-        candidates.append(OBJECT150_CSV)
-    names: list[str] = []
-    for path in candidates:
-        if path.is_file():
-            names = [str(n) for n in class_names(path)]
-            logger.info("class names from %s", path)
-            break
-    names = names[:num_class]
-    return names + [f"class_{i}" for i in range(len(names), num_class)]
 
 
 def format_class_table(scores: dict[str, Any], class_names: Sequence[str]) -> str:
@@ -313,17 +303,12 @@ def write_results(
     return paths
 
 
-def _keep_list(batch: list[Any]) -> list[Any]:
-    """DataLoader collate that keeps samples as they are (images differ in size)."""
-    return batch
-
-
 @dataclass(frozen=True)
 class EvalJob:
     """What ``eval.py`` / ``eval_multipro.py`` evaluate, and how (translated from the config).
 
     Attributes:
-        model: the trained model.
+        model: the trained model (a :class:`TrainedModel` or a subclass for another backend).
         out_dir: folder of the result files (``DIR``; for a training run, the folder of the
             weights; for a released model, not its cache folder).
         root_dataset: folder the paths of ``list_val`` are relative to (``DATASET.root_dataset``).
@@ -331,8 +316,7 @@ class EvalJob:
         scales: short sides of the test scales (``DATASET.imgSizes``).
         max_size: cap on the long side (``DATASET.imgMaxSize``).
         padding_constant: scaled sides are multiples of this (``DATASET.padding_constant``).
-        flip: also average the flipped images (``VAL.flip``).
-        amp: reduced-precision inference (``VAL.amp``), see :func:`predict_probs`.
+        options: flips (``VAL.flip``) and precision (``VAL.amp``) of the prediction.
         workers: loader worker processes (``VAL.workers``).
         visualize: write ``[image | ground truth | prediction]`` PNGs to
             ``out_dir/result/`` (``VAL.visualize``).
@@ -345,15 +329,12 @@ class EvalJob:
     scales: tuple[int, ...]
     max_size: int
     padding_constant: int
-    flip: bool = False
-    amp: str = ""
+    options: PredictOptions = PredictOptions()
     workers: int = 0
     visualize: bool = False
 
-    def dataset(self, start: int = -1, end: int = -1) -> Any:
+    def dataset(self, start: int = -1, end: int = -1) -> ValDataset:
         """The :class:`~mit_semseg.data.ValDataset` of records ``[start, end)`` (all: -1, -1)."""
-        from mit_semseg.data import ValDataset
-
         options = {"imgSizes": self.scales, "imgMaxSize": self.max_size,
                    "padding_constant": self.padding_constant, "num_class": self.model.num_class}
         return ValDataset(self.root_dataset, self.list_val, options, start_idx=start,
@@ -363,50 +344,38 @@ class EvalJob:
 def evaluate_shard(
     job: EvalJob,
     device: torch.device,
-    start: int = -1,
-    end: int = -1,
+    shard: tuple[int, int] = (-1, -1),
     progress: bool = False,
-    on_image: Callable[[], None] | None = None,
+    hooks: Sequence[ImageHook] = (),
 ) -> EvalResult:
-    """Evaluates records ``[start, end)`` of ``job.list_val`` (all with ``-1, -1``).
+    """Evaluates records ``[start, end)`` of ``job.list_val`` (all with ``(-1, -1)``).
 
     Args:
         job: the model, data and options.
         device: where to run.
-        start: first record (inclusive), -1 = from the beginning.
-        end: last record (exclusive), -1 = to the end.
+        shard: ``(start, end)``: first record (inclusive, -1 = from the beginning) and last
+            (exclusive, -1 = to the end).
         progress: show a progress bar.
-        on_image: called after each image.
+        hooks: called after each image (see :func:`evaluate`), after the pictures of
+            ``job.visualize``.
     """
-    from torch.utils.data import DataLoader
-
-    from mit_semseg.data.palette import dataset_palette
-
     num_class = job.model.num_class
-    module = load_segmentation_module(job.model, device)
-    loader = DataLoader(
-        job.dataset(start, end),
-        batch_size=1,
-        shuffle=False,
-        collate_fn=_keep_list,
-        num_workers=job.workers,
-        pin_memory=device.type == "cuda",
-    )
-    visualize_dir = job.out_dir / "result" if job.visualize else None
-    return evaluate(
-        module,
-        loader,
-        num_class,
-        device,
-        flip=job.flip,
-        amp=job.amp,
-        progress=progress,
-        visualize_dir=visualize_dir,
-        palette=dataset_palette(num_class, job.root_dataset) if visualize_dir else None,
-        on_image=on_image,
-        class_names=(resolve_class_names(num_class, job.root_dataset)
-                     if visualize_dir is not None else None),
-    )
+    module = job.model.load(device)
+    dataset = job.dataset(*shard)
+    loader = DataLoader(dataset, batch_size=1, shuffle=False, collate_fn=user_scattered_collate,
+                        num_workers=job.workers, pin_memory=device.type == "cuda")
+    all_hooks = list(hooks)
+    if job.visualize:
+        all_hooks.insert(0, SavePanels(job.out_dir / "result",
+                                       dataset_palette(num_class, job.root_dataset),
+                                       resolve_class_names(num_class, job.root_dataset)))
+    bar = ProgressBar(len(dataset)) if progress else None
+    try:
+        return evaluate(module, loader, num_class, device, job.options,
+                        all_hooks + ([bar] if bar is not None else []))
+    finally:
+        if bar is not None:
+            bar.close()
 
 
 def compute_backend(device: torch.device, backend: str = "torch") -> str:
@@ -450,9 +419,9 @@ def report_results(
                           / f"{{encoder,decoder}}_{job.model.checkpoint}"),
         "list_val": job.list_val,
         "scales": list(job.scales),
-        "flip": bool(job.flip),
+        "flip": bool(job.options.flip),
         "fast_inference": bool(job.model.fast_inference),
-        "precision": job.amp or "fp32",
+        "precision": job.options.amp or "fp32",
         "backend": compute_backend(devices[0], job.model.backend),
         "devices": [str(d) for d in devices],
         **(extra or {}),

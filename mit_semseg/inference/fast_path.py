@@ -4,8 +4,8 @@ always opt-in.
 
 * :func:`fold_batchnorm` merges each eval-mode BatchNorm into the convolution before it, which
   saves one pass over every feature map.
-* :func:`~mit_semseg.factored_heads.factor_decoders` computes the PPM and UPerNet heads' fusion
-  convolutions over upsampled maps in closed form at the small maps' sizes.
+* :func:`~mit_semseg.models.decoders.factored.factor_decoders` computes the PPM and UPerNet
+  heads' fusion convolutions over upsampled maps in closed form at the small maps' sizes.
 * :class:`ConvPlan`: feature-map layout (NCHW or channels-last NHWC) and the kernel of the
   1x1 convolutions (oneDNN or one GEMM, never PyTorch's slow single-thread fallback), chosen
   by timing each candidate on this machine at the current thread count
@@ -17,7 +17,7 @@ always opt-in.
   inductor's freezing, which folds the weights into the graph and fuses ReLU and residual
   additions into the oneDNN convolutions); worth it only for long runs.
 * Reduced precision (``amp="bf16"``) is an argument of
-  :func:`mit_semseg.engine.inference.predict_probs` and ``TRAIN.amp`` for training; it changes the
+  :func:`mit_semseg.inference.predict.predict_probs` and ``TRAIN.amp`` for training; it changes the
   numbers, so it is never a default.
 
 ``benchmarks/`` measures what each of these buys on a given machine.
@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from mit_semseg.factored_heads import factor_decoders
+from mit_semseg.models.decoders.factored import factor_decoders
 
 __all__ = [
     "CONV_PLANS",
@@ -70,7 +70,7 @@ def to_channels_last(module: nn.Module) -> nn.Module:
 class LogitsNetwork(nn.Module):
     """``images -> (B, num_class, h, w)``: encoder and decoder scores as one module, the part
     of the inference that is compiled or exported (the full-size tail is not: see
-    :mod:`mit_semseg.engine.score_maps`)."""
+    :mod:`mit_semseg.inference.banded_tail`)."""
 
     def __init__(self, encoder: nn.Module, decoder: nn.Module) -> None:
         super().__init__()
@@ -297,12 +297,12 @@ def optimize_for_inference(segmentation_module: nn.Module, device: torch.device 
     """Makes an eval-mode copy-to-be faster, in place, keeping its outputs.
 
     BatchNorm is folded into the convolutions, PPM and UPerNet heads are factored
-    (:mod:`mit_semseg.factored_heads`), and the convolution plan (layout, 1x1 kernel) is the one
-    this machine runs fastest at the current thread count, measured by
+    (:mod:`mit_semseg.models.decoders.factored`), and the convolution plan (layout, 1x1 kernel)
+    is the one this machine runs fastest at the current thread count, measured by
     :func:`choose_conv_plan` unless ``plan`` is given (on CUDA: channels-last, cuDNN).
-    It also marks the module ``fast_tail``: :func:`~mit_semseg.engine.inference.predict_probs`
+    It also marks the module ``fast_tail``: :func:`~mit_semseg.inference.predict.predict_probs`
     then upsamples and averages its scores by bands of rows
-    (:mod:`mit_semseg.engine.score_maps`). Probabilities equal the plain module's up to float
+    (:mod:`mit_semseg.inference.banded_tail`). Probabilities equal the plain module's up to float
     rounding (at most 1.3e-4 on the released architectures, docs/evaluation.md).
 
     The module afterwards serves inference only (its state dict and training forward change),
