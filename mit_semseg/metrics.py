@@ -17,8 +17,8 @@ Definitions (identical to the original ``mit_semseg`` 1.0.0 ``eval.py``):
 * ``overall = (miou + pixel_acc) / 2``, the "Overall Score" of the original README.
 
 The original helper names ``accuracy`` and ``intersectionAndUnion`` are kept here for code
-written against ``mit_semseg.utils`` of the original package (:mod:`mit_semseg.compat`
-re-exports them there).
+written against ``mit_semseg.utils`` of the original package (which re-exports them), with
+its ``AverageMeter``.
 """
 
 from __future__ import annotations

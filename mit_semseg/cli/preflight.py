@@ -42,9 +42,8 @@ from mit_semseg.engine.checkpoint import (
 )
 from mit_semseg.models import build_segmentation_model
 from mit_semseg.models.checkpoint_format import (
-    UPSTREAM_BN_EXTRAS,
-    key_differences,
     read_state_dict,
+    state_dict_mismatch,
     strip_module_prefix,
 )
 from mit_semseg.models.registry import DECODERS, ENCODERS
@@ -228,34 +227,24 @@ def check_state_dict(part: nn.Module, state: Any, what: str, arch: tuple[str, st
         raise SetupError(f"{what} is a resumable training state, not weights; continue the "
                          "run with --resume PATH instead")
     arch_key, arch_name = arch
-    state = strip_module_prefix(state)
-    missing, unexpected = key_differences(part, state)
-    if missing or unexpected:
-        counts = [f"{len(keys)} {kind} key(s) ({_first(keys)})"
-                  for kind, keys in (("missing", missing), ("unexpected", unexpected)) if keys]
+    mismatch = state_dict_mismatch(part, strip_module_prefix(state))
+    if not mismatch:
+        return
+    if mismatch.missing or mismatch.unexpected:
+        counts = [f"{len(keys)} {kind} key(s) ({_first(keys)})" for kind, keys in
+                  (("missing", mismatch.missing), ("unexpected", mismatch.unexpected)) if keys]
         raise SetupError(f"{what} does not fit {arch_key} {arch_name!r}: {', '.join(counts)}; "
                          f"set {arch_key} to the architecture it was trained with")
-    optional = (*UPSTREAM_BN_EXTRAS, "num_batches_tracked")
-    wrong = {key: (tuple(getattr(state[key], "shape", ())), tuple(value.shape))
-             for key, value in part.state_dict().items()
-             if key.rsplit(".", 1)[-1] not in optional
-             and tuple(getattr(state[key], "shape", ())) != tuple(value.shape)}
-    if not wrong:
-        return
-    # a classifier trained for another number of classes differs only in its first dimension
-    saved_classes = {saved[0] for saved, model in wrong.values()
-                     if saved[1:] == model[1:] and model[0] == num_class}
-    if len(saved_classes) == 1 and all(model[0] == num_class and saved[1:] == model[1:]
-                                       for saved, model in wrong.values()):
-        classes = saved_classes.pop()
+    classes = mismatch.other_class_count(num_class)
+    if classes is not None:
         raise SetupError(f"{what} was trained for {classes} classes but DATASET.num_class is "
                          f"{num_class}; set DATASET.num_class {classes} or use weights "
                          f"trained for {num_class} classes")
-    key, (saved, model) = next(iter(wrong.items()))
+    key, (saved, model) = next(iter(mismatch.shapes.items()))
     raise SetupError(f"{what} does not fit {arch_key} {arch_name!r}: {key} has shape "
-                     f"{list(saved)} in the file but {list(model)} in the model ({len(wrong)} "
-                     f"such key(s)); set {arch_key} and MODEL.fc_dim to what it was trained "
-                     "with")
+                     f"{list(saved)} in the file but {list(model)} in the model "
+                     f"({len(mismatch.shapes)} such key(s)); set {arch_key} and MODEL.fc_dim to "
+                     "what it was trained with")
 
 
 def check_weight_file(path: str | os.PathLike, part: nn.Module, what: str,

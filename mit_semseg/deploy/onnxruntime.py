@@ -61,7 +61,7 @@ class OnnxRuntimeSegmenter(LogitsSegmenter):
     """An exported ONNX segmentation model run by onnxruntime on the CPU.
 
     Args:
-        path: ``.onnx`` file from ``python -m mit_semseg.deploy.export`` (inputs ``image``, outputs
+        path: ``.onnx`` file from ``mit-semseg-export`` (inputs ``image``, outputs
             ``logits`` and ``probs``).
         threads: intra-op threads; default ``torch.get_num_threads()``, so that both backends
             use the same number.
@@ -81,7 +81,7 @@ class OnnxRuntimeSegmenter(LogitsSegmenter):
         self.path = Path(path)
         if not self.path.is_file():
             raise FileNotFoundError(f"ONNX model not found: {self.path} (write one with "
-                                    "python -m mit_semseg.deploy.export --format onnx)")
+                                    "mit-semseg-export --format onnx)")
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = int(threads or torch.get_num_threads())
         options.inter_op_num_threads = 1
@@ -92,7 +92,7 @@ class OnnxRuntimeSegmenter(LogitsSegmenter):
         if inputs != ["image"] or not {"logits", "probs"} <= outputs:
             raise ValueError(f"{self.path} has inputs {inputs} and outputs {sorted(outputs)}; "
                              "expected input 'image' and outputs 'logits', 'probs' (export it "
-                             "with python -m mit_semseg.deploy.export)")
+                             "with mit-semseg-export)")
         self.metadata = dict(self.session.get_modelmeta().custom_metadata_map)
         self.num_class = int(self.metadata.get("num_class", 0)) or None
         super().__init__(lambda images: self._run("logits", images))

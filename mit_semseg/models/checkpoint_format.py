@@ -23,7 +23,8 @@ from __future__ import annotations
 import logging
 import os
 from collections import OrderedDict
-from collections.abc import Iterator, Mapping, MutableMapping
+from collections.abc import Iterable, Iterator, Mapping, MutableMapping
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -33,9 +34,10 @@ from torch.nn.modules.batchnorm import _BatchNorm
 __all__ = [
     "UPSTREAM_BN_EXTRAS",
     "attach_upstream_bn_buffers",
-    "key_differences",
+    "StateDictMismatch",
     "load_weights",
     "read_state_dict",
+    "state_dict_mismatch",
     "strip_module_prefix",
 ]
 
@@ -147,24 +149,52 @@ def strip_module_prefix(state_dict: Mapping[str, Any], source: str = "") -> dict
     return dict(state_dict)
 
 
-def key_differences(
-    module: nn.Module, state_dict: Mapping[str, Any]
-) -> tuple[list[str], list[str]]:
-    """Keys that ``module.load_state_dict(state_dict, strict=True)`` would report.
+@dataclass(frozen=True)
+class StateDictMismatch:
+    """How a state dict differs from what ``module.load_state_dict(..., strict=True)`` needs.
 
     The optional entries (the three SyncBN extras and ``num_batches_tracked``) are ignored on
     both sides, as loading does.
 
-    Returns:
-        ``(missing, unexpected)``, each sorted.
+    Attributes:
+        missing: keys of the module the state dict lacks, sorted.
+        unexpected: keys of the state dict the module lacks, sorted.
+        shapes: ``key -> (shape in the state dict, shape in the module)`` for shared keys.
     """
+
+    missing: list[str]
+    unexpected: list[str]
+    shapes: dict[str, tuple[tuple[int, ...], tuple[int, ...]]]
+
+    def __bool__(self) -> bool:
+        return bool(self.missing or self.unexpected or self.shapes)
+
+    def other_class_count(self, num_class: int) -> int | None:
+        """The number of classes the state dict was trained for, when that is all that differs
+        (every differing shape is a classifier's: another first dimension than ``num_class``);
+        else None."""
+        if self.missing or self.unexpected or not self.shapes:
+            return None
+        saved = {given[0] for given, wanted in self.shapes.values()}
+        fits = all(wanted[0] == num_class and given[1:] == wanted[1:]
+                   for given, wanted in self.shapes.values())
+        return saved.pop() if fits and len(saved) == 1 else None
+
+
+def _required(keys: Iterable[str]) -> set[str]:
     optional = (*UPSTREAM_BN_EXTRAS, "num_batches_tracked")
+    return {key for key in keys if key.rsplit(".", 1)[-1] not in optional}
 
-    def required(keys):
-        return {key for key in keys if key.rsplit(".", 1)[-1] not in optional}
 
-    expected, given = required(module.state_dict()), required(state_dict)
-    return sorted(expected - given), sorted(given - expected)
+def state_dict_mismatch(module: nn.Module, state_dict: Mapping[str, Any]) -> StateDictMismatch:
+    """What keeps ``state_dict`` from loading into ``module`` strictly (see
+    :class:`StateDictMismatch`; false when it fits)."""
+    own = module.state_dict()
+    expected, given = _required(own), _required(state_dict)
+    shapes = {key: (tuple(getattr(state_dict[key], "shape", ())), tuple(own[key].shape))
+              for key in sorted(expected & given)
+              if tuple(getattr(state_dict[key], "shape", ())) != tuple(own[key].shape)}
+    return StateDictMismatch(sorted(expected - given), sorted(given - expected), shapes)
 
 
 def read_state_dict(path: str | os.PathLike, what: str = "weights") -> dict[str, torch.Tensor]:

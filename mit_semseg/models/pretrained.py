@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 
 from ..download import DownloadError, cache_root, cached_download
-from .checkpoint_format import key_differences, strip_module_prefix
+from .checkpoint_format import state_dict_mismatch, strip_module_prefix
 
 __all__ = [
     "PRETRAINED_URL",
@@ -130,11 +130,10 @@ def load_pretrained(encoder: nn.Module, family: str | None = None, *,
     state = _read_state_dict(path)
     ignored = CLASSIFIER_PREFIXES.get(family, DEFAULT_CLASSIFIER_PREFIXES)
     state = {k: v for k, v in state.items() if not k.startswith(ignored)}
-    missing, unexpected = key_differences(encoder, state)
-    own = encoder.state_dict()
-    resized = [f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in state.items()
-               if k in own and tuple(v.shape) != tuple(own[k].shape)]
-    if missing or unexpected or resized:
+    mismatch = state_dict_mismatch(encoder, state)
+    missing, unexpected = mismatch.missing, mismatch.unexpected
+    resized = [f"{k} {given} vs {wanted}" for k, (given, wanted) in mismatch.shapes.items()]
+    if mismatch:
         # Checked before loading so that a mismatching file leaves the encoder untouched.
         raise RuntimeError(
             f"{path} does not match the {family} encoder: missing keys {_preview(missing)}, "

@@ -157,3 +157,28 @@ def test_attach_is_idempotent_and_works_on_any_module():
     keys = list(module.state_dict())
     assert keys.count("1._running_iter") == 1
     assert len(keys) == 2 + 8
+
+
+def test_state_dict_mismatch_names_keys_shapes_and_another_class_count():
+    from mit_semseg.models import build_decoder
+    from mit_semseg.models.checkpoint_format import state_dict_mismatch
+
+    decoder = build_decoder("c1_deepsup", 6, fc_dim=512)
+    state = decoder.state_dict()
+    assert not state_dict_mismatch(decoder, state)
+    # the original's files lack num_batches_tracked: optional, as loading treats it
+    assert not state_dict_mismatch(decoder, {k: v for k, v in state.items()
+                                             if not k.endswith("num_batches_tracked")})
+    other = build_decoder("c1_deepsup", 9, fc_dim=512).state_dict()
+    mismatch = state_dict_mismatch(decoder, other)
+    assert sorted(mismatch.shapes) == ["conv_last.bias", "conv_last.weight",
+                                       "conv_last_deepsup.bias", "conv_last_deepsup.weight"]
+    assert mismatch.shapes["conv_last.bias"] == ((9,), (6,))
+    assert mismatch.other_class_count(6) == 9
+    renamed = {("x." + k if k.startswith("cbr.") else k): v for k, v in state.items()}
+    mismatch = state_dict_mismatch(decoder, renamed)
+    assert mismatch.missing and all(k.startswith("cbr.") for k in mismatch.missing)
+    assert all(k.startswith("x.cbr.") for k in mismatch.unexpected)
+    assert mismatch.other_class_count(6) is None
+    wider = build_decoder("c1_deepsup", 6, fc_dim=2048).state_dict()
+    assert state_dict_mismatch(decoder, wider).other_class_count(6) is None
