@@ -35,6 +35,7 @@ __all__ = [
     "attach_upstream_bn_buffers",
     "key_differences",
     "load_weights",
+    "misfit",
     "read_state_dict",
     "strip_module_prefix",
 ]
@@ -165,6 +166,24 @@ def key_differences(
 
     expected, given = required(module.state_dict()), required(state_dict)
     return sorted(expected - given), sorted(given - expected)
+
+
+def misfit(module: nn.Module, state_dict: Mapping[str, Any], limit: int = 8) -> str:
+    """Why ``module.load_state_dict(state_dict, strict=True)`` would fail, in one line (the first
+    ``limit`` missing keys, unexpected keys and shape mismatches), or "" when it fits."""
+    missing, unexpected = key_differences(module, state_dict)
+    own = module.state_dict()
+    resized = [f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in state_dict.items()
+               if k in own and tuple(getattr(v, "shape", ())) != tuple(own[k].shape)]
+    if not (missing or unexpected or resized):
+        return ""
+
+    def preview(keys: list[str]) -> str:
+        more = f" ... ({len(keys)} in all)" if len(keys) > limit else ""
+        return f"[{', '.join(keys[:limit])}{more}]"
+
+    return (f"missing keys {preview(missing)}, unexpected keys {preview(unexpected)}, "
+            f"shape mismatches {preview(resized)}")
 
 
 def read_state_dict(path: str | os.PathLike, what: str = "weights") -> dict[str, torch.Tensor]:
