@@ -207,11 +207,13 @@ def cached_download(url: str, path: str | os.PathLike, *, sha256: str | None = N
             short); with it the file is fetched whole (module docstring).
         progress: a tqdm bar while downloading.
         timeout, attempts: seconds without data, and requests per call, of the resumable
-            transfer (``check=None``).
+            transfer (``check=None``); torch.hub's has neither (it waits for the system's
+            socket timeout and makes one request).
 
     Raises:
-        DownloadError: the download failed, or a file failed its digest or ``check`` (then
-            nothing is kept but a resumable ``.part``); one line naming the URL and the path.
+        DownloadError: the download failed (a resumable transfer keeps its ``.part``), or a
+            file failed its digest or ``check`` (nothing is kept); one line naming the URL
+            and the path, ``summary`` without them.
     """
     path, read_only = Path(path), not os.access(Path(path).parent, os.W_OK)
     if read_only and path.is_file():
