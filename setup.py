@@ -18,7 +18,7 @@ setup(
         "opencv-python-headless",
         "yacs",
         "tqdm",
-        "filelock",  # serialises concurrent downloads of one file (already a torch dependency)
+        "filelock",  # the download lock on Windows (files.exclusive_lock; a torch dependency)
         "matplotlib",
         "Pillow",  # header reads of the start-up data check, palette labels
     ],

@@ -1,30 +1,19 @@
-"""Resumable, verified HTTP(S) downloads into a per-user cache.
+"""Files fetched over HTTP(S) into a per-user cache, trusted only once checked.
 
-Weights and the ADE20K archive come over plain http from servers that are sometimes slow or
-unreachable, and their publishers give no checksums. So every file fetched here:
-
-* goes to ``<file>.part`` first (with a tqdm progress bar) and is renamed onto ``<file>`` only
-  when complete, so an interrupted transfer never leaves a file that looks finished;
-* resumes an existing ``.part`` with an HTTP ``Range`` request (guarded by ``If-Range``, so a
-  file that changed on the server restarts from zero instead of mixing two versions), and
-  retries a connection dropped midway as long as bytes keep arriving;
-* is hashed (SHA-256) when first downloaded; the digest is written beside it as
-  ``<file>.sha256`` (``sha256sum`` format) and checked on every later use, so a corrupted or
-  swapped file is detected and fetched again.
-
-The expected digest is, in this order: the ``sha256`` argument, an entry of the environment
-variable ``MIT_SEMSEG_SHA256`` (``NAME=HEX`` pairs separated by commas or spaces, ``NAME``
-matching the end of the file's path, e.g. ``resnet50-imagenet.pth=ab12...`` or
-``ade20k-resnet50dilated-ppm_deepsup/encoder_epoch_20.pth=cd34...``), or the ``<file>.sha256``
-file (written here on first download, or placed there by the user before it). Without any, the
-first download is trusted and recorded.
-
-The cache root is ``$MIT_SEMSEG_HOME``, else ``mit_semseg`` inside torch's cache folder
-(``$TORCH_HOME``, else ``$XDG_CACHE_HOME/torch``, else ``~/.cache/torch``).
+The cache is ``$MIT_SEMSEG_HOME``, else ``mit_semseg`` beside :func:`torch.hub.get_dir`
+(``~/.cache/torch/mit_semseg`` unless ``$TORCH_HOME`` or ``$XDG_CACHE_HOME`` say otherwise).
+A file comes into ``<file>.part`` and takes its name once it passes its checks; its SHA-256 is
+then recorded in ``<file>.sha256`` (``sha256sum`` format) and compared on every later use.
+Weights are fetched whole by :func:`torch.hub.download_url_to_file`, which compares no byte
+count with ``Content-Length``: the caller's ``check`` (they load as the expected model's) is
+what keeps a cut file from being trusted. The ADE20K archive (923 MB) has no such check and
+comes by the resumable transfer here, which counts bytes, resumes with HTTP ``Range`` and
+restarts from zero when a ``206`` answer's validators differ from the ``.part``'s.
 """
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import http.client
 import logging
@@ -32,44 +21,37 @@ import os
 import re
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
-from filelock import FileLock
+import torch.hub
 from tqdm import tqdm
 
-from mit_semseg.files import atomic_write_text
+from mit_semseg.files import atomic_write_text, exclusive_lock
 
-__all__ = [
-    "ENV_HOME",
-    "ENV_SHA256",
-    "DownloadError",
-    "cache_root",
-    "cached_download",
-    "expected_sha256",
-    "sha256_file",
-]
+__all__ = ["ENV_HOME", "ENV_SHA256", "DownloadError", "cache_root", "cached_download",
+           "expected_sha256", "sha256_file"]
 
 logger = logging.getLogger(__name__)
 
 ENV_HOME = "MIT_SEMSEG_HOME"
 ENV_SHA256 = "MIT_SEMSEG_SHA256"
-
 _CHUNK = 1 << 20
-_HEX64 = re.compile(r"[0-9a-f]{64}")
 
 
 class DownloadError(RuntimeError):
-    """A download failed or a file failed its SHA-256 check (the message is one line)."""
+    """A download or a file's check failed. ``str()`` is one line with the details (URL,
+    error); ``summary`` is a shorter line for a command line."""
+
+    def __init__(self, message: str, summary: str | None = None) -> None:
+        super().__init__(message)
+        self.summary = summary or message
 
 
 def cache_root() -> Path:
-    """``$MIT_SEMSEG_HOME``, else ``<torch cache>/mit_semseg`` (see the module docstring)."""
+    """``$MIT_SEMSEG_HOME``, else ``mit_semseg`` beside :func:`torch.hub.get_dir`."""
     home = os.environ.get(ENV_HOME)
-    if home:
-        return Path(home).expanduser()
-    torch_home = os.environ.get("TORCH_HOME") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.join("~", ".cache"), "torch")
-    return Path(torch_home).expanduser() / "mit_semseg"
+    return Path(home).expanduser() if home else Path(torch.hub.get_dir()).parent / "mit_semseg"
 
 
 def sha256_file(path: str | os.PathLike) -> str:
@@ -81,58 +63,40 @@ def sha256_file(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
-def _record_path(path: Path) -> Path:
-    return path.with_name(path.name + ".sha256")
+def _beside(path: Path, suffix: str) -> Path:
+    return path.with_name(path.name + suffix)
 
 
-def _checked_digest(text: str, source: str) -> str:
-    digest = text.strip().lower()
-    if not _HEX64.fullmatch(digest):
+def _digest(text: str, source: str) -> str:
+    if not re.fullmatch(r"[0-9a-f]{64}", text.strip().lower()):
         raise DownloadError(f"{source}: {text.strip()!r} is not a SHA-256 digest (64 hex digits)")
-    return digest
-
-
-def _env_digest(path: Path) -> str | None:
-    """The ``MIT_SEMSEG_SHA256`` entry whose name is the longest suffix of ``path``."""
-    best, best_parts = None, 0
-    for item in re.split(r"[,;\s]+", os.environ.get(ENV_SHA256, "").strip()):
-        if not item:
-            continue
-        name, sep, digest = item.rpartition("=")
-        if not sep or not name:
-            raise DownloadError(f"{ENV_SHA256}: entry {item!r} is not NAME=SHA256")
-        parts = Path(name).parts
-        if path.parts[-len(parts):] == parts and len(parts) > best_parts:
-            best, best_parts = _checked_digest(digest, f"{ENV_SHA256} entry {name}"), len(parts)
-    return best
+    return text.strip().lower()
 
 
 def expected_sha256(path: str | os.PathLike, sha256: str | None = None
                     ) -> tuple[str | None, str]:
-    """The digest ``path`` must have, and where it comes from (for messages).
-
-    Returns:
-        ``(digest or None, source)``: from ``sha256``, ``$MIT_SEMSEG_SHA256`` or
-        ``<path>.sha256`` (first found); ``(None, "")`` when none is known.
-
-    Raises:
-        DownloadError: a malformed digest, naming its source.
-    """
+    """The digest ``path`` must have and where it comes from, else ``(None, "")``: the
+    ``sha256`` argument, the ``$MIT_SEMSEG_SHA256`` entry (``NAME=HEX`` pairs, the longest
+    ``NAME`` that ends the path wins) or ``<path>.sha256``. A malformed one raises
+    DownloadError naming its source."""
     path = Path(path)
     if sha256:
-        return _checked_digest(sha256, "sha256 argument"), "given by the caller"
-    from_env = _env_digest(path)
-    if from_env:
-        return from_env, f"from ${ENV_SHA256}"
-    record = _record_path(path)
+        return _digest(sha256, "sha256 argument"), "given by the caller"
+    matches = []
+    for item in re.split(r"[,;\s]+", os.environ.get(ENV_SHA256, "").strip()):
+        name, sep, digest = item.rpartition("=")
+        if item and not (sep and name):
+            raise DownloadError(f"{ENV_SHA256}: entry {item!r} is not NAME=SHA256")
+        if item and path.parts[-len(Path(name).parts):] == Path(name).parts:
+            matches.append((len(Path(name).parts), name, digest))
+    if matches:
+        _, name, digest = max(matches)
+        return _digest(digest, f"{ENV_SHA256} entry {name}"), f"from ${ENV_SHA256}"
+    record = _beside(path, ".sha256")
     if record.is_file():
         words = record.read_text(encoding="utf-8").split()
-        return _checked_digest(words[0] if words else "", str(record)), f"recorded in {record}"
+        return _digest(words[0] if words else "", str(record)), f"recorded in {record}"
     return None, ""
-
-
-def _write_record(path: Path, digest: str) -> None:
-    atomic_write_text(_record_path(path), f"{digest}  {path.name}\n")
 
 
 def _one_line(error: BaseException) -> str:
@@ -142,170 +106,159 @@ def _one_line(error: BaseException) -> str:
 
 
 class _Interrupted(Exception):
-    """The connection broke off after the response began (worth resuming)."""
-
-    def __init__(self, error: BaseException) -> None:
-        super().__init__(_one_line(error))
-        self.error = error
-
-
-def _validator_file(part: Path) -> Path:
-    return part.with_name(part.name + ".validator")
+    """The transfer stopped after the request was answered; another request may finish it."""
 
 
 def _discard(part: Path) -> None:
-    for file in (part, _validator_file(part)):
-        if file.exists():
-            file.unlink()
-
-
-def _range_start(response: http.client.HTTPResponse) -> int | None:
-    match = re.match(r"bytes (\d+)-", response.headers.get("Content-Range") or "")
-    return int(match.group(1)) if match else None
+    part.unlink(missing_ok=True)
+    _beside(part, ".validator").unlink(missing_ok=True)
 
 
 def _transfer_once(url: str, part: Path, progress: bool, timeout: float) -> None:
-    """One request: appends to ``part`` (resuming) or rewrites it.
-
-    Raises:
-        _Interrupted: the body ended early or the connection broke while reading it.
-        OSError, http.client.HTTPException: no usable response (offline, HTTP error).
-    """
-    offset = part.stat().st_size if part.is_file() else 0
-    validator_file = _validator_file(part)
-    validator = validator_file.read_text(encoding="utf-8") if validator_file.is_file() else ""
+    """One request that completes ``part``, resuming it when it has validators."""
+    record = _beside(part, ".validator")  # the ETag, Last-Modified and length of its file
+    text = record.read_text(encoding="utf-8") if part.is_file() and record.is_file() else ""
+    saved = (text.split("\n") + ["", ""])[:3]
+    offset = part.stat().st_size if saved[0] or saved[1] else 0
     headers = {"User-Agent": "mit_semseg"}
-    if offset and validator:
-        # If-Range: the server sends the rest only if the file is unchanged, else all of it.
-        headers.update({"Range": f"bytes={offset}-", "If-Range": validator})
-    resuming = "Range" in headers
+    if offset:  # a server honouring If-Range sends the whole file if it changed
+        headers.update({"Range": f"bytes={offset}-", "If-Range": saved[0] or saved[1]})
     try:
         response = urllib.request.urlopen(urllib.request.Request(url, headers=headers),
                                           timeout=timeout)
     except urllib.error.HTTPError as error:
-        if not (resuming and error.code == 416):
-            raise
-        response = None  # "range not satisfiable": our part is longer than the file
-    resumed = resuming and response is not None and response.status == 206
-    if resuming and (response is None or (resumed and _range_start(response) != offset)):
-        if response is not None:
-            response.close()
-        logger.info("%s: the server cannot resume %s; starting again", url, part)
-        _discard(part)
-        return _transfer_once(url, part, progress, timeout)
+        if offset and error.code == 416:  # the part is longer than the file
+            _discard(part)
+            raise _Interrupted("the file on the server is shorter; starting again") from error
+        raise
     with response:
-        if not resumed:  # a full answer: no range asked, range ignored, or the file changed
-            offset = 0
-            new_validator = response.headers.get("ETag") or response.headers.get("Last-Modified")
-            if new_validator:
-                validator_file.write_text(new_validator, encoding="utf-8")
-            elif validator_file.exists():
-                validator_file.unlink()
-        length = response.headers.get("Content-Length") or ""
-        total = offset + int(length) if length.isdigit() else None
+        match = re.fullmatch(r"bytes (\d+)-\d+/(\d+)", response.headers["Content-Range"] or "")
+        validators = [response.headers["ETag"] or "", response.headers["Last-Modified"] or "",
+                      match.group(2) if match else response.headers["Content-Length"] or ""]
+        resumed = response.status == 206
+        if resumed and (validators != saved or not match or int(match.group(1)) != offset):
+            _discard(part)  # a server that ignored If-Range: its bytes are of another version
+            raise _Interrupted("the file changed on the server; starting again")
+        if not resumed:
+            atomic_write_text(record, "\n".join(validators))
+        total = int(validators[2]) if validators[2].isdigit() else None
         with open(part, "ab" if resumed else "wb") as out, tqdm(
-            total=total, initial=offset, unit="B", unit_scale=True, unit_divisor=1024,
-            desc=part.name[: -len(".part")], disable=not progress, leave=False,
-        ) as bar:
+                total=total, initial=offset if resumed else 0, unit="B", unit_scale=True,
+                unit_divisor=1024, desc=part.stem, disable=not progress, leave=False) as bar:
             try:
                 for chunk in iter(lambda: response.read(_CHUNK), b""):
-                    out.write(chunk)
-                    bar.update(len(chunk))
+                    bar.update(out.write(chunk))
             except (OSError, http.client.HTTPException) as error:
-                raise _Interrupted(error) from error
-    size = part.stat().st_size
-    if total is not None and size != total:
-        raise _Interrupted(ConnectionError(f"connection closed after {size} of {total} bytes"))
+                raise _Interrupted(_one_line(error)) from error
+    if total is not None and part.stat().st_size != total:
+        raise _Interrupted(f"connection closed after {part.stat().st_size} of {total} bytes")
 
 
 def _transfer(url: str, part: Path, progress: bool, timeout: float, attempts: int) -> None:
-    """Fills ``part`` with the whole resource, resuming up to ``attempts`` times after drops."""
     for attempt in range(1, attempts + 1):
         try:
-            _transfer_once(url, part, progress, timeout)
-            return
+            return _transfer_once(url, part, progress, timeout)
         except _Interrupted as interruption:
             if attempt == attempts:
-                raise interruption.error from interruption
-            logger.warning("%s: %s at byte %d; resuming (try %d of %d)", url, interruption,
-                           part.stat().st_size if part.is_file() else 0, attempt + 1, attempts)
+                raise ConnectionError(str(interruption)) from interruption
+            logger.warning("%s: %s (try %d of %d)", url, interruption, attempt + 1, attempts)
 
 
-def _verify_read_only(path: Path, sha256: str | None) -> Path:
-    """Checks ``path`` against its expected digest, if one is known, without writing."""
-    expected, source = expected_sha256(path, sha256)
-    if expected is not None:
-        actual = sha256_file(path)
-        if actual != expected:
-            raise DownloadError(
-                f"{path}: SHA-256 {actual} differs from {expected} ({source}) and its folder is "
-                f"read-only, so it cannot be fetched again; replace it with a good copy")
-    return path
+def _problem(check: Callable[[Path], object] | None, file: Path) -> str | None:
+    """Why ``check`` refuses ``file`` (one line), or None."""
+    try:
+        if check is not None:
+            check(file)
+    except Exception as error:  # what a check raises is its own business; it is reported
+        return _one_line(error)
+    return None
+
+
+def _record(path: Path, digest: str) -> None:
+    atomic_write_text(_beside(path, ".sha256"), f"{digest}  {path.name}\n")
+
+
+def _fetch(url: str, path: Path, part: Path, check: Callable[[Path], object] | None,
+           progress: bool, timeout: float, attempts: int) -> None:
+    """Fills ``part``: whole through torch.hub when ``check`` can judge it, else resumably."""
+    logger.info("downloading %s to %s", url, path)
+    try:
+        if check is None:
+            return _transfer(url, part, progress, timeout, max(1, attempts))
+        for stale in path.parent.glob(glob.escape(part.name) + ".*.partial"):
+            stale.unlink()  # torch.hub's temporary file, left by a killed process
+        torch.hub.download_url_to_file(url, str(part), progress=progress)
+    except (OSError, http.client.HTTPException, ValueError) as error:
+        raise DownloadError(f"cannot download {url} ({_one_line(error)}); fetch it some other "
+                            f"way and save it as {path.resolve()}",
+                            summary=f"cannot download {path.name}") from error
 
 
 def cached_download(url: str, path: str | os.PathLike, *, sha256: str | None = None,
-                    progress: bool = True, timeout: float = 60.0, attempts: int = 3) -> Path:
-    """``path``, verified against its expected SHA-256; downloaded from ``url`` when missing.
-
-    A present file is hashed and compared with the expected digest (see the module docstring);
-    without one its digest is recorded. A file that does not match is deleted and fetched
-    again; a fetched file that does not match raises and leaves nothing at ``path``. Several
-    processes may call this for the same ``path`` at once (a lock file serialises them). In a
-    read-only folder (a shared, pre-filled cache) a present file is only checked.
+                    check: Callable[[Path], object] | None = None, progress: bool = True,
+                    timeout: float = 60.0, attempts: int = 3) -> Path:
+    """``path``, compared with its expected SHA-256 (:func:`expected_sha256`); downloaded from
+    ``url`` when missing or different. A file without a digest is recorded once ``check``
+    accepts it. Concurrent callers wait for one download (a lock file, deleted after). In a
+    read-only folder (a shared, pre-filled cache) a present file is only compared.
 
     Args:
-        url: http(s) URL.
-        path: where the file lives in the cache.
-        sha256: expected hex digest, if the caller knows it.
-        progress: show a tqdm progress bar while downloading.
-        timeout: seconds without data before a connection is given up.
-        attempts: requests made when a transfer breaks off after receiving data.
-
-    Returns:
-        ``path``.
+        check: raises if a file is not what it should be (another model's weights, cut
+            short); with it the file is fetched whole (module docstring).
+        progress: a tqdm bar while downloading.
+        timeout, attempts: seconds without data, and requests per call, of the resumable
+            transfer (``check=None``); torch.hub's has neither (it waits for the system's
+            socket timeout and makes one request).
 
     Raises:
-        DownloadError: the download failed (offline, HTTP error, cut off; the ``.part`` file is
-            kept and the next call resumes it) or the file's digest differs from the expected
-            one. The message is one line naming the URL and the path to put the file at.
+        DownloadError: the download failed (a resumable transfer keeps its ``.part``), or a
+            file failed its digest or ``check`` (nothing is kept); one line naming the URL
+            and the path, ``summary`` without them.
     """
-    path = Path(path)
-    if path.is_file() and not os.access(path.parent, os.W_OK):
-        return _verify_read_only(path, sha256)
+    path, read_only = Path(path), not os.access(Path(path).parent, os.W_OK)
+    if read_only and path.is_file():
+        expected, source = expected_sha256(path, sha256)
+        actual = sha256_file(path) if expected else None
+        if actual != expected:
+            raise DownloadError(f"{path}: SHA-256 {actual} differs from {expected} ({source}) "
+                                "and its folder is read-only, so it cannot be fetched again; "
+                                "replace it with a good copy")
+        return path
     path.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(path) + ".lock"):
+    part = _beside(path, ".part")
+    with exclusive_lock(_beside(path, ".lock")):
         expected, source = expected_sha256(path, sha256)
         if path.is_file():
             actual = sha256_file(path)
-            if expected is None:
-                _write_record(path, actual)
-                logger.info("%s: recorded SHA-256 %s", path, actual)
-                return path
             if actual == expected:
+                return path
+            problem = _problem(check, path) if expected is None else None
+            if problem:
+                raise DownloadError(f"{path} is not usable ({problem}); replace it, or delete "
+                                    "it to download it again",
+                                    summary=f"{path} is not usable; replace or delete it")
+            if expected is None:
+                _record(path, actual)
                 return path
             logger.warning("%s: SHA-256 %s differs from %s (%s); the file is corrupted or was "
                            "replaced, downloading it again", path, actual, expected, source)
             path.unlink()
-        part = path.with_name(path.name + ".part")
-        logger.info("downloading %s to %s", url, path)
-        try:
-            _transfer(url, part, progress, timeout, max(1, attempts))
-        except (OSError, http.client.HTTPException, ValueError) as error:
-            raise DownloadError(
-                f"cannot download {url} ({_one_line(error)}); fetch it some other way and save "
-                f"it as {path.resolve()}"
-            ) from error
+        _fetch(url, path, part, check, progress, timeout, attempts)
         actual = sha256_file(part)
-        if expected is not None and actual != expected:
+        problem = _problem(check, part) if expected is None else None
+        if problem or actual != (expected or actual):
             _discard(part)
             raise DownloadError(
+                f"{url} sent a file that is not usable ({problem}); nothing was saved at "
+                f"{path.resolve()}, the next run downloads it again" if problem else
                 f"{url} sent a file with SHA-256 {actual}, expected {expected} ({source}); "
                 f"nothing was saved at {path.resolve()} (if the file changed on the server on "
-                f"purpose, delete {_record_path(path)} to accept the new one)"
-            )
+                f"purpose, delete {_beside(path, '.sha256')} to accept the new one)",
+                summary=f"the downloaded {path.name} " + (
+                    "is not usable" if problem else "differs from its expected SHA-256"))
         os.replace(part, path)
-        _discard(part)  # its validator
-        if expected is None or not _record_path(path).is_file():
-            _write_record(path, actual)
+        _discard(part)  # its validators
+        if expected is None:
+            _record(path, actual)
         logger.info("downloaded %s (SHA-256 %s)", path, actual)
     return path

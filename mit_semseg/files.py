@@ -1,4 +1,5 @@
-"""Atomic file writes: a reader (or a resumed run) sees the old file or the whole new one.
+"""Atomic file writes (a reader sees the old file or the whole new one), and a lock file that
+goes away with its holder.
 
 Every result, list, picture and checkpoint the package writes goes through :func:`atomic_write`:
 the content is written to ``.<name>.<random>.tmp`` in the destination folder, flushed, fsynced
@@ -6,16 +7,26 @@ and renamed over the destination with :func:`os.replace` (atomic on POSIX and Wi
 failing writer leaves the destination untouched and removes its temporary file; a hard kill
 can leave the temporary file behind, which is never mistaken for a result (see
 :func:`mit_semseg.engine.checkpoint.remove_stale_temp_files`).
+
+:func:`exclusive_lock` serialises processes (and threads) that fill one file of a shared cache.
 """
 
 from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
 from typing import IO
 
-__all__ = ["TEMP_SUFFIX", "atomic_write", "atomic_write_bytes", "atomic_write_text"]
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None
+    from filelock import FileLock
+
+__all__ = ["TEMP_SUFFIX", "atomic_write", "atomic_write_bytes", "atomic_write_text",
+           "exclusive_lock"]
 
 TEMP_SUFFIX = ".tmp"
 
@@ -55,3 +66,39 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes | memoryview) -> Non
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     """:func:`atomic_write` of UTF-8 text (``"\\n"`` line ends on every platform)."""
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+@contextmanager
+def exclusive_lock(path: str | os.PathLike) -> Iterator[None]:
+    """Hold an exclusive OS lock on the file ``path`` (created if needed), and delete it on
+    release, so that no empty lock file stays behind.
+
+    The lock (``flock``) belongs to an open file, so it dies with its process and is never
+    stale. Deleting a lock file is safe only because the holder deletes it *before* unlocking
+    and every taker checks, once it holds the lock, that ``path`` still names the file it
+    locked: one that waited on a deleted file lets go and locks the new one. So at any time
+    at most one process holds the lock on the file that ``path`` names. (On Windows,
+    filelock's lock, which deletes its file on release there.)
+    """
+    path = os.fspath(path)
+    if fcntl is None:
+        with FileLock(path):
+            yield
+        return
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            with suppress(FileNotFoundError):
+                if os.path.samestat(os.fstat(fd), os.stat(path)):
+                    break
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)  # the previous holder deleted this file: lock the one there now
+    try:
+        yield
+    finally:
+        with suppress(FileNotFoundError):
+            os.unlink(path)  # while still locked: a process waiting on it will see it gone
+        os.close(fd)  # releases the lock

@@ -2,8 +2,10 @@
 
 It answers ``GET`` with ``Range: bytes=N-`` (206 + ``Content-Range``) and honours ``If-Range``
 against the ETag (the content's SHA-256 prefix), as real servers do; it can cut a response
-short (full ``Content-Length`` announced, connection closed after N body bytes), ignore ranges,
-or serve new content between requests. Every request is logged.
+short (connection closed after N body bytes, with the full ``Content-Length`` announced or, with
+``send_length = False``, none), ignore ranges, ignore ``If-Range`` (``if_range_honoured =
+False``: a range of whatever it serves now), or serve new content between requests. Every
+request is logged.
 
 Use the ``http_server`` fixture (import it into a test module) or ``LocalServer`` directly.
 """
@@ -48,6 +50,8 @@ class LocalServer:
         self.files: dict[str, _File] = {}
         self.requests: list[Request] = []
         self.ranges_supported = True
+        self.if_range_honoured = True
+        self.send_length = True
         self.delay_s = 0.0  # pause before each body (to make concurrent callers overlap)
         self._lock = threading.Lock()
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
@@ -96,7 +100,7 @@ class LocalServer:
                 wanted = self.headers.get("Range", "")
                 if_range = self.headers.get("If-Range")
                 if (server.ranges_supported and wanted.startswith("bytes=")
-                        and (if_range is None or if_range == file.etag)):
+                        and (if_range in (None, file.etag) or not server.if_range_honoured)):
                     start = int(wanted[len("bytes="):].split("-")[0])
                     if start >= len(content):
                         request.status = 416
@@ -105,7 +109,8 @@ class LocalServer:
                 request.status = 206 if start else 200
                 self.send_response(request.status)
                 self.send_header("ETag", file.etag)
-                self.send_header("Content-Length", str(len(content) - start))
+                if server.send_length:
+                    self.send_header("Content-Length", str(len(content) - start))
                 if start:
                     self.send_header("Content-Range",
                                      f"bytes {start}-{len(content) - 1}/{len(content)}")

@@ -1,10 +1,12 @@
 import hashlib
+import io
 import logging
 import os
 import threading
 from pathlib import Path
 
 import pytest
+import torch
 from local_http import unused_url
 
 from mit_semseg.download import (
@@ -42,8 +44,7 @@ def test_first_download_records_the_hash_and_later_loads_need_no_network(http_se
     assert cached_download(url, path, progress=True) == path
     assert path.read_bytes() == GOOD
     assert (tmp_path / "cache" / "w.pth.sha256").read_text() == f"{sha(GOOD)}  w.pth\n"
-    assert sorted(p.name for p in path.parent.iterdir()) == ["w.pth", "w.pth.lock",
-                                                             "w.pth.sha256"]
+    assert sorted(p.name for p in path.parent.iterdir()) == ["w.pth", "w.pth.sha256"]  # no lock
     http_server.close()  # verified from the cache: no request at all
     assert cached_download(url, path).read_bytes() == GOOD
     assert len(http_server.hits("/w.pth")) == 1
@@ -70,7 +71,7 @@ def test_a_file_swapped_on_the_server_is_refused_and_nothing_is_left(http_server
     message = str(info.value)
     assert "\n" not in message and url in message
     assert sha(OTHER) in message and sha(GOOD) in message and "w.pth.sha256" in message
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["w.pth.lock", "w.pth.sha256"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["w.pth.sha256"]
     # the recorded digest is kept; deleting it accepts the new content
     (tmp_path / "w.pth.sha256").unlink()
     assert cached_download(url, path, progress=False).read_bytes() == OTHER
@@ -126,8 +127,7 @@ def test_a_cut_download_leaves_only_a_part_file_and_the_next_call_resumes(http_s
     assert second.headers["Range"] == "bytes=100000-" and second.status == 206
     assert second.body_bytes == len(GOOD) - 100_000
     assert sha256_file(path) == sha(GOOD)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["w.pth", "w.pth.lock",
-                                                          "w.pth.sha256"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["w.pth", "w.pth.sha256"]
 
 
 def test_drops_midway_are_resumed_within_one_call(http_server, tmp_path):
@@ -178,15 +178,16 @@ def test_offline_and_http_errors_are_one_line_and_leave_no_file(http_server, tmp
         cached_download(missing, tmp_path / "none.pth", progress=False)
     assert "\n" not in str(info.value)
     assert len(http_server.hits("/none.pth")) == 1  # an HTTP error is not retried
-    assert [p.name for p in tmp_path.iterdir() if not p.name.endswith(".lock")] == []
+    assert [p.name for p in tmp_path.iterdir()] == []
 
 
-def test_concurrent_callers_download_once(http_server, tmp_path):
+@pytest.mark.parametrize("check", [None, os.path.getsize], ids=["resumable", "torch.hub"])
+def test_concurrent_callers_download_once(http_server, tmp_path, check):
     url = http_server.serve("/w.pth", GOOD)
     http_server.delay_s = 0.3
     results = []
     threads = [threading.Thread(target=lambda: results.append(
-        cached_download(url, tmp_path / "w.pth", progress=False).read_bytes()))
+        cached_download(url, tmp_path / "w.pth", progress=False, check=check).read_bytes()))
         for _ in range(2)]
     for thread in threads:
         thread.start()
@@ -195,6 +196,7 @@ def test_concurrent_callers_download_once(http_server, tmp_path):
     assert results == [GOOD, GOOD]
     assert len(http_server.hits("/w.pth")) == 1
     assert os.path.getsize(tmp_path / "w.pth") == len(GOOD)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["w.pth", "w.pth.sha256"]
 
 
 def test_a_read_only_cache_is_checked_but_never_written(http_server, tmp_path, monkeypatch):
@@ -209,3 +211,57 @@ def test_a_read_only_cache_is_checked_but_never_written(http_server, tmp_path, m
     (tmp_path / "w.pth.sha256").unlink()
     assert cached_download(url, path) == path  # nothing to compare with, nothing written
     assert not (tmp_path / "w.pth.sha256").exists()
+
+
+def test_a_206_of_another_version_restarts_from_zero(http_server, tmp_path):
+    # a server that ignores If-Range answers the range with bytes of a new version of the same
+    # length: only its ETag tells
+    url = http_server.serve("/w.pth", GOOD)
+    http_server.drop_next("/w.pth", after_bytes=50_000)
+    with pytest.raises(DownloadError):
+        cached_download(url, tmp_path / "w.pth", progress=False, attempts=1)
+    new = bytes(reversed(GOOD))
+    http_server.serve("/w.pth", new)
+    http_server.if_range_honoured = False
+    with pytest.raises(DownloadError, match="the file changed on the server"):
+        cached_download(url, tmp_path / "w.pth", progress=False, attempts=1)
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # the old start is gone
+    assert cached_download(url, tmp_path / "w.pth", progress=False).read_bytes() == new
+    assert [(r.status, r.headers.get("Range")) for r in http_server.hits("/w.pth")] == [
+        (200, None), (206, "bytes=50000-"), (200, None)]
+
+
+def weights_check(path):
+    """Accepts only a file that torch.load reads (as a check of weights would)."""
+    torch.load(path, weights_only=True)
+
+
+def test_a_body_cut_short_without_length_is_never_recorded(http_server, tmp_path):
+    buffer = io.BytesIO()
+    torch.save({"w": torch.arange(40_000.0)}, buffer)
+    url = http_server.serve("/w.pth", buffer.getvalue())
+    http_server.send_length = False
+    http_server.drop_next("/w.pth", after_bytes=60_000)
+    path = tmp_path / "w.pth"
+    (tmp_path / "w.pth.part.0123abcd.partial").write_bytes(b"left by a killed download")
+    with pytest.raises(DownloadError) as info:
+        cached_download(url, path, progress=False, check=weights_check)
+    message = str(info.value)
+    assert "\n" not in message and url in message and "not usable" in message
+    assert info.value.summary == "the downloaded w.pth is not usable"
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+    # the server is fixed: fetched again, checked, recorded
+    assert cached_download(url, path, progress=False, check=weights_check).read_bytes() == (
+        buffer.getvalue())
+    assert expected_sha256(path)[0] == sha(buffer.getvalue())
+
+
+def test_a_present_file_without_record_is_checked_before_it_is_trusted(http_server, tmp_path):
+    url = http_server.serve("/w.pth", GOOD)
+    path = tmp_path / "w.pth"
+    path.write_bytes(b"not weights")  # placed by hand (or cut) before any record exists
+    with pytest.raises(DownloadError, match="is not usable .*replace it, or delete it"):
+        cached_download(url, path, progress=False, check=weights_check)
+    assert path.read_bytes() == b"not weights"  # the user's file is not deleted
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["w.pth"]
+    assert http_server.hits("/w.pth") == []

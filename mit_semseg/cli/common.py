@@ -103,7 +103,8 @@ def script_parser(prog: str, description: str, devices_help: str,
 
     With ``released_models`` (the inference scripts) it also takes ``--model NAME``, a model of
     :mod:`mit_semseg.models.zoo` (see :mod:`mit_semseg.cli.model_setup`), and ``--cfg`` is
-    ``None`` when not given, so that the model's own config can take its place.
+    ``None`` when not given, so that the model's own config can take its place; and
+    ``--verbose`` (see :func:`usage_error`).
 
     ``--help`` ends with ``examples`` (``{prog}`` stands for the command, e.g.
     ``python train.py`` or ``mit-semseg-train``), the packaged configs, where every config key
@@ -124,6 +125,9 @@ def script_parser(prog: str, description: str, devices_help: str,
                             help="run a model released with the original instead of DIR's "
                                  "weights, downloaded into the cache on first use; one of: "
                                  f"{', '.join(list_models())} (default: none)")
+        parser.add_argument("--verbose", action="store_true",
+                            help="errors in full: a failed download names the URLs and the "
+                                 "network error (default: one short line)")
     else:
         parser.add_argument("--cfg", default=DEFAULT_CFG, metavar="FILE|NAME",
                             help="YAML config file, or the name of a packaged config "
@@ -142,9 +146,10 @@ def print_error(prog: str, error: BaseException | str) -> None:
     print(f"{prog}: error: {message}", file=sys.stderr)
 
 
-def usage_error(prog: str, error: BaseException) -> int:
-    """Report a setup error as one line on stderr; return :data:`EXIT_USAGE`."""
-    print_error(prog, error)
+def usage_error(prog: str, error: BaseException, verbose: bool = True) -> int:
+    """Report a setup error as one line on stderr; return :data:`EXIT_USAGE`. Without
+    ``verbose`` a failed download gives its short form (``DownloadError.summary``)."""
+    print_error(prog, error if verbose or not isinstance(error, DownloadError) else error.summary)
     return EXIT_USAGE
 
 

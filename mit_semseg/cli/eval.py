@@ -69,6 +69,7 @@ def eval_job(cfg: Any, model: TrainedModel | None = None) -> EvalJob:
 def main(argv: list[str] | None = None) -> int:
     prog = common.program_name(PROG) if argv is None else PROG
     common.setup_logging()
+    args = None
     try:
         args = parse_args(argv, prog)
         cfg, release = model_setup.load_script_config(args)
@@ -84,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
                     job.model.weights_dir, device, job.model.backend, cfg.DIR)
         result = evaluate_shard(job, device, progress=True)
     except common.SETUP_ERRORS as exc:
-        return common.usage_error(prog, exc)
+        return common.usage_error(prog, exc, verbose=bool(args and args.verbose))
     _, text = report_results(job, result, [device], extra={"processes": 1})
     print(text)
     print("Evaluation Done!")

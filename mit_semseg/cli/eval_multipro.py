@@ -239,7 +239,7 @@ def _evaluate_rank(job: EvalJob, device: torch.device, dist_ctx: DistContext,
 
 
 def _main_torchrun(cfg: Any, release: PretrainedModel | None, device: torch.device,
-                   prog: str) -> int:
+                   prog: str, verbose: bool) -> int:
     """``main`` for one process of a torchrun job."""
     dist_ctx = init_distributed(cfg.DIST.backend, device.type == "cuda")
     if device.type == "cuda":
@@ -252,7 +252,7 @@ def _main_torchrun(cfg: Any, release: PretrainedModel | None, device: torch.devi
         num_images = len(job.dataset())
     except common.SETUP_ERRORS as exc:
         cleanup_distributed(wait_for_peers=False)
-        return common.usage_error(prog, exc)
+        return common.usage_error(prog, exc, verbose)
     common.setup_logging(cfg.DIR, dist_ctx.rank, filename="eval_log.txt")
     logger.info("torchrun: %d process(es) on %d node(s), this is rank %d", dist_ctx.world_size,
                 len(set(dist_ctx.gather(dist_ctx.node_rank))), dist_ctx.rank)
@@ -279,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
     except common.SETUP_ERRORS as exc:
         return common.usage_error(prog, exc)
     if torchrun_device is not None:
-        return _main_torchrun(cfg, release, torchrun_device, prog)
+        return _main_torchrun(cfg, release, torchrun_device, prog, args.verbose)
     try:
         devices = _devices(args, cfg)
         start_method = _start_method(args.start_method, devices, cfg.MODEL.backend)
@@ -290,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
                                                         "list_val"))
         num_images = len(job.dataset())
     except common.SETUP_ERRORS as exc:
-        return common.usage_error(prog, exc)
+        return common.usage_error(prog, exc, args.verbose)
     common.setup_logging(cfg.DIR, filename="eval_log.txt")
     results = _run_workers(job, devices, num_images, start_method)
     if results is None:

@@ -150,7 +150,8 @@ def inference_model(cfg: Any, release: zoo.PretrainedModel | None, checkpoint_ke
 
     Raises:
         mit_semseg.download.DownloadError: offline or a bad mirror; one line naming the URLs
-            and the folder to put the files in.
+            and the folder to put the files in (its ``summary``: the file names and the
+            folder).
         SetupError: see :func:`mit_semseg.cli.preflight.check_evaluation`, and a failed ONNX
             export check.
     """

@@ -227,6 +227,7 @@ def _segment_all(cfg: Any, module: nn.Module, device: torch.device, images: list
 def main(argv: list[str] | None = None) -> int:
     prog = common.program_name(PROG) if argv is None else PROG
     common.setup_logging()
+    args = None
     try:
         args = parse_args(argv, prog)
         cfg, release = model_setup.load_script_config(args)
@@ -244,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
                                             None)
         module = model.load(device)
     except common.SETUP_ERRORS as exc:
-        return common.usage_error(prog, exc)
+        return common.usage_error(prog, exc, verbose=bool(args and args.verbose))
     failed = len(problems) + _segment_all(cfg, module, device, images)
     done = len(images) + len(problems) - failed
     logger.info("Inference done! %d image(s) written to %s, %d failed", done,

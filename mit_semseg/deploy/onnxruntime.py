@@ -29,11 +29,11 @@ from pathlib import Path
 from typing import ClassVar
 
 import torch
-from filelock import FileLock
 from torch import nn
 
 from mit_semseg.deploy.export import export_onnx
 from mit_semseg.download import cache_root, sha256_file
+from mit_semseg.files import exclusive_lock
 from mit_semseg.inference.banded_tail import LogitsSegmenter
 from mit_semseg.inference.trained_model import TrainedModel
 
@@ -166,7 +166,7 @@ def cached_onnx_export(model: TrainedModel, cache_dir: str | os.PathLike | None 
     """
     path = onnx_cache_path(model, cache_dir)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(f"{path}.lock"):
+    with exclusive_lock(f"{path}.lock"):
         if path.is_file():
             logger.info("ONNX model (cached): %s", path)
             return path

@@ -169,6 +169,16 @@ class StateDictMismatch:
     def __bool__(self) -> bool:
         return bool(self.missing or self.unexpected or self.shapes)
 
+    def describe(self, limit: int = 8) -> str:
+        """One line: the first ``limit`` missing keys, unexpected keys and shape mismatches."""
+        def preview(keys: list[str]) -> str:
+            more = f" ... ({len(keys)} in all)" if len(keys) > limit else ""
+            return f"[{', '.join(keys[:limit])}{more}]"
+
+        resized = [f"{key} {given} vs {wanted}" for key, (given, wanted) in self.shapes.items()]
+        return (f"missing keys {preview(self.missing)}, unexpected keys "
+                f"{preview(self.unexpected)}, shape mismatches {preview(resized)}")
+
     def other_class_count(self, num_class: int) -> int | None:
         """The number of classes the state dict was trained for, when that is all that differs
         (every differing shape is a classifier's: another first dimension than ``num_class``);
@@ -200,6 +210,9 @@ def state_dict_mismatch(module: nn.Module, state_dict: Mapping[str, Any]) -> Sta
 def read_state_dict(path: str | os.PathLike, what: str = "weights") -> dict[str, torch.Tensor]:
     """The state dict saved in ``path`` (CPU tensors, ``module.`` prefix stripped).
 
+    A file holding ``{"state_dict": ...}`` (as some ImageNet checkpoints do) gives the inner
+    dict.
+
     Args:
         path: ``torch.save``d state dict.
         what: how error messages call the file (e.g. "resnet50 encoder weights").
@@ -214,7 +227,10 @@ def read_state_dict(path: str | os.PathLike, what: str = "weights") -> dict[str,
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises many types for corrupt/foreign files
-        raise RuntimeError(f"cannot read {what} file {path}: {error}") from error
+        raise RuntimeError(f"{what} file {path} is not a readable PyTorch weights file: {error}"
+                           ) from error
+    if isinstance(state, Mapping) and isinstance(state.get("state_dict"), Mapping):
+        state = state["state_dict"]
     if not isinstance(state, Mapping):
         raise RuntimeError(f"{what} file {path} holds a {type(state).__name__}, not a state dict")
     return strip_module_prefix(state, path)

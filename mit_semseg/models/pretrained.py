@@ -4,24 +4,22 @@ Files are looked up in a folder (argument ``model_dir``, else the environment va
 ``MIT_SEMSEG_PRETRAINED_DIR``, else ``pretrained/`` in the per-user cache of
 :func:`mit_semseg.download.cache_root`, e.g. ``~/.cache/torch/mit_semseg/pretrained``) and
 downloaded from ``http://sceneparsing.csail.mit.edu/model/pretrained_resnet/<file>`` when
-missing, through :func:`mit_semseg.download.cached_download`: resumable, renamed into place only
-when complete, and SHA-256-checked on every load against the digest recorded at the first
-download (or one the user supplies).
+missing, through :func:`mit_semseg.download.cached_download`: renamed into place and its SHA-256
+recorded only once it fits the encoder, and checked on every load against that digest (or one
+the user supplies).
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import torch
 import torch.nn as nn
 
 from ..download import DownloadError, cache_root, cached_download
-from .checkpoint_format import state_dict_mismatch, strip_module_prefix
+from .checkpoint_format import read_state_dict, state_dict_mismatch
 
 __all__ = [
     "PRETRAINED_URL",
@@ -79,18 +77,6 @@ def _file_name(family: str) -> str:
     return PRETRAINED_FILES[family]
 
 
-def _read_state_dict(path: Path) -> dict[str, Any]:
-    try:
-        loaded = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises many types for corrupt/foreign files
-        raise RuntimeError(f"{path} is not a readable PyTorch weights file: {error}") from error
-    if isinstance(loaded, Mapping) and isinstance(loaded.get("state_dict"), Mapping):
-        loaded = loaded["state_dict"]
-    if not isinstance(loaded, Mapping):
-        raise RuntimeError(f"{path} holds a {type(loaded).__name__}, not a state dict")
-    return strip_module_prefix(loaded, str(path))
-
-
 def load_pretrained(encoder: nn.Module, family: str | None = None, *,
                     model_dir: str | os.PathLike | None = None, url: str | None = None,
                     progress: bool = True) -> nn.Module:
@@ -111,9 +97,10 @@ def load_pretrained(encoder: nn.Module, family: str | None = None, *,
         ``encoder``.
 
     Raises:
-        mit_semseg.download.DownloadError: the file is missing and cannot be downloaded, or
-            its SHA-256 differs from the expected one (a ``RuntimeError``; one line naming the
-            URL and the path to put the file at).
+        mit_semseg.download.DownloadError: the file is missing and cannot be downloaded, its
+            SHA-256 differs from the expected one, or a file not yet recorded does not fit
+            the encoder (a ``RuntimeError``; one line naming the URL and the path to put the
+            file at).
         RuntimeError: the file does not match the encoder.
     """
     family = family or getattr(encoder, "pretrained_name", None)
@@ -123,28 +110,24 @@ def load_pretrained(encoder: nn.Module, family: str | None = None, *,
     url = url or PRETRAINED_URL.format(file_name)
     folder = pretrained_dir(model_dir)
     try:
-        path = cached_download(url, folder / file_name, progress=progress)
+        path = cached_download(url, folder / file_name, progress=progress,
+                               check=lambda file: _fitting_state(encoder, family, file))
     except DownloadError as error:
         raise DownloadError(f"{error} (or set {ENV_DIR} to a folder holding {file_name})"
                             ) from error
-    state = _read_state_dict(path)
-    ignored = CLASSIFIER_PREFIXES.get(family, DEFAULT_CLASSIFIER_PREFIXES)
-    state = {k: v for k, v in state.items() if not k.startswith(ignored)}
-    mismatch = state_dict_mismatch(encoder, state)
-    missing, unexpected = mismatch.missing, mismatch.unexpected
-    resized = [f"{k} {given} vs {wanted}" for k, (given, wanted) in mismatch.shapes.items()]
-    if mismatch:
-        # Checked before loading so that a mismatching file leaves the encoder untouched.
-        raise RuntimeError(
-            f"{path} does not match the {family} encoder: missing keys {_preview(missing)}, "
-            f"unexpected keys {_preview(unexpected)}, shape mismatches {_preview(resized)}"
-        )
-    encoder.load_state_dict(state, strict=True)
+    # Checked before loading, so that a file that does not fit leaves the encoder untouched.
+    encoder.load_state_dict(_fitting_state(encoder, family, path), strict=True)
     logger.info("loaded ImageNet weights for %s from %s", family, path)
     return encoder
 
 
-def _preview(keys: list[str], limit: int = 8) -> str:
-    shown = ", ".join(keys[:limit])
-    more = f" ... ({len(keys)} in all)" if len(keys) > limit else ""
-    return f"[{shown}{more}]"
+def _fitting_state(encoder: nn.Module, family: str, path: Path) -> dict[str, Any]:
+    """The file's state dict without the classifier; raises RuntimeError if it does not fit
+    ``encoder`` (a truncated download, another network)."""
+    ignored = CLASSIFIER_PREFIXES.get(family, DEFAULT_CLASSIFIER_PREFIXES)
+    saved = read_state_dict(path, f"{family} ImageNet weights")
+    state = {k: v for k, v in saved.items() if not k.startswith(ignored)}
+    mismatch = state_dict_mismatch(encoder, state)
+    if mismatch:
+        raise RuntimeError(f"{path} does not match the {family} encoder: {mismatch.describe()}")
+    return state

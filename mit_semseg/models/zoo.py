@@ -8,7 +8,8 @@ The files live at ``<base>/<name>/{encoder,decoder}_epoch_<N>.pth`` with
 ``mirror`` argument) replaces the base with a mirror holding the same layout.
 
 :func:`fetch` puts the two files in ``<cache_root()>/models/<name>/`` (see
-:mod:`mit_semseg.download`: progress bar, resumable, SHA-256 recorded and verified), a folder
+:mod:`mit_semseg.download`: progress bar, kept only if they load as the model's weights, SHA-256
+recorded then and compared on every later use), a folder
 laid out like a training run, so ``DIR``-style loaders read it as it is.
 :func:`from_pretrained` returns the ready model::
 
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import difflib
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +33,7 @@ import torch
 
 from ..download import DownloadError, cache_root, cached_download
 from .builder import build_segmentation_model
+from .checkpoint_format import read_state_dict, state_dict_mismatch
 from .classes import ade_palette, class_names
 from .segmentation_module import SegmentationModule
 
@@ -194,21 +197,39 @@ def fetch(name: str, *, cache_dir: str | os.PathLike | None = None, mirror: str 
 
     Raises:
         KeyError: unknown name.
-        mit_semseg.download.DownloadError: a file cannot be downloaded or fails its SHA-256
-            check; one line naming both URLs and the folder to put the files in.
+        mit_semseg.download.DownloadError: a file cannot be downloaded, fails its SHA-256
+            check or holds no weights of this model (it is not kept); one line naming both
+            URLs and the folder to put the files in (``summary``: the file names and the
+            folder, no URL).
     """
     model = get_model(name)
     folder = models_dir(cache_dir) / model.name
-    urls = model.urls(mirror)
+    urls, names = model.urls(mirror), model.file_names()
     try:
-        return tuple(cached_download(url, folder / file_name, progress=progress)
-                     for url, file_name in zip(urls, model.file_names()))
+        return tuple(cached_download(url, folder / file_name, progress=progress,
+                                     check=_weights_check(model, part))
+                     for url, file_name, part in zip(urls, names, ("encoder", "decoder")))
     except DownloadError as error:
         raise DownloadError(
             f"cannot fetch pretrained model {model.name}: {error}. Offline, download "
             f"{urls[0]} and {urls[1]} elsewhere and put both files in {folder.resolve()}/ "
-            f"(or set {ENV_MIRROR} to a mirror with the same layout)"
+            f"(or set {ENV_MIRROR} to a mirror with the same layout)",
+            summary=f"released model {model.name}: {error.summary}; put {names[0]} and "
+                    f"{names[1]} in {folder.resolve()}/ or set {ENV_MIRROR} (--verbose: the "
+                    "URLs and the error)",
         ) from error
+
+
+def _weights_check(model: PretrainedModel, part: str) -> Callable[[Path], None]:
+    """Raises RuntimeError unless a file holds weights for ``part`` ("encoder" or "decoder")
+    of ``model``: a cut download, or another model's file, is never trusted."""
+    def check(path: Path) -> None:
+        with torch.device("meta"):  # shapes only: no memory, no time spent on weights
+            skeleton = getattr(build_model(model.name), part)
+        mismatch = state_dict_mismatch(skeleton, read_state_dict(path, f"{part} weights"))
+        if mismatch:
+            raise RuntimeError(f"{path} holds no {part} of {model.name}: {mismatch.describe()}")
+    return check
 
 
 def _with_classes(module: SegmentationModule, model: PretrainedModel) -> SegmentationModule:

@@ -1,3 +1,4 @@
+import hashlib
 import subprocess
 import sys
 import zipfile
@@ -36,11 +37,12 @@ def _encode(ext, array):
     return data.tobytes()
 
 
-def make_ade_zip(path: Path, skip_split: str = "", label_max: int = NUM_CLASS) -> Path:
+def make_ade_zip(path: Path, skip_split: str = "", label_max: int = NUM_CLASS,
+                 seed: int = 0) -> Path:
     """A miniature ADEChallengeData2016.zip: the real layout, names and file formats (JPEG
     photos, 8-bit grayscale PNG annotations with 0 = unlabeled, 1..150), plus the two text
-    files of the release."""
-    rng = np.random.default_rng(0)
+    files of the release; ``seed`` draws the pixels."""
+    rng = np.random.default_rng(seed)
     with zipfile.ZipFile(path, "w") as archive:
         archive.writestr(f"{FOLDER}/", "")
         archive.writestr(f"{FOLDER}/objectInfo150.txt",
@@ -160,10 +162,29 @@ def test_a_cut_download_fails_then_resumes(http_server, ade_zip, tmp_path):
     http_server.drop_next(URL_PATH, after_bytes=4000, times=3)
     root = tmp_path / "data"
     assert main(["--root", str(root), "--url", url, "--no-progress"]) == 2
-    assert sorted(p.name for p in root.iterdir() if not p.name.endswith(".lock")) == [
+    assert sorted(p.name for p in root.iterdir()) == [
         "ADEChallengeData2016.zip.part", "ADEChallengeData2016.zip.part.validator"]
     assert main(["--root", str(root), "--url", url, "--no-progress"]) == 0
     assert http_server.hits(URL_PATH)[-1].headers["Range"] == "bytes=12000-"
+
+
+def test_a_resume_from_a_server_that_ignores_if_range_never_mixes_versions(
+        http_server, ade_zip, tmp_path):
+    url = http_server.serve(URL_PATH, ade_zip.read_bytes())
+    http_server.drop_next(URL_PATH, after_bytes=4000, times=3)
+    root = tmp_path / "data"
+    assert main(["--root", str(root), "--url", url, "--no-progress"]) == 2  # 12000 bytes kept
+    # the archive is replaced on the server, which answers the range with the new version's
+    # bytes (206) although If-Range names the old one
+    new = make_ade_zip(tmp_path / "new.zip", seed=1).read_bytes()
+    http_server.serve(URL_PATH, new)
+    http_server.if_range_honoured = False
+    assert main(["--root", str(root), "--url", url, "--no-progress"]) == 0
+    assert (root / "ADEChallengeData2016.zip").read_bytes() == new
+    assert [(r.status, r.headers.get("Range")) for r in http_server.hits(URL_PATH)][3:] == [
+        (206, "bytes=12000-"), (200, None)]  # the 206 was refused, the file fetched whole
+    assert (root / "ADEChallengeData2016.zip.sha256").read_text().startswith(
+        hashlib.sha256(new).hexdigest())
 
 
 def test_offline_is_one_line_with_the_manual_steps(tmp_path):
@@ -177,3 +198,4 @@ def test_offline_is_one_line_with_the_manual_steps(tmp_path):
     assert lines[0].startswith("python -m mit_semseg.data.ade20k: error: cannot download")
     assert url in lines[0] and str(tmp_path / "ADEChallengeData2016.zip") in lines[0]
     assert "--zip PATH" in lines[0] and "Traceback" not in result.stderr
+    assert list(tmp_path.iterdir()) == []  # no lock file left behind

@@ -61,7 +61,7 @@ def test_offline_download_names_url_and_path_and_leaves_no_file(tmp_path):
     assert "\n" not in message
     assert url in message and str(tmp_path / "resnet18-imagenet.pth") in message
     assert "MIT_SEMSEG_PRETRAINED_DIR" in message
-    assert [p.name for p in tmp_path.iterdir()] == ["resnet18-imagenet.pth.lock"]
+    assert [p.name for p in tmp_path.iterdir()] == []
 
 
 def test_default_folder_is_the_per_user_cache_not_the_working_directory(tmp_path,
