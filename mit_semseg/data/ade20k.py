@@ -3,10 +3,10 @@
     python -m mit_semseg.data.ade20k --root ./data
     python -m mit_semseg.data.ade20k --root ./data --zip ~/Downloads/ADEChallengeData2016.zip
 
-Downloads ``ADEChallengeData2016.zip`` (about 923 MB) from the URL the original used, into
-``ROOT`` (resumable, SHA-256 recorded; see :mod:`mit_semseg.download`) unless ``--zip`` names a
-copy fetched elsewhere; unpacks it (atomically: a half-unpacked folder is never taken for a
-complete one); writes the sample lists; and runs the dataset checker
+Downloads ``ADEChallengeData2016.zip`` (about 923 MB) from the URL the original used, into ``ROOT``
+(resumable, see :class:`ResumableFetch`; SHA-256 recorded, see :mod:`mit_semseg.download`) unless
+``--zip`` names a copy fetched elsewhere; unpacks it (atomically: a half-unpacked folder is never
+taken for a complete one); writes the sample lists; and runs the dataset checker
 (:mod:`mit_semseg.data.check`) on them. The result, which ``config/ade20k-*.yaml`` read with
 ``DATASET.root_dataset = ./data/``::
 
@@ -22,10 +22,14 @@ unpacked folder is kept (``--force`` unpacks again).
 from __future__ import annotations
 
 import argparse
+import http.client
 import logging
 import os
+import re
 import shutil
 import sys
+import urllib.error
+import urllib.request
 import zipfile
 from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
@@ -35,9 +39,10 @@ from tqdm import tqdm
 from mit_semseg.data.check import CheckReport, check_dataset
 from mit_semseg.data.odgt import build_odgt, write_odgt
 from mit_semseg.download import DownloadError, cached_download
+from mit_semseg.files import atomic_write_text
 
 __all__ = ["ADE20K_URL", "DEFAULT_ROOT", "FOLDER", "NUM_CLASS", "SPLITS", "PrepareError",
-           "config_opts", "main", "prepare", "unpack", "write_lists"]
+           "ResumableFetch", "config_opts", "main", "prepare", "unpack", "write_lists"]
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +52,7 @@ NUM_CLASS = 150
 DEFAULT_ROOT = "./data"  # the configs' DATASET.root_dataset
 SPLITS = {"training": 20210, "validation": 2000}  # images per split in the official release
 _PROG = "python -m mit_semseg.data.ade20k"
+_CHUNK = 1 << 20
 
 
 class PrepareError(RuntimeError):
@@ -59,6 +65,88 @@ def _member_path(name: str, archive: Path) -> PurePosixPath | None:
     if path.is_absolute() or ".." in path.parts:
         raise PrepareError(f"{archive}: unsafe member path {name!r}; not unpacking it")
     return path if path.parts[:1] == (FOLDER,) else None
+
+
+class _Interrupted(Exception):
+    """The transfer stopped after the request was answered; another request may finish it."""
+
+
+class ResumableFetch:
+    """A :data:`mit_semseg.download.Fetch` for large files on slow servers: it counts the
+    bytes against the announced length, resumes a cut transfer with an HTTP ``Range`` request,
+    and starts from zero when the server's file changed.
+
+    Beside the part file it keeps ``<part>.validator``: the ETag, Last-Modified and total
+    length of the file it holds the start of. A resumed request asks for the rest only if the
+    file is unchanged (``If-Range``); a ``206`` answer whose validators or range differ from the
+    recorded ones (a server that ignores ``If-Range``) is refused and the part thrown away, so
+    two versions are never mixed.
+
+    Args:
+        timeout: seconds without data before a request is given up.
+        attempts: requests made within one call while each one ends early.
+    """
+
+    def __init__(self, timeout: float = 60.0, attempts: int = 3) -> None:
+        self.timeout = timeout
+        self.attempts = max(1, attempts)
+
+    def __call__(self, url: str, part: Path, progress: bool) -> None:
+        for attempt in range(1, self.attempts + 1):
+            try:
+                self._request(url, part, progress)
+                part.with_name(part.name + ".validator").unlink(missing_ok=True)
+                return
+            except _Interrupted as interruption:
+                if attempt == self.attempts:
+                    raise ConnectionError(str(interruption)) from interruption
+                logger.warning("%s: %s (try %d of %d)", url, interruption, attempt + 1,
+                               self.attempts)
+
+    def _request(self, url: str, part: Path, progress: bool) -> None:
+        """One request that completes ``part``, resuming it when it has validators."""
+        record = part.with_name(part.name + ".validator")
+        text = record.read_text(encoding="utf-8") if part.is_file() and record.is_file() else ""
+        saved = (text.split("\n") + ["", ""])[:3]
+        offset = part.stat().st_size if saved[0] or saved[1] else 0
+        headers = {"User-Agent": "mit_semseg"}
+        if offset:  # a server honouring If-Range sends the whole file if it changed
+            headers.update({"Range": f"bytes={offset}-", "If-Range": saved[0] or saved[1]})
+        try:
+            response = urllib.request.urlopen(urllib.request.Request(url, headers=headers),
+                                              timeout=self.timeout)
+        except urllib.error.HTTPError as error:
+            if offset and error.code == 416:  # the part is longer than the file
+                _discard(part, record)
+                raise _Interrupted("the file on the server is shorter; starting again") from error
+            raise
+        with response:
+            match = re.fullmatch(r"bytes (\d+)-\d+/(\d+)", response.headers["Content-Range"] or "")
+            validators = [response.headers["ETag"] or "", response.headers["Last-Modified"] or "",
+                          match.group(2) if match else response.headers["Content-Length"] or ""]
+            resumed = response.status == 206
+            if resumed and (validators != saved or not match or int(match.group(1)) != offset):
+                _discard(part, record)  # a server that ignored If-Range: another version
+                raise _Interrupted("the file changed on the server; starting again")
+            if not resumed:
+                atomic_write_text(record, "\n".join(validators))
+            total = int(validators[2]) if validators[2].isdigit() else None
+            with open(part, "ab" if resumed else "wb") as out, tqdm(
+                    total=total, initial=offset if resumed else 0, unit="B", unit_scale=True,
+                    unit_divisor=1024, desc=part.stem, disable=not progress, leave=False) as bar:
+                try:
+                    for chunk in iter(lambda: response.read(_CHUNK), b""):
+                        bar.update(out.write(chunk))
+                except (OSError, http.client.HTTPException) as error:
+                    raise _Interrupted(" ".join(str(error).split()) or type(error).__name__
+                                       ) from error
+        if total is not None and part.stat().st_size != total:
+            raise _Interrupted(f"connection closed after {part.stat().st_size} of {total} bytes")
+
+
+def _discard(*files: Path) -> None:
+    for file in files:
+        file.unlink(missing_ok=True)
 
 
 def unpack(zip_path: str | os.PathLike, root: str | os.PathLike, *, force: bool = False,
@@ -175,7 +263,8 @@ def prepare(root: str | os.PathLike = DEFAULT_ROOT, *, zip_path: str | os.PathLi
     root.mkdir(parents=True, exist_ok=True)
     if force or not (root / FOLDER).is_dir():
         if zip_path is None:
-            zip_path = cached_download(url, root / f"{FOLDER}.zip", progress=progress)
+            zip_path = cached_download(url, root / f"{FOLDER}.zip", fetch=ResumableFetch(),
+                                       progress=progress)
         unpack(zip_path, root, force=force, progress=progress)
     else:
         logger.info("%s exists; keeping it (--force unpacks the archive again)", root / FOLDER)

@@ -16,12 +16,14 @@ from mit_semseg.data.ade20k import (
     FOLDER,
     NUM_CLASS,
     PrepareError,
+    ResumableFetch,
     config_opts,
     main,
     unpack,
 )
 from mit_semseg.data.check import check_dataset
 from mit_semseg.data.odgt import read_odgt
+from mit_semseg.download import DownloadError, cached_download, sha256_file
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 URL_PATH = "/places/ADEchallenge/ADEChallengeData2016.zip"
@@ -199,3 +201,87 @@ def test_offline_is_one_line_with_the_manual_steps(tmp_path):
     assert url in lines[0] and str(tmp_path / "ADEChallengeData2016.zip") in lines[0]
     assert "--zip PATH" in lines[0] and "Traceback" not in result.stderr
     assert list(tmp_path.iterdir()) == []  # no lock file left behind
+
+
+# ----------------------------------------------------------------- the resumable transfer
+GOOD = bytes(range(256)) * 1200  # 300 KiB: several read chunks are not needed, one drop is
+OTHER = bytes(reversed(range(256))) * 1100
+
+
+def download_resumably(url, path, attempts=3):
+    return cached_download(url, path, progress=False, fetch=ResumableFetch(attempts=attempts))
+
+
+def test_a_cut_download_leaves_only_a_part_file_and_the_next_call_resumes(http_server,
+                                                                          tmp_path):
+    url = http_server.serve("/w.pth", GOOD)
+    path = tmp_path / "w.pth"
+    http_server.drop_next("/w.pth", after_bytes=100_000)
+    with pytest.raises(DownloadError) as info:
+        download_resumably(url, path, attempts=1)
+    message = str(info.value)
+    assert "\n" not in message and url in message and str(path) in message
+    assert "100000 of 307200 bytes" in message
+    assert not path.exists() and not path.with_name("w.pth.sha256").exists()
+    assert path.with_name("w.pth.part").stat().st_size == 100_000
+    # a cut file is never loaded as the real one: the next call resumes where it stopped
+    assert download_resumably(url, path).read_bytes() == GOOD
+    first, second = http_server.hits("/w.pth")
+    assert second.headers["Range"] == "bytes=100000-" and second.status == 206
+    assert second.body_bytes == len(GOOD) - 100_000
+    assert sha256_file(path) == hashlib.sha256(GOOD).hexdigest()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["w.pth", "w.pth.sha256"]
+
+
+def test_drops_midway_are_resumed_within_one_call(http_server, tmp_path):
+    url = http_server.serve("/w.pth", GOOD)
+    http_server.drop_next("/w.pth", after_bytes=70_000, times=2)
+    path = download_resumably(url, tmp_path / "w.pth", attempts=3)
+    assert path.read_bytes() == GOOD
+    assert [r.headers.get("Range") for r in http_server.hits("/w.pth")] == [
+        None, "bytes=70000-", "bytes=140000-"]
+
+
+def test_a_file_changed_during_a_resume_restarts_instead_of_mixing(http_server, tmp_path):
+    url = http_server.serve("/w.pth", GOOD)
+    http_server.drop_next("/w.pth", after_bytes=50_000)
+    with pytest.raises(DownloadError):
+        download_resumably(url, tmp_path / "w.pth", attempts=1)
+    http_server.serve("/w.pth", OTHER)
+    path = download_resumably(url, tmp_path / "w.pth")
+    assert path.read_bytes() == OTHER  # If-Range mismatch: the whole new file was sent
+    assert http_server.hits("/w.pth")[-1].status == 200
+
+
+def test_a_server_without_ranges_or_with_a_shorter_file_starts_over(http_server, tmp_path):
+    url = http_server.serve("/w.pth", GOOD)
+    http_server.ranges_supported = False
+    http_server.drop_next("/w.pth", after_bytes=80_000)
+    assert download_resumably(url, tmp_path / "w.pth").read_bytes() == GOOD
+    assert [r.status for r in http_server.hits("/w.pth")] == [200, 200]
+    # a part longer than the file (416 for the range): thrown away, fetched whole
+    http_server.ranges_supported = True
+    short = GOOD[:1000]
+    url = http_server.serve("/s.pth", short)
+    (tmp_path / "s.pth.part").write_bytes(GOOD[:5000])
+    (tmp_path / "s.pth.part.validator").write_text(http_server.files["/s.pth"].etag)
+    assert download_resumably(url, tmp_path / "s.pth").read_bytes() == short
+    assert [r.status for r in http_server.hits("/s.pth")] == [416, 200]
+
+
+def test_a_206_of_another_version_restarts_from_zero(http_server, tmp_path):
+    # a server that ignores If-Range answers the range with bytes of a new version of the same
+    # length: only its ETag tells
+    url = http_server.serve("/w.pth", GOOD)
+    http_server.drop_next("/w.pth", after_bytes=50_000)
+    with pytest.raises(DownloadError):
+        download_resumably(url, tmp_path / "w.pth", attempts=1)
+    new = bytes(reversed(GOOD))
+    http_server.serve("/w.pth", new)
+    http_server.if_range_honoured = False
+    with pytest.raises(DownloadError, match="the file changed on the server"):
+        download_resumably(url, tmp_path / "w.pth", attempts=1)
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # the old start is gone
+    assert download_resumably(url, tmp_path / "w.pth").read_bytes() == new
+    assert [(r.status, r.headers.get("Range")) for r in http_server.hits("/w.pth")] == [
+        (200, None), (206, "bytes=50000-"), (200, None)]
