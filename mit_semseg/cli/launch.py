@@ -5,8 +5,9 @@ with Python's traceback of the import (some 65 lines) and death by the signal. S
 point here imports its program (:mod:`mit_semseg.cli.train`, ...) only when called, inside a
 guard that turns that interrupt into one line, ``prog: interrupted while starting ...``, and
 exit status 130, what the programs answer to SIGINT later on. An interrupt that escapes a
-program's own handling gets the same treatment. This module imports nothing heavy, so that the
-guard stands before torch starts loading.
+program's own handling gets the same treatment. Under torchrun, where a Ctrl-C reaches every
+worker, only rank 0 prints the line. This module imports nothing heavy, so that the guard
+stands before torch starts loading.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import os
 import signal
 import sys
 
-__all__ = ["eval", "eval_multipro", "export", "program_name", "test", "train"]
+__all__ = ["eval", "eval_multipro", "export", "interrupted", "program_name", "test", "train"]
 
 EXIT_INTERRUPTED = 128 + signal.SIGINT
 
@@ -28,6 +29,14 @@ def program_name(script: str) -> str:
     return invoked if invoked.startswith("mit-semseg-") else script
 
 
+def interrupted(prog: str, what: str = "") -> int:
+    """Report a Ctrl-C as ``prog: interrupted<what>`` (rank 0 of a torchrun job only, from its
+    ``RANK``); return the exit status, 130."""
+    if os.environ.get("RANK", "0") == "0":
+        print(f"{prog}: interrupted{what}", file=sys.stderr)
+    return EXIT_INTERRUPTED
+
+
 def _run(command: str, script: str, argv: list[str] | None) -> int:
     """``mit_semseg.cli.<command>.main(argv)``, its import included, under the Ctrl-C guard."""
     prog = program_name(script) if argv is None else script
@@ -35,13 +44,11 @@ def _run(command: str, script: str, argv: list[str] | None) -> int:
         # imported here, not at the top: the import is what the guard is for
         program = importlib.import_module(f"mit_semseg.cli.{command}")
     except KeyboardInterrupt:
-        print(f"{prog}: interrupted while starting; nothing was done", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return interrupted(prog, " while starting; nothing was done")
     try:
         return program.main(argv)
     except KeyboardInterrupt:
-        print(f"{prog}: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return interrupted(prog)
 
 
 def train(argv: list[str] | None = None) -> int:

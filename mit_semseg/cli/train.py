@@ -27,15 +27,14 @@ import errno
 import functools
 import logging
 import os
-import signal
 import socket
-import sys
 from typing import Any
 
 import torch
 
 from mit_semseg.cli import common, preflight
 from mit_semseg.cli.devices import NotSupportedCliException, bind_cuda_device, resolve_devices
+from mit_semseg.cli.launch import interrupted
 from mit_semseg.cli.run_dir import (
     claim_run_dir,
     find_resume_state,
@@ -123,14 +122,11 @@ def main(argv: list[str] | None = None) -> int:
             cleanup_distributed(wait_for_peers=False)
             return common.usage_error(prog, exc)
         except KeyboardInterrupt:  # Ctrl-C before the loop, which handles signals itself
-            print(f"{prog}: interrupted before training started; nothing to save",
-                  file=sys.stderr)
-            return 128 + signal.SIGINT
+            return interrupted(prog, " before training started; nothing to save")
         try:
             code = train(cfg, state, len(devices))
         except KeyboardInterrupt:  # just before or after the loop: nothing left to save
-            print(f"{prog}: interrupted", file=sys.stderr)
-            return 128 + signal.SIGINT
+            return interrupted(prog)
         except OSError as exc:
             if exc.errno not in _WRITE_ERRNOS:
                 raise

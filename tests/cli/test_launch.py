@@ -84,6 +84,9 @@ def test_an_interrupt_the_program_lets_through_is_one_line(monkeypatch, capsys):
     monkeypatch.setattr("mit_semseg.cli.eval.main", interrupted)
     assert launch.eval(["--help"]) == 130
     assert capsys.readouterr().err == "eval.py: interrupted\n"
+    monkeypatch.setenv("RANK", "1")  # under torchrun, where every worker got the Ctrl-C
+    assert launch.eval(["--help"]) == 130
+    assert capsys.readouterr().err == ""
 
 
 @pytest.mark.parametrize("argv0, name", [("/venv/bin/mit-semseg-train", "mit-semseg-train"),
