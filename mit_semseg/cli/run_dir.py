@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import glob
 import hashlib
+import itertools
 import json
 import logging
 import os
@@ -152,7 +153,7 @@ def claim_run_dir(out_dir: str, dist_ctx: DistContext, resume_path: str | None,
     fresh start. Rank 0 decides and moves; every rank fails together.
 
     Raises:
-        RunDirLocked: ``DIR`` holds a run and ``overwrite`` is off (on every rank).
+        FileExistsError: ``DIR`` holds a run and ``overwrite`` is off (on every rank).
     """
     error = None
     if dist_ctx.is_main:
@@ -164,7 +165,7 @@ def claim_run_dir(out_dir: str, dist_ctx: DistContext, resume_path: str | None,
             error = _holds_a_run_message(out_dir, found)
     error = dist_ctx.gather(error)[0]
     if error is not None:
-        raise RunDirLocked(error)
+        raise FileExistsError(error)
 
 
 def _holds_a_run_message(out_dir: str, found: list[str]) -> str:
@@ -181,7 +182,7 @@ def _holds_a_run_message(out_dir: str, found: list[str]) -> str:
 def _move_aside(out_dir: str) -> None:
     """Move :data:`RUN_OUTPUTS` into a new ``previous-<date>-<time>`` folder of ``out_dir``."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    for attempt in range(1000):
+    for attempt in itertools.count():
         aside = os.path.join(out_dir, f"previous-{stamp}" + (f"-{attempt}" if attempt else ""))
         with contextlib.suppress(FileExistsError):
             os.mkdir(aside)

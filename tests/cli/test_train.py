@@ -19,8 +19,10 @@ from train_fixtures import (  # noqa: F401  (dataset is a fixture)
     REPO_ROOT,
     assert_same_weights,
     dataset,
+    free_port,
     load_weights,
     script_env,
+    torchrun,
 )
 from train_fixtures import run as _run
 from train_fixtures import train_opts as _opts
@@ -38,7 +40,9 @@ def test_train_writes_all_outputs(dataset, tmp_path):
     result = _run(["train.py", "--cfg", str(CONFIG), "--gpus", "cpu", *_opts(dataset, out)])
     assert result.returncode == 0, result.stderr[-3000:]
     names = {p.name for p in out.iterdir()}
-    expected = {"config.yaml", "log.txt", "checkpoint_last.pth", "training_curves.png"}
+    # train.lock stays (unlocked); the owner note train.owner went with the run
+    expected = {"config.yaml", "log.txt", "checkpoint_last.pth", "training_curves.png",
+                "train.lock"}
     expected |= {f"{n}_epoch_{e}.pth" for n in ("encoder", "decoder", "history") for e in (1, 2)}
     assert names == expected
     saved_cfg = load_config(out / "config.yaml")
@@ -272,6 +276,28 @@ def test_an_elastic_restart_does_not_adopt_an_earlier_run(finished_run, tmp_path
         err.count("\n") == 1)
     assert f"{out / 'checkpoint_last.pth'} was written by another job" in out_text
     assert _files(out) == before
+
+
+@pytest.mark.slow  # two torchrun incarnations; CI runs it (-m slow)
+def test_torchrun_max_restarts_does_not_adopt_an_earlier_run(finished_run, tmp_path):
+    # the case under a real torchrun: refused at its first start, restarted by
+    # torchrun, the job must not continue the run it found in DIR
+    earlier, opts = finished_run
+    out = tmp_path / "run"
+    shutil.copytree(earlier, out)
+    other_list = tmp_path / "other.odgt"
+    shutil.copy(opts[opts.index("DATASET.list_train") + 1], other_list)
+    opts = [str(out) if a == str(earlier) else a for a in opts]
+    before = _files(out)
+    launcher = torchrun(1, "--rdzv-backend", "c10d", "--rdzv-endpoint",
+                        f"127.0.0.1:{free_port()}", "--rdzv-id", "job-b", "--max-restarts", "1")
+    result = _run([*launcher, "train.py", "--cfg", str(CONFIG), "--gpus", "cpu", *opts,
+                   "DATASET.list_train", str(other_list)], timeout=400)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, output[-3000:]
+    assert output.count(f"train.py: error: DIR {out} holds an earlier training run") == 2
+    assert output.count("was written by another job, not continuing from it") == 1
+    assert "Training Done!" not in output and _files(out) == before
 
 
 # ------------------------------------------------------------------ a write that fails
