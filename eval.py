@@ -2,7 +2,7 @@
 
 import sys
 
-from mit_semseg.cli.eval import main
+from mit_semseg.cli.launch import eval as main  # imports the program under a Ctrl-C guard
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -18,7 +18,11 @@ setup(
         "opencv-python-headless",
         "yacs",
         "tqdm",
-        "filelock",  # the download lock on Windows (files.exclusive_lock; a torch dependency)
+        # holds train.py's DIR/train.lock (and the download lock on Windows); from 3.30 (but
+        # 4.0.0) a lock is not inherited by forked children (data-loader workers), which would
+        # keep it after the run is killed. 3.30 needs Python >= 3.10.
+        "filelock>=3.30,!=4.0.0; python_version >= '3.10'",
+        "filelock; python_version < '3.10'",
         "matplotlib",
         "Pillow",  # header reads of the start-up data check, palette labels
     ],
@@ -30,11 +34,11 @@ setup(
     },
     entry_points={
         "console_scripts": [
-            "mit-semseg-train = mit_semseg.cli.train:main",
-            "mit-semseg-eval = mit_semseg.cli.eval:main",
-            "mit-semseg-eval-multipro = mit_semseg.cli.eval_multipro:main",
-            "mit-semseg-test = mit_semseg.cli.test:main",
-            "mit-semseg-export = mit_semseg.cli.export:main",
+            "mit-semseg-train = mit_semseg.cli.launch:train",
+            "mit-semseg-eval = mit_semseg.cli.launch:eval",
+            "mit-semseg-eval-multipro = mit_semseg.cli.launch:eval_multipro",
+            "mit-semseg-test = mit_semseg.cli.launch:test",
+            "mit-semseg-export = mit_semseg.cli.launch:export",
         ],
     },
 )

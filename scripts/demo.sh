@@ -47,7 +47,8 @@ step "generating the synthetic dataset in $DATA"
 "$PY" -m mit_semseg.data.synthetic --out "$DATA" --seed 0
 
 step "training on the CPU (config $CFG)"
-"$PY" train.py --cfg "$CFG" --gpus cpu "${OVERRIDES[@]}"
+# --overwrite: a second demo moves the first one's files into $CKPT/previous-<date>-<time>/
+"$PY" train.py --cfg "$CFG" --gpus cpu "${OVERRIDES[@]}" --overwrite
 
 step "evaluating on the validation set"
 "$PY" eval.py --cfg "$CFG" --gpus cpu "${OVERRIDES[@]}" VAL.visualize True

@@ -29,6 +29,7 @@ from typing import Any, NoReturn
 import torch
 
 from mit_semseg.cli.devices import resolve_devices
+from mit_semseg.cli.launch import program_name
 from mit_semseg.config import defaults, packaged_configs
 from mit_semseg.download import DownloadError
 from mit_semseg.inference.trained_model import TrainedModel
@@ -74,23 +75,21 @@ exit status:
 
 
 class _Parser(argparse.ArgumentParser):
-    """Raises :class:`UsageError` instead of exiting, so that ``main`` returns the code."""
+    """Raises :class:`UsageError` instead of exiting, so that ``main`` returns the code; flags
+    may stand before, between or after the ``KEY VALUE`` overrides."""
 
     def error(self, message: str) -> NoReturn:
         raise UsageError(message)
 
-
-def program_name(script: str) -> str:
-    """The name the user typed: the console command (``mit-semseg-train``) when the script was
-    started as one, else ``script`` (``train.py``)."""
-    invoked = os.path.splitext(os.path.basename(sys.argv[0] if sys.argv else ""))[0]
-    return invoked if invoked.startswith("mit-semseg-") else script
+    def parse_args(self, args: Sequence[str] | None = None,  # type: ignore[override]
+                   namespace: argparse.Namespace | None = None) -> argparse.Namespace:
+        return self.parse_intermixed_args(args, namespace)
 
 
 def _config_help() -> str:
     names = "\n".join(f"    {name}" for name in packaged_configs())
     return (f"config:\n  --cfg takes a YAML file or the name of a packaged config:\n{names}\n"
-            "  KEY VALUE pairs after the flags override single config keys.\n"
+            "  KEY VALUE pairs override single config keys (before or after the flags).\n"
             f"  Every key, its default and its meaning: {Path(defaults.__file__).resolve()}\n"
             "  (in a clone: mit_semseg/config/defaults.py; guides in docs/).")
 
@@ -98,8 +97,9 @@ def _config_help() -> str:
 def script_parser(prog: str, description: str, devices_help: str,
                   examples: Sequence[str] = (), released_models: bool = False
                   ) -> argparse.ArgumentParser:
-    """A parser with ``--cfg``, ``--gpus``/``--gpu`` and the trailing ``opts``; the script adds
-    its own flags (before the overrides on the command line).
+    """A parser with ``--cfg``, ``--gpus``/``--gpu`` and the ``KEY VALUE`` overrides ``opts``;
+    the script adds its own flags, which, like these, may come before, between or after the
+    overrides on the command line.
 
     With ``released_models`` (the inference scripts) it also takes ``--model NAME``, a model of
     :mod:`mit_semseg.models.zoo` (see :mod:`mit_semseg.cli.model_setup`), and ``--cfg`` is
@@ -135,7 +135,7 @@ def script_parser(prog: str, description: str, devices_help: str,
     parser.add_argument("--gpus", "--gpu", dest="gpus", default=None, metavar="DEVICES",
                         help=f"{devices_help} (default: the config's DEVICE, itself \"auto\" "
                              "by default: GPU 0 if there is one, else the CPU)")
-    parser.add_argument("opts", nargs=argparse.REMAINDER, metavar="KEY VALUE",
+    parser.add_argument("opts", nargs="*", metavar="KEY VALUE",
                         help="config overrides (default: none)")
     return parser
 

@@ -36,8 +36,10 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from mit_semseg.data.check import check_dataset
 from mit_semseg.engine.checkpoint import (
+    LAST_CHECKPOINT,
     TRAINING_STATE_FORMAT,
     epoch_checkpoint_paths,
+    is_own_last_checkpoint,
     resolve_resume_path,
 )
 from mit_semseg.models import build_segmentation_model
@@ -145,7 +147,7 @@ def _mib(size: int) -> str:
 
 
 def check_output_dir(path: str | os.PathLike, key: str, needed_bytes: int = MIN_FREE_BYTES,
-                     wanted_bytes: int = 0) -> None:
+                     wanted_bytes: int = 0, freed_bytes: int = 0) -> None:
     """``path`` can be created and written, and has ``needed_bytes`` free.
 
     Args:
@@ -153,6 +155,7 @@ def check_output_dir(path: str | os.PathLike, key: str, needed_bytes: int = MIN_
         key: the config key it comes from, for the message.
         needed_bytes: below this much free space the run cannot write its outputs: an error.
         wanted_bytes: below this much the run will fill the disk before it ends: a warning.
+        freed_bytes: the size of the files the run replaces (they count as free space).
 
     Raises:
         SetupError: naming ``key``, the folder, the reason and the fix.
@@ -166,9 +169,10 @@ def check_output_dir(path: str | os.PathLike, key: str, needed_bytes: int = MIN_
     except OSError as exc:
         reason = exc.strerror or type(exc).__name__
         raise SetupError(f"{key} {path}: cannot write there ({reason}); {fix}") from None
-    free = shutil.disk_usage(path).free
+    free = shutil.disk_usage(path).free + freed_bytes
     if free < needed_bytes:
-        raise SetupError(f"{key} {path}: {_mib(free)} free, this run needs at least "
+        counted = f" (with {_mib(freed_bytes)} of files it replaces)" if freed_bytes else ""
+        raise SetupError(f"{key} {path}: {_mib(free)} free{counted}, this run needs at least "
                          f"{_mib(needed_bytes)}; free some space or set {key} to another "
                          "folder")
     if free < wanted_bytes:
@@ -284,7 +288,8 @@ def check_training(cfg: Any, num_devices: int, world_size: int) -> None:
     skeleton = model_skeleton(cfg)
     check_trainable_batch_norm(cfg, skeleton, num_devices, world_size)
     check_sample_list(cfg, "list_train")
-    resuming = resolve_resume_path(cfg.TRAIN.resume, cfg.DIR) is not None
+    resume = resolve_resume_path(cfg.TRAIN.resume, cfg.DIR)
+    resuming = resume is not None
     start = cfg.TRAIN.start_epoch
     if start > 0 and not resuming:  # the original's way to resume: the epoch's weights in DIR
         paths = epoch_checkpoint_paths(cfg.DIR, start)
@@ -300,10 +305,14 @@ def check_training(cfg: Any, num_devices: int, world_size: int) -> None:
         if path:
             check_weight_file(path, module, what, arch, cfg.DATASET.num_class, fix)
     # the resumable state holds the weights and the momentum; it is written next to the old
-    # one before replacing it, and every epoch adds a set of weights
+    # one before replacing it, and every epoch adds a set of weights. A run that continues
+    # DIR's own checkpoint replaces it: that file's space is already taken.
     weights = checkpoint_bytes(skeleton)
+    replaced = (os.path.getsize(os.path.join(cfg.DIR, LAST_CHECKPOINT))
+                if is_own_last_checkpoint(resume, cfg.DIR) else 0)
     check_output_dir(cfg.DIR, "DIR", needed_bytes=MIN_FREE_BYTES + 5 * weights,
-                     wanted_bytes=MIN_FREE_BYTES + (4 + cfg.TRAIN.num_epoch) * weights)
+                     wanted_bytes=MIN_FREE_BYTES + (4 + cfg.TRAIN.num_epoch) * weights,
+                     freed_bytes=replaced)
 
 
 def check_resume_state(cfg: Any, saved: Mapping[str, Any], path: str) -> None:

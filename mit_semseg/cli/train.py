@@ -8,9 +8,12 @@
 Before building the model (and downloading ImageNet weights) it checks the model names, the
 training list, the weight files to start from and DIR (:mod:`mit_semseg.cli.preflight`).
 Writes to cfg.DIR: config.yaml, log.txt, {encoder,decoder,history}_epoch_N.pth,
-checkpoint_last.pth and training_curves.png; holds DIR/train.lock while it runs. SIGINT or
-SIGTERM stops it after the current step with checkpoint_last.pth written (exit status 130 or
-143). Under ``torchrun --max-restarts`` restarted workers resume by themselves. Exit status:
+checkpoint_last.pth and training_curves.png; holds a lock on DIR/train.lock while it runs
+(:mod:`mit_semseg.cli.run_dir`). A fresh start in a DIR that holds an earlier run is refused
+unless ``--overwrite`` (which moves that run's files aside). SIGINT or SIGTERM stops it after
+the current step with checkpoint_last.pth written (exit status 130 or 143). Under
+``torchrun --max-restarts`` restarted workers resume by themselves from a checkpoint their own
+job wrote. Exit status:
 0 when training finished, 1 when it stopped part-way on a write error (e.g. the disk filled
 up; resume with ``--resume auto``), 2 on a setup error. See docs/training.md and
 docs/parallel.md.
@@ -24,16 +27,21 @@ import errno
 import functools
 import logging
 import os
-import signal
 import socket
-import sys
 from typing import Any
 
 import torch
 
 from mit_semseg.cli import common, preflight
 from mit_semseg.cli.devices import NotSupportedCliException, bind_cuda_device, resolve_devices
-from mit_semseg.cli.run_dir import find_resume_state, lock_run_dir, open_run_dir
+from mit_semseg.cli.launch import interrupted
+from mit_semseg.cli.run_dir import (
+    claim_run_dir,
+    find_resume_state,
+    job_identity,
+    lock_run_dir,
+    open_run_dir,
+)
 from mit_semseg.config import load_config
 from mit_semseg.data import TrainDataset, build_train_loader
 from mit_semseg.data.loader import (
@@ -63,8 +71,9 @@ from mit_semseg.viz import plot_training_curves
 
 PROG = "train.py"
 # writing an output failed: the disk or quota is full, the folder became read-only or broke
+# (EFBIG: a file reached the file system's or the process' size limit, ulimit -f)
 _WRITE_ERRNOS = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC), errno.EROFS, errno.EACCES,
-                 errno.EPERM, errno.EIO}
+                 errno.EPERM, errno.EIO, errno.EFBIG}
 logger = logging.getLogger("train")
 
 EXAMPLES = (
@@ -87,6 +96,9 @@ def parse_args(argv: list[str] | None = None, prog: str = PROG) -> argparse.Name
                         help="resume even though keys that change what is trained (learning "
                              "rates, schedule, batch, model, data sizes, devices) differ from "
                              "the checkpoint's config")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="start afresh in a DIR that holds an earlier run, whose files are "
+                             "moved into DIR/previous-<date>-<time>/ (never deleted)")
     return parser.parse_args(argv)
 
 
@@ -97,7 +109,10 @@ def main(argv: list[str] | None = None) -> int:
             args = parse_args(argv, prog)
             cfg, dist_ctx, devices = setup(args)
             held.enter_context(lock_run_dir(cfg.DIR, dist_ctx))
-            resume = find_resume_state(cfg, dist_ctx, len(devices), args.allow_config_change)
+            resume = find_resume_state(cfg, dist_ctx, len(devices), args.allow_config_change,
+                                       job_identity(cfg.dump(), dist_ctx.run_id))
+            claim_run_dir(cfg.DIR, dist_ctx, resume[0] if resume else None,
+                          cfg.TRAIN.start_epoch, args.overwrite)
             if resume is not None:
                 preflight.check_resume_state(cfg, resume[1], resume[0])
             open_run_dir(cfg, args.cfg, dist_ctx)
@@ -107,14 +122,11 @@ def main(argv: list[str] | None = None) -> int:
             cleanup_distributed(wait_for_peers=False)
             return common.usage_error(prog, exc)
         except KeyboardInterrupt:  # Ctrl-C before the loop, which handles signals itself
-            print(f"{prog}: interrupted before training started; nothing to save",
-                  file=sys.stderr)
-            return 128 + signal.SIGINT
+            return interrupted(prog, " before training started; nothing to save")
         try:
             code = train(cfg, state, len(devices))
         except KeyboardInterrupt:  # just before or after the loop: nothing left to save
-            print(f"{prog}: interrupted", file=sys.stderr)
-            return 128 + signal.SIGINT
+            return interrupted(prog)
         except OSError as exc:
             if exc.errno not in _WRITE_ERRNOS:
                 raise
@@ -278,7 +290,8 @@ def train(cfg: Any, state: TrainState, num_devices: int) -> int:
     """
     t = cfg.TRAIN
     last = ResumableCheckpoint(os.path.join(cfg.DIR, ckpt.LAST_CHECKPOINT), t.checkpoint_every,
-                               cfg.dump(), num_devices * state.dist_ctx.world_size)
+                               cfg.dump(), num_devices * state.dist_ctx.world_size,
+                               job_identity(cfg.dump(), state.dist_ctx.run_id))
     # TRAIN.workers is shared by this process' devices
     make_loader = functools.partial(open_stream, cfg, -(-t.workers // num_devices),
                                     state.device.type == "cuda")

@@ -35,6 +35,7 @@ __all__ = [
     "atomic_save",
     "capture_rng_state",
     "epoch_checkpoint_paths",
+    "is_own_last_checkpoint",
     "load_training_state",
     "process_rng_state",
     "remove_stale_temp_files",
@@ -162,6 +163,7 @@ def save_training_state(
     world_size: int = 1,
     num_devices: int | None = None,
     config: str = "",
+    job: Mapping[str, str] | None = None,
 ) -> None:
     """Write the resumable state (see the module docstring) atomically to ``path``.
 
@@ -174,6 +176,8 @@ def save_training_state(
             ``world_size``): with the per-device batch it fixes the effective batch.
         config: the frozen config as YAML text; ``train.py`` compares it with the config of a
             run that resumes from this file.
+        job: what identifies the job that wrote the file (``train.py``: the config's hash and
+            torchrun's run id); a restarted job continues only from its own file.
     """
     atomic_save(
         {
@@ -189,6 +193,7 @@ def save_training_state(
             "world_size": int(world_size),
             "num_devices": int(world_size if num_devices is None else num_devices),
             "config": config,
+            "job": dict(job or {}),
         },
         path,
     )
@@ -230,6 +235,13 @@ def resolve_resume_path(resume: str, out_dir: str) -> str | None:
     if not os.path.isfile(resume):
         raise FileNotFoundError(f"resume checkpoint not found: {resume}")
     return resume
+
+
+def is_own_last_checkpoint(path: str | None, out_dir: str) -> bool:
+    """``path`` is ``out_dir``'s own :data:`LAST_CHECKPOINT` (a run in ``out_dir`` that resumes
+    from it continues that folder's run, and replaces the file)."""
+    last = os.path.join(out_dir, LAST_CHECKPOINT)
+    return path is not None and os.path.isfile(last) and os.path.samefile(path, last)
 
 
 def remove_stale_temp_files(out_dir: str) -> list[str]:

@@ -320,8 +320,10 @@ class _EpochLog:
         if progress:
             from tqdm import tqdm
 
+            # each epoch's bar stays as its summary line, so that whatever is printed after
+            # it (the next bar, an error, the stop message) starts a line of its own
             self.bar = tqdm(total=state.epoch_iters, initial=start, desc=f"epoch {self.epoch + 1}",
-                            dynamic_ncols=True, leave=False)
+                            dynamic_ncols=True)
 
     def mean(self, name: str) -> float:
         return self.sums[name] / self.counts[name] if self.counts[name] else 0.0
@@ -385,17 +387,22 @@ def train_one_epoch(state: TrainState, batches: Iterable[Sequence[Mapping[str, A
     log = _EpochLog(state, start, progress)
     iterator = iter(batches)
     tic = time.perf_counter()
-    for step in range(start, state.epoch_iters):
-        batch = next(iterator, None)
-        if batch is None:
-            raise RuntimeError(f"the data stream ended after {step} of {state.epoch_iters} steps")
-        data_seconds = time.perf_counter() - tic
-        lrs = state.schedule.apply(state.optimizers, state.iteration)
-        loss, acc = train_step(state, batch)
-        log.record(step, lrs, loss, acc, time.perf_counter() - tic, data_seconds)
-        if on_step is not None:
-            on_step(state)
-        tic = time.perf_counter()
+    try:
+        for step in range(start, state.epoch_iters):
+            batch = next(iterator, None)
+            if batch is None:
+                raise RuntimeError(f"the data stream ended after {step} of "
+                                   f"{state.epoch_iters} steps")
+            data_seconds = time.perf_counter() - tic
+            lrs = state.schedule.apply(state.optimizers, state.iteration)
+            loss, acc = train_step(state, batch)
+            log.record(step, lrs, loss, acc, time.perf_counter() - tic, data_seconds)
+            if on_step is not None:
+                on_step(state)
+            tic = time.perf_counter()
+    except BaseException:  # a write error or a stop: the bar ends its line first
+        log.close()
+        raise
     return log.close()
 
 
@@ -411,12 +418,15 @@ class ResumableCheckpoint:
             :class:`mit_semseg.engine.run_control.RunControl`, asks it).
         config_text: the run's config as YAML (a resumed run is compared with it).
         num_devices: devices of the whole job (all processes).
+        job: the writer's identity, stored with the state (see
+            :func:`mit_semseg.engine.checkpoint.save_training_state`).
     """
 
     path: str
     every: int = 0
     config_text: str = ""
     num_devices: int = 1
+    job: Mapping[str, str] = field(default_factory=dict)
 
     def save(self, state: TrainState) -> None:
         """Write the file (rank 0); a collective: every rank must call it."""
@@ -428,7 +438,7 @@ class ResumableCheckpoint:
                 optimizers=state.optimizers, epoch=state.epoch, iteration=state.iteration,
                 history=state.history, rng=rngs, scaler=state.scaler,
                 world_size=state.dist_ctx.world_size, num_devices=self.num_devices,
-                config=self.config_text)
+                config=self.config_text, job=self.job)
 
     def due(self, state: TrainState) -> bool:
         """The periodic save is due: ``every`` steps, except at an epoch's end, which the

@@ -45,12 +45,13 @@ def test_single_device():
         common.single_device("cpux2", "; more")
 
 
-@pytest.mark.parametrize("argv0, name", [("/venv/bin/mit-semseg-train", "mit-semseg-train"),
-                                         ("venv/Scripts/mit-semseg-test.exe", "mit-semseg-test"),
-                                         ("train.py", "x.py"), ("/usr/lib/pytest", "x.py")])
-def test_errors_and_help_name_the_command_the_user_typed(argv0, name, monkeypatch):
-    monkeypatch.setattr("sys.argv", [argv0])
-    assert common.program_name("x.py") == name
+def test_flags_may_follow_or_split_the_overrides():
+    args = _parser().parse_args(["DIR", "a", "--gpus", "cpu", "TRAIN.lr_pow", "-0.9",
+                                 "--cfg", "b.yaml"])
+    assert (args.gpus, args.cfg, args.opts) == ("cpu", "b.yaml",
+                                                 ["DIR", "a", "TRAIN.lr_pow", "-0.9"])
+    with pytest.raises(common.UsageError, match="unrecognized arguments: --nope"):
+        _parser().parse_args(["DIR", "a", "--nope"])
 
 
 def test_multi_line_messages_become_one_line(capsys):

@@ -275,12 +275,35 @@ def test_read_only_and_full_output_folders(tiny_run, tmp_path):
     assert not too_small["files"]
     # the disk fills up part-way: status 1, one line, and a resumable last checkpoint
     assert fills_up["code"] == 1, fills_up["err"]
-    assert fills_up["err"].count("\n") == 1
-    assert f"train.py: error: cannot write to DIR {full}" in fills_up["err"]
+    # the progress bar ends with its line; the error is a line of its own
+    errors = [line for line in fills_up["err"].split("\n") if "error" in line]
+    assert len(errors) == 1 and errors[0].startswith(f"train.py: error: cannot write to DIR {full}")
     assert "No space left on device; training stopped at iteration " in fills_up["err"]
     assert "continue with --resume auto" in fills_up["err"]
     assert fills_up["files"]["checkpoint_last.pth"] >= 1
     assert "encoder_epoch_8.pth" not in fills_up["files"]
+
+
+def test_a_resume_counts_the_space_of_the_checkpoint_it_replaces(tiny_run, tmp_path,
+                                                                  monkeypatch):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "checkpoint_last.pth").write_bytes(b"\0" * 2**20)  # only its size is read here
+    resume = load_config(CFG, tiny_run.overrides(DIR=str(out), **{"TRAIN.resume": "auto"}))
+    weights = preflight.checkpoint_bytes(preflight.model_skeleton(resume))
+    needed = preflight.MIN_FREE_BYTES + 5 * weights
+    usage = shutil.disk_usage(out)
+    monkeypatch.setattr(preflight.shutil, "disk_usage",
+                        lambda path: usage._replace(free=needed - 2**19))
+    preflight.check_training(resume, 1, 1)  # 0.5 MiB short, but 1 MiB is replaced
+    fresh = load_config(CFG, tiny_run.overrides(DIR=str(out)))
+    with pytest.raises(preflight.SetupError, match=r"MiB free, this run needs at least"):
+        preflight.check_training(fresh, 1, 1)
+    monkeypatch.setattr(preflight.shutil, "disk_usage",
+                        lambda path: usage._replace(free=needed - 3 * 2**20))
+    with pytest.raises(preflight.SetupError, match=r"MiB free \(with 1 MiB of files it "
+                                                   r"replaces\), this run needs at least"):
+        preflight.check_training(resume, 1, 1)
 
 
 # --------------------------------------------------------------------------- --help

@@ -4,6 +4,8 @@ are in test_train_launch.py."""
 # ruff: noqa: F811  (the fixtures imported below are test arguments)
 
 import json
+import resource
+import shutil
 import signal
 import subprocess
 import sys
@@ -17,8 +19,10 @@ from train_fixtures import (  # noqa: F401  (dataset is a fixture)
     REPO_ROOT,
     assert_same_weights,
     dataset,
+    free_port,
     load_weights,
     script_env,
+    torchrun,
 )
 from train_fixtures import run as _run
 from train_fixtures import train_opts as _opts
@@ -36,7 +40,9 @@ def test_train_writes_all_outputs(dataset, tmp_path):
     result = _run(["train.py", "--cfg", str(CONFIG), "--gpus", "cpu", *_opts(dataset, out)])
     assert result.returncode == 0, result.stderr[-3000:]
     names = {p.name for p in out.iterdir()}
-    expected = {"config.yaml", "log.txt", "checkpoint_last.pth", "training_curves.png"}
+    # train.lock stays (unlocked); the owner note train.owner went with the run
+    expected = {"config.yaml", "log.txt", "checkpoint_last.pth", "training_curves.png",
+                "train.lock"}
     expected |= {f"{n}_epoch_{e}.pth" for n in ("encoder", "decoder", "history") for e in (1, 2)}
     assert names == expected
     saved_cfg = load_config(out / "config.yaml")
@@ -143,12 +149,12 @@ def test_kill_and_resume_equals_uninterrupted_run(dataset, tmp_path):
     _checkpoint_files_load(killed)
     stopped_at = torch.load(killed / "checkpoint_last.pth", weights_only=True)["iteration"]
     assert stopped_at < 8
-    assert (killed / "train.lock").exists()  # left by the killed run
+    # the killed run's owner note stays; its OS lock died with it and blocks nothing
+    assert json.loads((killed / "train.owner").read_text())["pid"] == proc.pid
 
     result = _run(["train.py", *opts, "--resume", "auto", *_opts(dataset, killed, **keys)])
     assert result.returncode == 0, result.stderr[-3000:]
-    assert f"Took over the stale lock {killed / 'train.lock'}" in result.stdout
-    assert f"process {proc.pid} no longer exists" in result.stdout
+    assert not (killed / "train.owner").exists()
     assert f"Resuming from {killed / 'checkpoint_last.pth'} at iteration {stopped_at}" in (
         killed / "log.txt").read_text()
     assert not list(killed.glob(".*.tmp"))
@@ -206,3 +212,113 @@ def test_skip_bad_samples_keeps_the_run_going(dataset, tmp_path, monkeypatch):
     log = (out / "log.txt").read_text()
     assert "skipping a bad training sample (TRAIN.skip_bad_samples)" in log
     assert "gone_" in log and "Training Done!" in log
+
+
+# ------------------------------------------------------------------ an earlier run in DIR
+@pytest.fixture(scope="module")
+def finished_run(dataset, tmp_path_factory):
+    """A DIR where train.py ran to the end (1 epoch of 2 steps), and its overrides."""
+    out = tmp_path_factory.mktemp("finished") / "run"
+    opts = _opts(dataset, out, num_epoch=1, epoch_iters=2)
+    result = _run(["train.py", "--cfg", str(CONFIG), "--gpus", "cpu", *opts])
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out, opts
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    """Every file under ``folder`` but the lock file (which stays, unlocked), by relative path."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.is_file() and p.name != "train.lock"}
+
+
+def test_a_fresh_start_keeps_an_earlier_run(finished_run, tmp_path, in_process):
+    earlier, opts = finished_run
+    out = tmp_path / "run"
+    shutil.copytree(earlier, out)
+    opts = [str(out) if a == str(earlier) else a for a in opts]
+    before = _files(out)
+    result = _run(["train.py", "--cfg", str(CONFIG), "--gpus", "cpu", *opts])
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr[-3000:]
+    assert result.stderr == (
+        f"train.py: error: DIR {out} holds an earlier training run (checkpoint_last.pth, epoch "
+        "files up to 1); continue it with --resume auto, give this run another DIR, or pass "
+        f"--overwrite to move its files into {out / 'previous-<date>-<time>'}\n")
+    assert _files(out) == before
+
+    # --overwrite moves every file of the earlier run aside, untouched, and starts afresh
+    code, text = in_process("train.py", "--cfg", str(CONFIG), "--gpus", "cpu", *opts,
+                            "TRAIN.epoch_iters", "1", "--overwrite")
+    assert code == 0, text
+    (aside,) = out.glob("previous-*")
+    assert {f"{aside.name}/{name}": data for name, data in before.items()} == {
+        name: data for name, data in _files(out).items() if name.startswith(aside.name)}
+    state = torch.load(out / "checkpoint_last.pth", weights_only=True)
+    assert state["iteration"] == 1 and "encoder_epoch_1.pth" in {p.name for p in out.iterdir()}
+
+
+def test_an_elastic_restart_does_not_adopt_an_earlier_run(finished_run, tmp_path, in_process,
+                                                          monkeypatch):
+    # The first start of a torchrun job was refused (its DIR holds another run) and torchrun
+    # restarted it: the restart must not continue that run, even one with a compatible config.
+    earlier, opts = finished_run
+    out = tmp_path / "run"
+    shutil.copytree(earlier, out)
+    other_list = tmp_path / "other.odgt"
+    shutil.copy(opts[opts.index("DATASET.list_train") + 1], other_list)
+    opts = [str(out) if a == str(earlier) else a for a in opts]
+    before = _files(out)
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "job-b")
+    code, out_text, err = in_process("train.py", "--cfg", str(CONFIG), "--gpus", "cpu", *opts,
+                                     "DATASET.list_train", str(other_list), streams=True)
+    assert code == 2, out_text + err
+    assert err.startswith(f"train.py: error: DIR {out} holds an earlier training run") and (
+        err.count("\n") == 1)
+    assert f"{out / 'checkpoint_last.pth'} was written by another job" in out_text
+    assert _files(out) == before
+
+
+@pytest.mark.slow  # two torchrun incarnations; CI runs it (-m slow)
+def test_torchrun_max_restarts_does_not_adopt_an_earlier_run(finished_run, tmp_path):
+    # the issue's case under a real torchrun: refused at its first start, restarted by
+    # torchrun, the job must not continue the run it found in DIR
+    earlier, opts = finished_run
+    out = tmp_path / "run"
+    shutil.copytree(earlier, out)
+    other_list = tmp_path / "other.odgt"
+    shutil.copy(opts[opts.index("DATASET.list_train") + 1], other_list)
+    opts = [str(out) if a == str(earlier) else a for a in opts]
+    before = _files(out)
+    launcher = torchrun(1, "--rdzv-backend", "c10d", "--rdzv-endpoint",
+                        f"127.0.0.1:{free_port()}", "--rdzv-id", "job-b", "--max-restarts", "1")
+    result = _run([*launcher, "train.py", "--cfg", str(CONFIG), "--gpus", "cpu", *opts,
+                   "DATASET.list_train", str(other_list)], timeout=400)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, output[-3000:]
+    assert output.count(f"train.py: error: DIR {out} holds an earlier training run") == 2
+    assert output.count("was written by another job, not continuing from it") == 1
+    assert "Training Done!" not in output and _files(out) == before
+
+
+# ------------------------------------------------------------------ a write that fails
+def _limit_file_size(limit: int):
+    """For ``preexec_fn``: files larger than ``limit`` bytes cannot be written (EFBIG; Python
+    ignores SIGXFSZ), as on a nearly full disk, but with the same outcome on every machine."""
+    def apply() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    return apply
+
+
+def test_a_failed_checkpoint_write_is_reported_on_its_own_line(dataset, tmp_path):
+    out = tmp_path / "run"
+    # the config and log fit, the first checkpoint (about 9 MiB) does not
+    result = _run(["train.py", "--cfg", str(CONFIG), "--gpus", "cpu", *_opts(dataset, out)],
+                  preexec_fn=_limit_file_size(2**20))
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert "epoch 1:" in result.stderr  # the progress bar was drawn on stderr
+    errors = [line for line in result.stderr.split("\n") if "error" in line]
+    assert errors == [f"train.py: error: cannot write to DIR {out}: File too large; training "
+                      "stopped at iteration 1; make room or fix the folder, then continue with "
+                      "--resume auto"]
+    assert not list(out.glob("*.pth")) and not list(out.glob(".*.tmp"))

@@ -145,7 +145,7 @@ def _assert_stopped_cleanly(proc, out, output: str, signum: int) -> int:
     stopped = [line for line in (out / "log.txt").read_text().splitlines()
                if f"Training stopped by {name}" in line]
     assert len(stopped) == 1 and "TRAIN.resume auto" in stopped[0], stopped
-    assert not (out / "train.lock").exists()
+    assert not (out / "train.owner").exists()
     iteration = torch.load(out / "checkpoint_last.pth", weights_only=True)["iteration"]
     assert 0 < iteration < TOTAL_STEPS
     return iteration
@@ -192,7 +192,7 @@ def test_sigterm_to_one_torchrun_rank_stops_every_rank(reference, dataset, initi
     assert "exitcode  : 143" in output, output[-3000:]
     assert "Training stopped by SIGTERM" in (out / "log.txt").read_text()
     iteration = torch.load(out / "checkpoint_last.pth", weights_only=True)["iteration"]
-    assert 0 < iteration < TOTAL_STEPS and not (out / "train.lock").exists()
+    assert 0 < iteration < TOTAL_STEPS and not (out / "train.owner").exists()
 
     result = run(_train(out, *single_node(), dataset=dataset, initial_weights=initial_weights,
                         flags=["--resume", "auto"]))
