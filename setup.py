@@ -35,7 +35,7 @@ setup(
         # ONNX export (mit-semseg-export) and the onnxruntime inference backend
         "onnx": ["onnx", "onnxscript", "onnxruntime"],
         # the web page (mit-semseg-app): a small ASGI app, its server, multipart uploads
-        "app": ["starlette>=0.40", "uvicorn>=0.30", "python-multipart>=0.0.9"],
+        "app": ["starlette>=0.40", "uvicorn>=0.30", "python-multipart>=0.0.13"],
     },
     entry_points={
         "console_scripts": [

@@ -30,7 +30,7 @@ __all__ = ["APP_MODULES", "main", "parse_args"]
 
 PROG = "mit-semseg-app"
 # the optional extra: pip install 'mit_semseg[app]'
-APP_MODULES = ("starlette", "uvicorn", "multipart")
+APP_MODULES = ("starlette", "uvicorn", "python_multipart")
 
 logger = logging.getLogger("mit_semseg.app")
 

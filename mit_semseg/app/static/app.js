@@ -5,7 +5,11 @@
 "use strict";
 
 const POLL_MS = 250;
-const MARK_COLOUR = [255, 0, 255];  // the disagreement stripes (the legend swatch in app.css)
+// the disagreement stripes, white and black so that no class colour hides them (the swatch in
+// app.css draws the same)
+const MARK_STRIPES = { 0: 255, 1: 0 };  // (x + y) % 7 -> grey level; the others stay clear
+// the tallest a picture is drawn, as a share of the window's height
+const MAX_HEIGHT_VH = 75;
 const $ = (selector, root = document) => root.querySelector(selector);
 
 const state = {
@@ -171,6 +175,8 @@ async function showResult(view, request, status) {
     canvas.width = status.width;
     canvas.height = status.height;
   }
+  // as wide as the view, but no taller than most of the window
+  view.stage.style.maxWidth = `calc(${MAX_HEIGHT_VH}vh * ${status.width / status.height})`;
   view.photo.getContext("2d").drawImage(image, 0, 0);
   drawOverlay(view);
   drawLegend(view);
@@ -299,10 +305,11 @@ function drawMarks() {
     differing++;
     const x = i % width;
     const y = (i - x) / width;
-    if (marked && (x + y) % 6 < 3) {
-      data[4 * i] = MARK_COLOUR[0];
-      data[4 * i + 1] = MARK_COLOUR[1];
-      data[4 * i + 2] = MARK_COLOUR[2];
+    const grey = MARK_STRIPES[(x + y) % 7];
+    if (marked && grey !== undefined) {
+      data[4 * i] = grey;
+      data[4 * i + 1] = grey;
+      data[4 * i + 2] = grey;
       data[4 * i + 3] = 255;
     }
   }
