@@ -46,6 +46,7 @@ __all__ = [
     "RunFolderError",
     "released_choices",
     "run_choice",
+    "run_choices",
     "run_epochs",
     "single_scale",
 ]
@@ -76,7 +77,7 @@ class ModelChoice:
 
     Attributes:
         key: what the page sends to pick it (a released model's name, or ``run-<i>``).
-        label: what the list shows.
+        label: what the list shows (a released model's or a run folder's name).
         kind: ``"released"`` or ``"run"``.
         arch_encoder, arch_decoder, fc_dim, num_class, fast_inference: the ``MODEL`` keys and
             ``DATASET.num_class`` it is built with.
@@ -195,8 +196,10 @@ def run_epochs(run_dir: str | Path) -> list[int]:
     return sorted(epochs)
 
 
-def run_choice(run_dir: str | Path, key: str, device: torch.device) -> ModelChoice:
-    """The training run in ``run_dir``, for the page's list.
+def run_choice(run_dir: str | Path, key: str, device: torch.device, label: str | None = None
+               ) -> ModelChoice:
+    """The training run in ``run_dir``, for the page's list, labelled ``label`` (default: the
+    folder's name).
 
     Raises:
         RunFolderError: no such folder, no ``config.yaml``, no epoch with both weight files,
@@ -223,5 +226,19 @@ def run_choice(run_dir: str | Path, key: str, device: torch.device) -> ModelChoi
     if cfg.MODEL.backend != "torch":
         logger.warning("%s: MODEL.backend %s; the app runs the torch backend (its labels may "
                        "differ from test.py's by float rounding)", config, cfg.MODEL.backend)
-    label = f"{folder.resolve().name} ({cfg.MODEL.arch_encoder} + {cfg.MODEL.arch_decoder})"
-    return _choice(cfg, key, label, "run", epochs, str(folder))
+    return _choice(cfg, key, label or folder.resolve().name, "run", epochs, str(folder))
+
+
+def run_choices(run_dirs: Sequence[str | Path], device: torch.device) -> list[ModelChoice]:
+    """The runs of ``--run``, keyed ``run-1``, ``run-2``, ... in order, each labelled by its
+    folder's name (with its parent's, where two names are the same).
+
+    Raises:
+        RunFolderError, ConfigError: see :func:`run_choice`.
+    """
+    folders = [Path(d).resolve() for d in run_dirs]
+    names = [f.name for f in folders]
+    labels = [f"{f.parent.name}/{f.name}" if names.count(f.name) > 1 else f.name
+              for f in folders]
+    return [run_choice(d, f"run-{i}", device, label)
+            for i, (d, label) in enumerate(zip(run_dirs, labels), 1)]

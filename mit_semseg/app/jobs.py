@@ -31,12 +31,16 @@ import torch
 from mit_semseg.app.catalog import ModelChoice
 from mit_semseg.app.segment import Segmentation, segment
 
-__all__ = ["Job", "JobBoard", "ModelSlot"]
+__all__ = ["Job", "JobBoard", "LeftTheLine", "ModelSlot"]
 
 logger = logging.getLogger(__name__)
 
 # the files a download leaves beside the weights that are not weights
 _NOT_WEIGHTS = (".lock", ".sha256", ".validator")
+
+
+class LeftTheLine(Exception):
+    """A job was taken out of line (cancelled) before its turn came."""
 
 
 @dataclass(eq=False)
@@ -96,12 +100,12 @@ class ModelSlot:
         comes when it ends, however it ends.
 
         Raises:
-            asyncio.CancelledError: the job left the line before its turn.
+            LeftTheLine: the job left the line before its turn.
         """
         async with self._turn:
             await self._turn.wait_for(lambda: job not in self._line or self._line[0] is job)
         if job not in self._line:
-            raise asyncio.CancelledError
+            raise LeftTheLine(job.id)
         try:
             return await work()
         finally:
@@ -168,9 +172,8 @@ class JobBoard:
         slot = self.slot(job.choice, job.epoch)
         try:
             await slot.serve(job, lambda: self._work(slot, job))
-        except asyncio.CancelledError:
-            if job.state != "cancelled":  # the server is stopping
-                raise
+        except LeftTheLine:
+            pass  # cancelled while waiting: its state says so
         except Exception as error:  # noqa: BLE001 - one failed photo must not stop the server
             job.state, job.message = "error", _one_line(error)
             logger.warning("%s on %s: %s", job.photo_name, job.choice.label, job.message)

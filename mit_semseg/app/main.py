@@ -22,7 +22,7 @@ from collections.abc import Sequence
 
 import torch
 
-from mit_semseg.app.catalog import ModelChoice, released_choices, run_choice
+from mit_semseg.app.catalog import released_choices, run_choices
 from mit_semseg.app.photos import Limits
 from mit_semseg.config import ConfigError
 
@@ -111,11 +111,6 @@ def _listen(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _choices(run_dirs: Sequence[str], device: torch.device) -> list[ModelChoice]:
-    runs = [run_choice(folder, f"run-{i}", device) for i, folder in enumerate(run_dirs, 1)]
-    return runs + released_choices()
-
-
 def _fail(message: object) -> int:
     text = " ".join(str(message).split())
     print(f"{PROG}: error: {text}", file=sys.stderr)
@@ -135,7 +130,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         device = _device(args.device)
-        choices = _choices(args.run, device)
+        choices = run_choices(args.run, device) + released_choices()
         limits = Limits(max_bytes=int(args.max_upload_mb * 1e6),
                         max_pixels=int(args.max_megapixels * 1e6))
         app = create_app(choices, device, limits, keep_results=args.keep_results)

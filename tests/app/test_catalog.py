@@ -8,6 +8,7 @@ from mit_semseg.app.catalog import (
     RunFolderError,
     released_choices,
     run_choice,
+    run_choices,
     run_epochs,
     single_scale,
 )
@@ -60,7 +61,7 @@ def test_a_run_folder_offers_every_epoch_with_its_own_classes(runs):
     choice = run_choice(alpha.folder, "run-1", CPU)
     assert (choice.key, choice.kind, choice.epochs, choice.latest_epoch) == \
         ("run-1", "run", (1, 2), 2)
-    assert choice.label == "alpha (mobilenetv2dilated + c1_deepsup)"
+    assert choice.label == "alpha"
     assert choice.class_names == tuple(resolve_class_names(8, alpha.data))
     assert choice.class_names[1] == "red disc"
     assert not choice.needs_download()
@@ -130,3 +131,13 @@ def test_another_backend_is_run_by_torch_with_a_warning(runs, tmp_path, caplog):
         choice = run_choice(folder, "run-1", CPU)
     assert "MODEL.backend onnxruntime; the app runs the torch backend" in caplog.text
     assert choice.trained_model(2).backend == "torch"
+
+
+def test_runs_are_keyed_in_order_and_labelled_by_their_folders(runs, tmp_path):
+    alpha, beta = runs
+    (tmp_path / "other").mkdir()
+    twin = _copy_run(alpha, tmp_path / "other" / "alpha")
+    choices = run_choices([alpha.folder, beta.folder, twin], CPU)
+    assert [c.key for c in choices] == ["run-1", "run-2", "run-3"]
+    assert [c.label for c in choices] == [f"{alpha.folder.parent.name}/alpha", "beta",
+                                          "other/alpha"]

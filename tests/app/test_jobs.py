@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from mit_semseg.app import jobs as jobs_module
-from mit_semseg.app.jobs import Job, JobBoard, ModelSlot
+from mit_semseg.app.jobs import Job, JobBoard, LeftTheLine, ModelSlot
 
 
 class _Choice:
@@ -62,7 +62,7 @@ def test_a_slot_serves_in_arrival_order_one_at_a_time():
         assert slot.position(jobs[2]) is None and slot.position(jobs[3]) == 2
         tasks = [asyncio.ensure_future(slot.serve(j, lambda j=j: work(j))) for j in jobs[::-1]]
         results = await asyncio.gather(*tasks, return_exceptions=True)
-        assert isinstance(results[1], asyncio.CancelledError)  # jobs[2], which left
+        assert isinstance(results[1], LeftTheLine)  # jobs[2], which left
         return served
 
     assert asyncio.run(scenario()) == ["j0", "j1", "j3"]

@@ -55,7 +55,8 @@ function modelChoice(slot) {
 function viewTitle(model, epoch, mode) {
   const epochText = model.kind === "run" ? `, epoch ${epoch}` : "";
   const scales = model.scales[mode].join(", ");
-  return [model.label + epochText, `${state.config.modes[mode]} (${scales} px)`];
+  return [model.label + epochText,
+          `${model.architecture} · ${state.config.modes[mode]} (${scales} px)`];
 }
 
 // Sends the photo for this view's model unless the answer on screen is already for it.
@@ -192,6 +193,12 @@ async function showResult(view, request, status) {
   $(".downloads", view.el).hidden = false;
   view.el.dataset.job = status.job;
   setStatus(view, "", "done");
+  if (view.result.model.needs_download) {  // it is in the cache now
+    view.result.model.needs_download = false;
+    for (const option of document.querySelectorAll(`option[value="${status.model}"]`)) {
+      option.textContent = view.result.model.label;
+    }
+  }
 }
 
 // The server sends little-endian uint16; a typed array reads in the machine's own order.
@@ -244,7 +251,7 @@ function drawLegend(view) {
     label.textContent = name;
     const amount = document.createElement("span");
     amount.className = "share";
-    amount.textContent = `${(100 * share).toFixed(share < 0.001 ? 2 : 1)}%`;
+    amount.textContent = share < 0.001 ? "<0.1%" : `${(100 * share).toFixed(1)}%`;
     button.append(swatch, label, amount);
     button.addEventListener("click", () => setHighlight(state.highlight === name ? null : name));
     item.append(button);
@@ -356,7 +363,7 @@ function hover(view, event) {
     row.append(swatch, label, amount);
     if (comparing()) {
       const which = document.createElement("small");
-      which.textContent = other.result.model.label;
+      which.textContent = $(".view-title", other.el).textContent;
       row.append(which);
     }
     return row;
@@ -439,7 +446,6 @@ function chooseFile(file) {
 }
 
 function setUpDragAndDrop() {
-  const zone = $("#drop-zone");
   document.addEventListener("dragover", (event) => {
     event.preventDefault();
     document.body.classList.add("dragging");
@@ -452,9 +458,6 @@ function setUpDragAndDrop() {
     document.body.classList.remove("dragging");
     const file = event.dataTransfer && event.dataTransfer.files[0];
     if (file) chooseFile(file);
-  });
-  zone.addEventListener("keydown", (event) => {
-    if (event.key === "Enter") $("#photo-input").click();
   });
 }
 
