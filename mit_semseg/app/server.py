@@ -42,7 +42,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from mit_semseg.app.catalog import MODES, ModelChoice
-from mit_semseg.app.jobs import JobBoard
+from mit_semseg.app.jobs import Job, JobBoard
 from mit_semseg.app.photos import (
     EXAMPLES,
     Limits,
@@ -185,7 +185,7 @@ def create_app(choices: Sequence[ModelChoice], device: torch.device,
         request.app.state.tasks.start_soon(board.run, job)
         return JSONResponse(board.status(job), status_code=202)
 
-    def _job_or_404(request: Request):
+    def _job_or_404(request: Request) -> Job:
         job = board.job(request.path_params["job"])
         if job is None:
             raise HTTPException(404, "no such job (the server forgets old ones, and all of "
