@@ -9,8 +9,10 @@ setup(
     license="MIT",
     python_requires=">=3.9",
     packages=find_packages(include=["mit_semseg", "mit_semseg.*"]),
-    # the class table and the config recipes (--cfg NAME) travel with the package
-    package_data={"mit_semseg": ["models/*.csv", "config/files/*.yaml"]},
+    # the class table, the config recipes (--cfg NAME) and the app's page and example photos
+    # travel with the package
+    package_data={"mit_semseg": ["models/*.csv", "config/files/*.yaml", "app/static/*",
+                                 "app/examples/*"]},
     install_requires=[
         "numpy",
         "torch>=2.1",
@@ -27,10 +29,17 @@ setup(
         "Pillow",  # header reads of the start-up data check, palette labels
     ],
     extras_require={
-        # "wheel" lets tests/test_install.py build the wheel offline with older setuptools
-        "test": ["pytest", "pytest-timeout", "pytest-xdist", "ruff", "wheel"],
+        # "wheel" lets tests/test_install.py build the wheel offline with older setuptools;
+        # httpx2 (httpx before Python 3.11) is what starlette's TestClient sends with
+        # (tests/app); playwright drives the system's Chromium in tests/app/test_browser.py (it
+        # never downloads a browser)
+        "test": ["pytest", "pytest-timeout", "pytest-xdist", "ruff", "wheel",
+                 "httpx2; python_version >= '3.11'", "httpx; python_version < '3.11'",
+                 "playwright"],
         # ONNX export (mit-semseg-export) and the onnxruntime inference backend
         "onnx": ["onnx", "onnxscript", "onnxruntime"],
+        # the web page (mit-semseg-app): a small ASGI app, its server, multipart uploads
+        "app": ["starlette>=0.40", "uvicorn>=0.30", "python-multipart>=0.0.13"],
     },
     entry_points={
         "console_scripts": [
@@ -39,6 +48,7 @@ setup(
             "mit-semseg-eval-multipro = mit_semseg.cli.launch:eval_multipro",
             "mit-semseg-test = mit_semseg.cli.launch:test",
             "mit-semseg-export = mit_semseg.cli.launch:export",
+            "mit-semseg-app = mit_semseg.app.main:main",
         ],
     },
 )

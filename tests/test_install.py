@@ -1,5 +1,6 @@
 """setup.py: the wheel, installed into a fresh virtualenv outside the repository, has the
-console commands and the configs, and trains, evaluates and segments from an empty folder.
+console commands, the configs and the app's page, and trains, evaluates and segments from an
+empty folder.
 
 PyTorch and the other dependencies are not installed again: the new virtualenv sees the
 folders that hold them through a ``.pth`` file, and the wheel is installed with ``--no-deps``.
@@ -15,12 +16,15 @@ import shutil
 import subprocess
 import sys
 import sysconfig
+import zipfile
 from pathlib import Path
 
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 COMMANDS = ("mit-semseg-train", "mit-semseg-eval", "mit-semseg-eval-multipro", "mit-semseg-test")
+# the web page's command: its --help works without the app's extra packages
+APP_COMMAND = "mit-semseg-app"
 DEPENDENCIES = ("torch", "torchvision", "numpy", "cv2", "yacs", "tqdm", "matplotlib", "PIL",
                 "yaml")
 CONFIG = "synthetic-mobilenetv2dilated-c1_deepsup"
@@ -72,7 +76,13 @@ def _fresh_venv(tmp: Path, wheel: Path) -> Path:
 def test_wheel_installs_commands_and_configs_that_run_from_an_empty_folder(tmp_path):
     from mit_semseg.data.synthetic import generate
 
-    venv = _fresh_venv(tmp_path, _build_wheel(tmp_path))
+    wheel = _build_wheel(tmp_path)
+    # the app's page and example photos travel in the wheel
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for name in ("static/index.html", "static/app.js", "static/app.css", "examples/coffee.jpg",
+                 "examples/astronaut.jpg", "examples/chelsea.jpg", "examples/README.md"):
+        assert f"mit_semseg/app/{name}" in names, name
+    venv = _fresh_venv(tmp_path, wheel)
     bin_dir = venv / ("Scripts" if os.name == "nt" else "bin")
     work = tmp_path / "work"
     work.mkdir()
@@ -88,10 +98,16 @@ def test_wheel_installs_commands_and_configs_that_run_from_an_empty_folder(tmp_p
     helps = {c: subprocess.Popen([str(bin_dir / c), "--help"], cwd=work, env=env, text=True,
                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE)
              for c in COMMANDS}
+    helps[APP_COMMAND] = subprocess.Popen([str(bin_dir / APP_COMMAND), "--help"], cwd=work,
+                                          env=env, text=True, stdout=subprocess.PIPE,
+                                          stderr=subprocess.PIPE)
     for command, proc in helps.items():
         out, err = proc.communicate(timeout=120)
         assert proc.returncode == 0, err
         assert out.startswith(f"usage: {command} ") and f"  {command} --" in out  # examples
+        if command == APP_COMMAND:
+            assert "pip install 'mit_semseg[app]'" in out
+            continue
         assert f'"{command}: error: ..."' in out and CONFIG in out
         assert str(Path(sysconfig.get_path("purelib"))) not in out  # the venv's defaults.py
 
@@ -115,3 +131,4 @@ def test_wheel_installs_commands_and_configs_that_run_from_an_empty_folder(tmp_p
     assert len(list((work / "demo_output").glob("*.png"))) == 2
     # run outputs only: no cache or download folder appears in the current directory
     assert {p.name for p in work.iterdir()} == {"data", "ckpt", "demo_output"}
+

@@ -49,10 +49,10 @@ from torch import nn
 from mit_semseg.cli import common, model_setup
 from mit_semseg.cli.devices import bind_cuda_device
 from mit_semseg.data.datasets import TestDataset
-from mit_semseg.data.image_io import ImageReadError
+from mit_semseg.data.image_io import ImageReadError, label_file_array
 from mit_semseg.data.odgt import list_images
 from mit_semseg.data.palette import dataset_palette, resolve_class_names
-from mit_semseg.inference.predict import PredictOptions, Window, predict_labels
+from mit_semseg.inference.predict import PredictOptions, predict_labels, window_from
 from mit_semseg.nn.precision import check_amp
 from mit_semseg.viz import class_fractions, prediction_panel, save_image
 
@@ -98,8 +98,8 @@ class _Outputs:
             out_path = self.result_dir / f"{name}_seg.png"
         save_image(out_path, prediction_panel(image, pred, self.palette, self.class_names))
         if self.save_label:
-            dtype = np.uint8 if len(self.class_names) < 256 else np.uint16
-            save_image(self.result_dir / "labels" / f"{name}.png", (pred + 1).astype(dtype))
+            save_image(self.result_dir / "labels" / f"{name}.png",
+                       label_file_array(pred, len(self.class_names)))
         return out_path
 
 
@@ -160,12 +160,6 @@ def output_names(images: Sequence[Path]) -> list[str]:
     return names
 
 
-def _window(cfg: Any) -> Window | None:
-    if cfg.TEST.window_size <= 0:
-        return None
-    return cfg.TEST.window_size, cfg.TEST.window_stride or cfg.TEST.window_size * 2 // 3
-
-
 def _poisons_device(exc: BaseException) -> bool:
     """A CUDA error (device-side assert, illegal address...) after which this process' CUDA
     context is unusable: every later CUDA call would fail with it too. Running out of memory
@@ -189,7 +183,8 @@ def _segment_all(cfg: Any, module: nn.Module, device: torch.device, images: list
     outputs = _Outputs(Path(cfg.TEST.result), dataset_palette(num_class, cfg.DATASET.root_dataset),
                        resolve_class_names(num_class, cfg.DATASET.root_dataset),
                        cfg.TEST.save_label)
-    options = PredictOptions(window=_window(cfg), amp=cfg.TEST.amp)
+    options = PredictOptions(window=window_from(cfg.TEST.window_size, cfg.TEST.window_stride),
+                             amp=cfg.TEST.amp)
     inputs = {p.resolve() for p in images}
     dataset = TestDataset([{"fpath_img": str(p)} for p in images], cfg.DATASET)
     failed = 0

@@ -1,4 +1,5 @@
-"""Reading images and label maps from files, with errors that name the file.
+"""Reading images and label maps from files, with errors that name the file, and the values a
+label file stores.
 
 * Decoding is OpenCV's (for RGB and grayscale JPEG and PNG the same pixels as PIL's, and
   faster); images are turned upright by their EXIF orientation tag, labels are not, and the
@@ -24,6 +25,7 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "ImageReadError",
     "exif_orientation",
+    "label_file_array",
     "missing_path_message",
     "read_image",
     "read_label",
@@ -199,3 +201,16 @@ def missing_path_message(path: str | os.PathLike) -> str:
     if os.path.islink(path):
         return f"{path}: broken symbolic link (its target {os.readlink(path)} does not exist)"
     return f"{path}: no such file or folder"
+
+
+def label_file_array(pred: np.ndarray, num_class: int) -> np.ndarray:
+    """A prediction as a label file stores it, in the ADE20K convention :func:`read_label`
+    reads: value = class index + 1 (0 stays free for "unlabeled"); uint8, or uint16 when
+    there are 256 classes or more.
+
+    Args:
+        pred: ``(H, W)`` 0-based class indices.
+        num_class: number of classes of the model.
+    """
+    dtype = np.uint8 if num_class < 256 else np.uint16
+    return (np.asarray(pred) + 1).astype(dtype)

@@ -102,16 +102,27 @@ def add_probabilities(out: torch.Tensor, logits: torch.Tensor, terms: int = 1,
     return out
 
 
-def labels_from_logits(logits: torch.Tensor, seg_size: Sequence[int]) -> torch.Tensor:
+def labels_from_logits(logits: torch.Tensor, seg_size: Sequence[int],
+                       confidence: torch.Tensor | None = None) -> torch.Tensor:
     """``argmax`` over classes of the logits upsampled to ``seg_size``: ``(B, H, W)`` int64.
 
     Equal to the argmax of the probabilities (softmax is increasing), without computing
     them or holding any full-size float map.
+
+    Args:
+        logits: ``(B, C, h, w)`` class scores.
+        seg_size: ``(H, W)``.
+        confidence: optional ``(B, H, W)`` float32 map, filled with each pixel's probability
+            of its label (the softmax of the upsampled scores, a band at a time); the labels
+            are the same with or without it.
     """
     labels = torch.empty((logits.shape[0], int(seg_size[0]), int(seg_size[1])),
                          dtype=torch.long, device=logits.device)
     for top, bottom, band in _bands(logits, seg_size):
-        labels[:, top:bottom] = band.argmax(dim=1)
+        best = band.argmax(dim=1)  # (B, n, W)
+        labels[:, top:bottom] = best
+        if confidence is not None:
+            confidence[:, top:bottom] = F.softmax(band, dim=1).gather(1, best.unsqueeze(1))[:, 0]
     return labels
 
 

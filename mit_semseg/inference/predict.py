@@ -3,8 +3,9 @@
 An image comes as a list of normalised tensors, one per test scale. :func:`predict_probs`
 averages the class probabilities over the scales (as the original ``eval.py`` does), optionally
 over horizontal flips, and optionally tiles large inputs with overlapping windows so that memory
-stays bounded; :func:`predict_labels` gives the class of each pixel. How to predict travels as
-one :class:`PredictOptions`.
+stays bounded; :func:`predict_labels` gives the class of each pixel, and
+:func:`predict_labels_and_confidence` the same classes with the probability of each. How to
+predict travels as one :class:`PredictOptions`.
 
 Each call takes one of two paths:
 
@@ -34,8 +35,10 @@ __all__ = [
     "PredictOptions",
     "Window",
     "predict_labels",
+    "predict_labels_and_confidence",
     "predict_probs",
     "sliding_window_starts",
+    "window_from",
 ]
 
 # ``size`` alone (stride = 2/3 of it) or ``(size, stride)``, in pixels of the scaled input
@@ -85,6 +88,15 @@ class PredictOptions:
     def tiles(self, image: torch.Tensor) -> bool:
         """``image`` (``(1, 3, h, w)``) is larger than the window, so it is cut into tiles."""
         return self.window is not None and max(image.shape[2:]) > self.window_size_stride()[0]
+
+
+def window_from(size: int, stride: int = 0) -> Window | None:
+    """The window of the ``TEST.window_size`` / ``TEST.window_stride`` convention: ``None``
+    (whole images) when ``size <= 0``, else ``(size, stride)``, a stride of 0 meaning two
+    thirds of the size."""
+    if size <= 0:
+        return None
+    return size, stride or size * 2 // 3
 
 
 def sliding_window_starts(length: int, size: int, stride: int) -> list[int]:
@@ -208,6 +220,14 @@ def predict_probs(module: Any, img_list: Sequence[torch.Tensor], seg_size: Seque
     return scores[0]
 
 
+def _shortcut_logits(module: Any, img_list: Sequence[torch.Tensor], options: PredictOptions
+                     ) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """The module's feature-resolution scores when the labels may come from their argmax: one
+    scale, no flip, no tiling, a module prepared for fast inference; else None."""
+    single = len(img_list) == 1 and not options.flip and not options.tiles(img_list[0])
+    return fast_logits(module) if single else None
+
+
 def predict_labels(module: Any, img_list: Sequence[torch.Tensor], seg_size: Sequence[int],
                    device: torch.device, options: PredictOptions = PredictOptions()
                    ) -> torch.Tensor:
@@ -218,10 +238,41 @@ def predict_labels(module: Any, img_list: Sequence[torch.Tensor], seg_size: Sequ
     softmax and no full-size float map. Otherwise the argmax of :func:`predict_probs` (same
     arguments), since averaging over scales needs the probabilities.
     """
-    logits_of = fast_logits(module)
-    single = len(img_list) == 1 and not options.flip and not options.tiles(img_list[0])
-    if not single or logits_of is None:
-        return predict_probs(module, img_list, seg_size, device, options).argmax(0)
+    return _labels(module, img_list, seg_size, device, options, None)
+
+
+def predict_labels_and_confidence(module: Any, img_list: Sequence[torch.Tensor],
+                                  seg_size: Sequence[int], device: torch.device,
+                                  options: PredictOptions = PredictOptions()
+                                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`predict_labels`' labels, and how sure the model is of each.
+
+    The labels are those :func:`predict_labels` gives for the same arguments (the same path,
+    the same operations); the confidence is each pixel's probability of its label, from the
+    same forward passes: on the single-scale shortcut the softmax of the upsampled logits, by
+    bands, otherwise :func:`predict_probs`' mean probability.
+
+    Returns:
+        ``(labels, confidence)``: ``(H, W)`` int64 and ``(H, W)`` float32 in ``[0, 1]``, on
+        ``device``.
+    """
+    size = (int(seg_size[0]), int(seg_size[1]))
+    confidence = torch.empty((1, *size), device=device)
+    labels = _labels(module, img_list, size, device, options, confidence)
+    return labels, confidence[0]
+
+
+def _labels(module: Any, img_list: Sequence[torch.Tensor], seg_size: Sequence[int],
+            device: torch.device, options: PredictOptions, confidence: torch.Tensor | None
+            ) -> torch.Tensor:
+    """The labels of :func:`predict_labels`; fills ``confidence`` (``(1, H, W)``) if given."""
+    logits_of = _shortcut_logits(module, img_list, options)
+    if logits_of is None:
+        probs = predict_probs(module, img_list, seg_size, device, options)
+        labels = probs.argmax(0)
+        if confidence is not None:
+            confidence[0] = probs.gather(0, labels.unsqueeze(0))[0]
+        return labels
     with torch.inference_mode(), autocast(device, options.amp):
         logits = logits_of(img_list[0].to(device, non_blocking=True))
-    return labels_from_logits(logits, seg_size)[0]
+    return labels_from_logits(logits, seg_size, confidence)[0]

@@ -11,13 +11,20 @@ from mit_semseg.viz.colorize import class_fractions, colorEncode, colorize
 from mit_semseg.viz.confusion import confusion_matrix_figure
 from mit_semseg.viz.curves import plot_training_curves, training_curves_figure
 from mit_semseg.viz.legend import legend_rows, make_legend
-from mit_semseg.viz.panels import eval_panel, prediction_panel, save_image, side_by_side
+from mit_semseg.viz.panels import (
+    encode_image,
+    eval_panel,
+    prediction_panel,
+    save_image,
+    side_by_side,
+)
 
 __all__ = [
     "class_fractions",
     "colorEncode",
     "colorize",
     "confusion_matrix_figure",
+    "encode_image",
     "eval_panel",
     "legend_rows",
     "make_legend",

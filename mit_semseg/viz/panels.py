@@ -3,8 +3,9 @@ prediction panels (``test.py``), and writing them.
 
 Both share one layout: titled columns separated by a white gap, each image framed, small
 images enlarged (pixel replication, so labels stay crisp) and a legend column naming the
-classes in view. Writing goes through :func:`save_image`, which encodes in memory and renames a
-temporary file into place, so a crash never leaves a truncated PNG behind.
+classes in view. Writing goes through :func:`save_image`, which encodes in memory
+(:func:`encode_image`, also what the app sends) and renames a temporary file into place, so a
+crash never leaves a truncated PNG behind.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ from mit_semseg.viz.colorize import colorize
 from mit_semseg.viz.legend import legend_rows, make_legend
 from mit_semseg.viz.text import put_text, text_scale, text_size
 
-__all__ = ["eval_panel", "prediction_panel", "save_image", "side_by_side", "titled"]
+__all__ = ["encode_image", "eval_panel", "prediction_panel", "save_image", "side_by_side",
+           "titled"]
 
 # Pictures smaller than this are enlarged by an integer factor, so that a 96 px validation image
 # is not a thumbnail next to its legend.
@@ -154,6 +156,27 @@ def prediction_panel(
     return _panel(columns, legend, min_height)
 
 
+def encode_image(rgb: np.ndarray, extension: str = ".png") -> bytes:
+    """An RGB (or single-channel) image encoded in the format of ``extension``.
+
+    Args:
+        rgb: ``(H, W, 3)`` uint8 RGB or ``(H, W)`` uint8/uint16 image.
+        extension: ``.png``, ``.jpg``, ...
+
+    Raises:
+        ValueError: the image cannot be encoded in that format (or the extension is unknown).
+    """
+    data = rgb[..., ::-1] if rgb.ndim == 3 else rgb  # OpenCV encodes BGR
+    try:
+        ok, buf = cv2.imencode(extension, np.ascontiguousarray(data))
+    except cv2.error:  # e.g. no encoder for the extension
+        ok = False
+    if not ok:
+        raise ValueError(f"could not encode a {rgb.dtype} image of shape {rgb.shape} as "
+                         f"{extension}")
+    return buf.tobytes()
+
+
 def save_image(path: str | os.PathLike, rgb: np.ndarray) -> Path:
     """Writes an RGB (or single-channel) image atomically; the format follows the extension.
 
@@ -165,9 +188,9 @@ def save_image(path: str | os.PathLike, rgb: np.ndarray) -> Path:
         the path written.
     """
     path = Path(path)
-    data = rgb[..., ::-1] if rgb.ndim == 3 else rgb  # OpenCV encodes BGR
-    ok, buf = cv2.imencode(path.suffix or ".png", np.ascontiguousarray(data))
-    if not ok:
-        raise OSError(f"could not encode image for {path}")
-    atomic_write(path, lambda f: f.write(buf.tobytes()))
+    try:
+        encoded = encode_image(rgb, path.suffix or ".png")
+    except ValueError as exc:
+        raise OSError(f"could not encode image for {path}") from exc
+    atomic_write(path, lambda f: f.write(encoded))
     return path

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from mit_semseg.data.image_io import ImageReadError, read_image, read_label
+from mit_semseg.data.image_io import ImageReadError, label_file_array, read_image, read_label
 
 EXIF_ORIENTATION = 0x0112
 
@@ -133,3 +133,15 @@ def test_exif_orientation_is_not_applied_to_labels(tmp_path):
     np.testing.assert_array_equal(read_label(tmp_path / "l.png"), label)
 
 
+
+
+@pytest.mark.parametrize("num_class,dtype", [(150, np.uint8), (255, np.uint8), (256, np.uint16),
+                                             (300, np.uint16)])
+def test_label_file_array_is_class_plus_one_and_reads_back(tmp_path, num_class, dtype):
+    pred = np.array([[0, 1], [num_class - 1, 7]])
+    values = label_file_array(pred, num_class)
+    assert values.dtype == dtype
+    np.testing.assert_array_equal(values, pred + 1)
+    path = tmp_path / "labels.png"
+    assert cv2.imwrite(str(path), values)
+    np.testing.assert_array_equal(read_label(path), pred + 1)  # 0 stays "unlabeled"

@@ -6,8 +6,10 @@ from torch import nn
 from mit_semseg.inference.predict import (
     PredictOptions,
     predict_labels,
+    predict_labels_and_confidence,
     predict_probs,
     sliding_window_starts,
+    window_from,
 )
 
 NUM_CLASS = 5
@@ -158,3 +160,39 @@ def test_predict_labels_single_scale_equals_the_argmax_of_the_probabilities(
     with torch.inference_mode():  # the plain module's own forward, as the original's test.py
         own = plain({"img_data": image[0]}, segSize=seg_size)[0].argmax(0)
     assert torch.equal(predict_labels(plain, image, seg_size, CPU), own)
+
+
+@pytest.mark.parametrize("options,scales", [
+    (PredictOptions(), [(45, 61)]),  # the fast module's single-scale shortcut
+    (PredictOptions(flip=True), [(45, 61)]),
+    (PredictOptions(), [(33, 47), (45, 61)]),
+    (PredictOptions(window=(24, 16)), [(45, 61)]),
+])
+def test_labels_with_confidence_are_predict_labels_and_the_probability_of_each(options, scales):
+    """The app's call: the labels test.py would write, bit for bit, and each pixel's
+    probability of its label under predict_probs (within float rounding on the banded path).
+    Both kinds of module: the plain one (full-size probabilities) and one that takes the
+    banded tail (scores at 1/4 of the input size)."""
+    from mit_semseg.inference.banded_tail import LogitsSegmenter
+
+    plain = TinySeg(3).eval()
+    fast = LogitsSegmenter(lambda x: F.avg_pool2d(plain.conv(x), 4))
+    seg_size = (52, 70)
+    images = [torch.randn(1, 3, *size) for size in scales]
+    for module in (plain, fast):
+        labels, confidence = predict_labels_and_confidence(module, images, seg_size, CPU,
+                                                           options)
+        assert torch.equal(labels, predict_labels(module, images, seg_size, CPU, options))
+        assert confidence.shape == seg_size and confidence.dtype == torch.float32
+        probs = predict_probs(module, images, seg_size, CPU, options)
+        torch.testing.assert_close(confidence, probs.gather(0, labels[None])[0],
+                                   rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(confidence, probs.max(0).values, rtol=1e-5, atol=1e-6)
+        assert len(labels.unique()) > 2 and confidence.min() < 0.6
+
+
+def test_window_from_follows_the_test_window_keys():
+    assert window_from(0) is None and window_from(-1, 5) is None
+    assert window_from(600) == (600, 400)  # stride 0: two thirds of the size
+    assert window_from(600, 300) == (600, 300)
+    assert PredictOptions(window=window_from(90)).window_size_stride() == (90, 60)

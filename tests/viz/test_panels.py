@@ -6,6 +6,7 @@ from mit_semseg.viz.colorize import colorize
 from mit_semseg.viz.panels import (
     MIN_PANEL_HEIGHT,
     SEPARATOR,
+    encode_image,
     eval_panel,
     prediction_panel,
     save_image,
@@ -132,3 +133,21 @@ def test_save_image_roundtrip_rgb_and_16bit(tmp_path):
     assert back16.dtype == np.uint16
     np.testing.assert_array_equal(back16, lab)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["l.png", "sub"]  # no temp files
+
+
+def test_encode_image_gives_the_bytes_save_image_writes(tmp_path):
+    rgb = np.random.default_rng(1).integers(0, 256, (7, 9, 3), dtype=np.uint8)
+    encoded = encode_image(rgb)
+    assert encoded == save_image(tmp_path / "x.png", rgb).read_bytes()
+    decoded = cv2.imdecode(np.frombuffer(encoded, np.uint8), cv2.IMREAD_UNCHANGED)
+    np.testing.assert_array_equal(decoded[..., ::-1], rgb)
+    jpeg = encode_image(rgb, ".jpg")
+    assert jpeg[:2] == b"\xff\xd8"
+
+
+def test_an_image_that_cannot_be_encoded_is_named(tmp_path):
+    with pytest.raises(ValueError, match="uint8 image of shape \\(2, 2\\) as .nosuch"):
+        encode_image(np.zeros((2, 2), np.uint8), ".nosuch")
+    with pytest.raises(OSError, match="could not encode image for .*x.nosuch"):
+        save_image(tmp_path / "x.nosuch", np.zeros((2, 2), np.uint8))
+    assert not list(tmp_path.iterdir())
