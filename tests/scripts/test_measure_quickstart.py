@@ -1,5 +1,6 @@
 """scripts/measure_quickstart.py: timings of the README commands and the machine description."""
 
+import os
 import shlex
 import sys
 
@@ -40,3 +41,23 @@ def test_test_setup_time_is_wall_minus_what_pytest_reports(tmp_path, monkeypatch
         result = measure.run("tests", tmp_path, tmp_path)
         assert result["returncode"] == 1
         assert abs(result["setup_s"] - (result["wall_s"] - 0.25)) < 0.11
+
+
+def test_environment_size_counts_the_cuda_only_packages_apart(tmp_path):
+    site = tmp_path / "venv" / "lib" / "python3.11" / "site-packages"
+    mib = 1 << 20
+    sizes = {"nvidia/cudnn/lib/libcudnn.so": 3 * mib, "triton/backends/libtriton.so": 2 * mib,
+             "nvidia_cudnn_cu13-9.1.dist-info/RECORD": 1024,
+             "torch/lib/libtorch_cpu.so": 5 * mib, "numpy/core.so": 4 * mib}
+    for name, size in sizes.items():
+        (site / name).parent.mkdir(parents=True, exist_ok=True)
+        (site / name).write_bytes(os.urandom(size))  # incompressible, no holes
+    os.link(site / "numpy/core.so", site / "numpy/same_file.so")  # du counts it once
+    size = measure.environment_size(tmp_path / "venv")
+    cuda = sum(v for k, v in sizes.items() if k.startswith(("nvidia", "triton")))
+    # the margins are the sizes of the files that must not be counted (again): torch's in the
+    # CUDA-only part, the hard link in the total
+    assert cuda <= size["cuda_only_bytes"] < cuda + sizes["torch/lib/libtorch_cpu.so"]
+    total = sum(sizes.values())
+    assert total <= size["total_bytes"] < total + sizes["numpy/core.so"]
+    assert "CUDA-only" in measure.format_environment(size)
