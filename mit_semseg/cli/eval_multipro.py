@@ -110,6 +110,7 @@ def _lead_process_group() -> None:
 def _worker(rank: int, job: EvalJob, device: str, start: int, end: int, threads: int,
             messages: Any) -> None:
     """Evaluates one shard and reports progress, the result or the error through ``messages``."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a forked worker has the master's handler
     _lead_process_group()
     master = os.getppid()
     common.setup_logging(rank=1)  # warnings and errors only: the master does the talking
@@ -201,8 +202,10 @@ def _collect(procs: list[Any], messages: Any, num_images: int) -> list[EvalResul
 
 
 def _end_group(pid: int, proc: Any | None) -> None:
-    """Kills the process group that worker ``pid`` leads: the worker and its loader
-    processes (``proc``, its handle in the master: also when it has not made its group yet)."""
+    """Kills the process group that worker ``pid`` leads: the worker and its loader processes.
+
+    Without such a group (the worker has not made it yet, so it has no loader processes, or
+    they have all exited) ``proc``, the master's handle of the worker, is killed alone."""
     try:
         if _PROCESS_GROUPS:
             os.killpg(pid, signal.SIGKILL)
