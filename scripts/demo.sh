@@ -8,6 +8,8 @@
 # Outside a virtual environment it creates .venv/ in the clone and installs there (see
 # scripts/python_env.sh); inside one (venv, virtualenv, conda) it installs into that one.
 # Environment knobs: PYTHON (interpreter, default python3), DEMO_SKIP_INSTALL=1 (skip pip),
+# TORCH_INDEX_URL (the index PyTorch comes from, e.g. https://download.pytorch.org/whl/cpu for
+# the CPU-only build; see scripts/python_env.sh),
 # DEMO_DATA / DEMO_CKPT / DEMO_OUT (data, checkpoint and picture folders), DEMO_THREADS
 # (torch threads per process, default 1).
 set -euo pipefail

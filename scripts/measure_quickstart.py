@@ -11,7 +11,10 @@ their output as it comes and, at the end, one line per command: wall seconds, CP
 part spent before the real work (choosing/creating the environment and pip: for the demo the
 time until its "generating the synthetic dataset" step, for the tests the wall time minus what
 pytest reports). The machine line gives the CPU model, the cores this process may use, whether
-the CPU has AMX and the load average before and after, so a busy machine shows. Standard
+the CPU has AMX and the load average before and after, so a busy machine shows. The last line
+gives the disk space of the clone's ``.venv/`` (when the commands made one) and the part of it
+that only CUDA uses (the NVIDIA libraries and Triton that PyPI's PyTorch build for Linux
+brings); ``--env-size DIR`` measures an existing environment and runs nothing. Standard
 library only: it runs with the system's python3 before anything is installed.
 """
 
@@ -66,6 +69,42 @@ def machine() -> dict:
     }
 
 
+# site-packages entries that PyTorch's CUDA build installs for CUDA alone: nvidia-* (cuBLAS,
+# cuDNN, NCCL...), cuda-* (runtime bindings) and triton (GPU kernel compiler)
+_CUDA_ONLY_PREFIXES = ("nvidia", "cuda", "triton")
+
+
+def _disk_bytes(path: Path, seen: set) -> int:
+    """Disk space used by ``path`` and what is below it, as du counts it (each file once)."""
+    total = 0
+    for folder, dirs, files in os.walk(path):
+        for name in [*dirs, *files]:
+            try:
+                info = os.lstat(os.path.join(folder, name))
+            except OSError:
+                continue
+            if (info.st_dev, info.st_ino) not in seen:
+                seen.add((info.st_dev, info.st_ino))
+                total += info.st_blocks * 512
+    return total
+
+
+def environment_size(prefix: Path) -> dict:
+    """Bytes of disk used by the Python environment at ``prefix``, and by its CUDA-only
+    packages (:data:`_CUDA_ONLY_PREFIXES`)."""
+    seen: set = set()
+    cuda = sum(_disk_bytes(entry, seen) for entry in prefix.glob("lib*/python*/site-packages/*")
+               if entry.name.lower().startswith(_CUDA_ONLY_PREFIXES))
+    total = cuda + _disk_bytes(prefix, seen)  # the CUDA files are counted once, above
+    return {"path": str(prefix), "total_bytes": total, "cuda_only_bytes": cuda}
+
+
+def format_environment(size: dict) -> str:
+    return (f"Environment {size['path']}: {size['total_bytes'] / 2**30:.1f} GiB, of which "
+            f"{size['cuda_only_bytes'] / 2**30:.1f} GiB CUDA-only packages (nvidia-*, cuda-*, "
+            "triton)")
+
+
 def children_cpu_seconds() -> float:
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return usage.ru_utime + usage.ru_stime
@@ -111,7 +150,13 @@ def main() -> int:
                         help="also run the tests in one pytest process (test.sh -n 0), after "
                              "test.sh, to compare")
     parser.add_argument("--json", type=Path, metavar="FILE", help="also write the results here")
+    parser.add_argument("--env-size", type=Path, metavar="DIR",
+                        help="only measure the disk space of the Python environment DIR (e.g. "
+                             ".venv) and its CUDA-only part; runs no command")
     args = parser.parse_args()
+    if args.env_size:
+        print(format_environment(environment_size(args.env_size)))
+        return 0
     cwd = REPO_ROOT
     if args.clone:
         subprocess.run(["git", "clone", "-q", str(REPO_ROOT), str(args.clone)], check=True)
@@ -138,6 +183,10 @@ def main() -> int:
     if "tests" in results and "tests-serial" in results:
         ratio = results["tests"]["wall_s"] / results["tests-serial"]["wall_s"]
         print(f"test.sh (pytest-xdist) / test.sh -n 0 (serial), wall: {ratio:.2f}x")
+    venv = cwd / ".venv"
+    if venv.is_dir():
+        info["environment"] = environment_size(venv)
+        print(format_environment(info["environment"]))
     if args.json:
         args.json.write_text(json.dumps({"machine": info, "results": results}, indent=2) + "\n")
     return max((r["returncode"] for r in results.values()), default=0)

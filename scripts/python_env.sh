@@ -72,10 +72,23 @@ the venv module first (sudo apt install python3-venv), or set PYTHON=..."
 
 # install_project [EXTRAS]: PyTorch and this clone (editable, with the given extras, e.g. "[test]")
 # into $PY's environment; quick when everything is already there.
+#
+# On Linux, PyPI only has PyTorch's CUDA build (with about 4 GB of NVIDIA libraries, used on
+# no CPU-only machine). TORCH_INDEX_URL, when set, is the package index that PyTorch and
+# torchvision (and their dependencies) are installed from, e.g. PyTorch's CPU-only index
+# https://download.pytorch.org/whl/cpu or a mirror of it; everything else comes from pip's
+# usual index (PIP_INDEX_URL and pip's other settings apply to every install here, as pip
+# reads them itself). It only chooses the build when PyTorch is not installed yet.
 install_project() {
     local torch
     read -r -a torch <<<"$(torch_requirements)"
-    "$PY" -m pip install -q "${torch[@]}" -e ".${1:-}"
+    if [ -n "${TORCH_INDEX_URL:-}" ]; then
+        echo "Installing ${torch[*]} from TORCH_INDEX_URL=$TORCH_INDEX_URL"
+        "$PY" -m pip install -q --index-url "$TORCH_INDEX_URL" "${torch[@]}"
+        "$PY" -m pip install -q -e ".${1:-}"
+    else
+        "$PY" -m pip install -q "${torch[@]}" -e ".${1:-}"
+    fi
 }
 
 # Prints the PyTorch requirements for $PY's Python version.

@@ -5,7 +5,8 @@
 #   bash scripts/test.sh -m slow        # extra arguments go to pytest
 #
 # Outside a virtual environment it creates .venv/ in the clone and installs there (see
-# scripts/python_env.sh); inside one it installs into that one. PYTHON picks the interpreter.
+# scripts/python_env.sh); inside one it installs into that one. PYTHON picks the interpreter,
+# TORCH_INDEX_URL the index PyTorch comes from (e.g. https://download.pytorch.org/whl/cpu).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/python_env.sh

@@ -61,7 +61,7 @@ def eval_job(cfg: Any, model: TrainedModel | None = None) -> EvalJob:
         model = common.trained_model(cfg, v.checkpoint)
     return EvalJob(model=model, out_dir=Path(cfg.DIR), root_dataset=d.root_dataset,
                    list_val=d.list_val, scales=tuple(d.imgSizes), max_size=d.imgMaxSize,
-                   padding_constant=d.padding_constant,
+                   padding_constant=d.padding_constant, max_pixels=d.max_image_pixels,
                    options=PredictOptions(flip=v.flip, amp=v.amp),
                    workers=v.workers, visualize=v.visualize)
 

@@ -14,6 +14,11 @@ downloads the released model, and with ``MODEL.backend onnxruntime`` it exports 
 (:mod:`mit_semseg.cli.model_setup`). If a worker fails, the master stops the others and exits
 with status 1 after printing the worker's error. Outputs are those of ``eval.py``.
 
+Every worker leads its own process group, which holds its data-loader processes
+(``VAL.workers``), so that the master ends each worker together with them: after a failure, on
+Ctrl-C or SIGTERM, and after the results (any process left behind). A worker whose master is
+gone (killed) ends its group after the image it is on.
+
 Under ``torchrun`` (one node or several) the processes are torchrun's: each rank evaluates
 its shard on ``--gpus cpu`` or on ``cuda:LOCAL_RANK``, rank 0 adds the confusion matrices and
 alone writes the results::
@@ -28,9 +33,12 @@ import argparse
 import logging
 import os
 import queue as queue_lib
+import signal
 import sys
 import time
 import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -61,6 +69,10 @@ logger = logging.getLogger("eval_multipro")
 
 # How long the master waits for a message before checking that the workers are still alive.
 _POLL_SECONDS = 0.5
+# How long a worker that sent its result may take to exit before it is killed.
+_EXIT_GRACE_SECONDS = 30.0
+# process groups are POSIX; elsewhere a worker is ended alone
+_PROCESS_GROUPS = hasattr(os, "setpgrp") and hasattr(os, "killpg")
 
 
 EXAMPLES = (
@@ -85,16 +97,34 @@ def parse_args(argv: list[str] | None = None, prog: str = PROG) -> argparse.Name
     return parser.parse_args(argv)
 
 
+def _lead_process_group() -> None:
+    """Makes this worker the leader of a new process group, which the loader processes it
+    starts join, so that the master can end them all at once (:func:`_end_group`)."""
+    if _PROCESS_GROUPS:
+        os.setpgrp()
+        # out of the terminal's foreground group: writing to a terminal set to "stty tostop"
+        # would stop it
+        signal.signal(signal.SIGTTOU, signal.SIG_IGN)
+
+
 def _worker(rank: int, job: EvalJob, device: str, start: int, end: int, threads: int,
             messages: Any) -> None:
     """Evaluates one shard and reports progress, the result or the error through ``messages``."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a forked worker has the master's handler
+    _lead_process_group()
+    master = os.getppid()
     common.setup_logging(rank=1)  # warnings and errors only: the master does the talking
+
+    def report_image(*_: Any) -> None:
+        if os.getppid() != master:  # the master was killed: no one wants the result
+            _end_group(os.getpid(), None)
+        messages.put(("image", rank))
+
     try:
         bind_cuda_device(torch.device(device))  # before anything could touch GPU 0
         if threads > 0:
             torch.set_num_threads(threads)
-        result = evaluate_shard(job, torch.device(device), (start, end),
-                                hooks=[lambda *_: messages.put(("image", rank))])
+        result = evaluate_shard(job, torch.device(device), (start, end), hooks=[report_image])
         messages.put(("done", rank, result.confusion, result.num_images, result.seconds))
     except BaseException:
         messages.put(("error", rank, traceback.format_exc()))
@@ -171,31 +201,80 @@ def _collect(procs: list[Any], messages: Any, num_images: int) -> list[EvalResul
     return [results[r] for r in sorted(results)]
 
 
+def _end_group(pid: int, proc: Any | None) -> None:
+    """Kills the process group that worker ``pid`` leads: the worker and its loader processes.
+
+    Without such a group (the worker has not made it yet, so it has no loader processes, or
+    they have all exited) ``proc``, the master's handle of the worker, is killed alone."""
+    try:
+        if _PROCESS_GROUPS:
+            os.killpg(pid, signal.SIGKILL)
+            return
+    except (ProcessLookupError, PermissionError):  # no such group (yet, or any more)
+        pass
+    if proc is not None and proc.is_alive():
+        proc.kill()
+
+
+def _end_workers(procs: list[Any], grace: float) -> None:
+    """Waits up to ``grace`` seconds for each worker to exit by itself, then kills its process
+    group (whatever is left of it) and reaps it."""
+    deadline = time.monotonic() + grace
+    for proc in procs:
+        proc.join(max(0.0, deadline - time.monotonic()))
+        _end_group(proc.pid, proc)
+        proc.join()
+
+
+class _Terminated(Exception):
+    """SIGTERM reached the master while the workers ran."""
+
+
+@contextmanager
+def _sigterm_raises() -> Iterator[None]:
+    """SIGTERM raises :class:`_Terminated` (instead of ending the master at once, which would
+    leave the workers running in their own process groups)."""
+    def handler(signum: int, frame: Any) -> None:
+        raise _Terminated("stopped by SIGTERM")
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def _run_workers(job: EvalJob, devices: list[torch.device], num_images: int,
                  start_method: str) -> list[EvalResult] | None:
-    """One process per shard; their results, or None after a worker failed (logged)."""
+    """One process per shard; their results, or None after a worker failed or a signal
+    (logged). Every worker and loader process is gone when it returns."""
     shards = shard_ranges(num_images, len(devices))
     devices = devices[: len(shards)]
     threads = _threads_per_process(devices)
     mp_context = mp.get_context(start_method)
     messages = mp_context.Queue()
-    procs = []
-    for rank, ((start, end), device) in enumerate(zip(shards, devices)):
-        logger.info("process %d on %s: images [%d, %d)", rank, device, start, end)
-        proc = mp_context.Process(
-            target=_worker, args=(rank, job, str(device), start, end, threads, messages))
-        proc.start()
-        procs.append(proc)
+    procs: list[Any] = []
+    grace = 0.0  # unless every result came, the workers are killed at once
     try:
-        return _collect(procs, messages, num_images)
-    except (RuntimeError, KeyboardInterrupt) as exc:
+        with _sigterm_raises():
+            for rank, ((start, end), device) in enumerate(zip(shards, devices)):
+                logger.info("process %d on %s: images [%d, %d)", rank, device, start, end)
+                proc = mp_context.Process(
+                    target=_worker, args=(rank, job, str(device), start, end, threads,
+                                          messages))
+                proc.start()
+                procs.append(proc)
+            results = _collect(procs, messages, num_images)
+            grace = _EXIT_GRACE_SECONDS
+            return results
+    except (RuntimeError, _Terminated) as exc:
         logger.error("%s", exc)
-        for proc in procs:
-            proc.terminate()
+        return None
+    except KeyboardInterrupt:
+        logger.error("interrupted (Ctrl-C)")
         return None
     finally:
-        for proc in procs:
-            proc.join()
+        _end_workers(procs, grace)
 
 
 def _torchrun_device(args: argparse.Namespace, cfg: Any) -> torch.device | None:

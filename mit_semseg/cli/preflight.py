@@ -35,6 +35,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from mit_semseg.data.check import check_dataset
+from mit_semseg.data.image_io import MAX_IMAGE_PIXELS
 from mit_semseg.engine.checkpoint import (
     LAST_CHECKPOINT,
     TRAINING_STATE_FORMAT,
@@ -196,10 +197,13 @@ def check_sample_list(cfg: Any, key: str) -> None:
                          "DATASET.root_dataset at your data, or build a list with "
                          "python -m mit_semseg.data.odgt")
     start = time.perf_counter()
-    report = check_dataset(odgt, d.num_class, root, full=mode == "full")
+    report = check_dataset(odgt, d.num_class, root, full=mode == "full",
+                           max_pixels=d.max_image_pixels)
     if not report.ok:
         command = f"python -m mit_semseg.data.check {odgt} --num-class {d.num_class} " \
-                  f"--root {root}" + (" --headers-only" if mode != "full" else "")
+                  f"--root {root}" + (" --headers-only" if mode != "full" else "") + \
+                  (f" --max-image-pixels {d.max_image_pixels}"
+                   if d.max_image_pixels != MAX_IMAGE_PIXELS else "")
         raise SetupError(f"DATASET.{key} {odgt}: {report.summary()}; fix or remove these "
                          f"lines (list them all with: {command})")
     logger.info("checked %d samples of %s (%s) in %.1f s", report.num_records, odgt, mode,

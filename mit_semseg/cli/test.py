@@ -26,7 +26,8 @@ argmax of the upsampled class scores, without softmax or any full-size float map
 arithmetic.
 
 Grayscale, RGBA, 16-bit and tiny images are converted; unreadable files (missing, empty,
-corrupt) are reported by name and skipped. Before building the model it checks the weight
+corrupt, or of more pixels than ``DATASET.max_image_pixels``, found from the header) are
+reported by name and skipped. Before building the model it checks the weight
 files and that ``TEST.result`` is writable (:mod:`mit_semseg.cli.preflight`). Exit status: 0 if
 every image was processed, 1 if some could not be, 2 on a setup error (bad config, missing or
 unfitting checkpoint, download failed, unwritable output folder, no input images).

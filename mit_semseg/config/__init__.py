@@ -134,6 +134,8 @@ def validate_config(node: CfgNode, source: str = "config") -> None:
     )
     _check(d.preflight in _PREFLIGHT_CHOICES, "DATASET.preflight",
            f"must be one of {_PREFLIGHT_CHOICES}, got {d.preflight!r}", source)
+    _check(d.max_image_pixels > 0, "DATASET.max_image_pixels",
+           f"must be > 0, got {d.max_image_pixels}", source)
     _check(node.MODEL.backend in _MODEL_BACKEND_CHOICES, "MODEL.backend",
            f"must be one of {_MODEL_BACKEND_CHOICES}, got {node.MODEL.backend!r}", source)
     _check(
@@ -229,8 +231,8 @@ RESUME_MAY_CHANGE = (
     "TRAIN.checkpoint_every", "TRAIN.checkpoint_minutes", "DIST.backend", "VAL", "TEST",
     # how the run copes with faults, not what it trains: a run that stopped on a bad sample or
     # a string of fp16 overflows may be continued with these changed
-    "DATASET.preflight", "TRAIN.skip_bad_samples", "TRAIN.max_nonfinite_steps",
-    "TRAIN.deterministic",
+    "DATASET.preflight", "DATASET.max_image_pixels", "TRAIN.skip_bad_samples",
+    "TRAIN.max_nonfinite_steps", "TRAIN.deterministic",
 )
 
 

@@ -55,6 +55,15 @@ _C.DATASET.random_flip = True
 # channel; seconds for ADE20K's 20k training images), "full" (also decodes every image and
 # label and checks label values <= num_class; minutes for ADE20K), "off".
 _C.DATASET.preflight = "headers"
+# Images and label maps of more pixels (width x height) than this are refused from their file
+# header, before anything is decoded: a "decompression bomb" (a 400 KB PNG can declare
+# 20000x20000 pixels, 1.2 GB once decoded, several times that once resized) fails the
+# start-up check naming its list line and size, and where it is read later it fails like an
+# unreadable file (test.py skips it; training: TRAIN.skip_bad_samples). The default is
+# Pillow's own limit (PIL.Image.MAX_IMAGE_PIXELS): about 89.5 million pixels, e.g. 9459x9459
+# or a 12000x7450 photo. Raise it for larger pictures; above twice this default Pillow still
+# refuses the files it decodes itself (palette-mode label PNGs).
+_C.DATASET.max_image_pixels = 89478485
 
 # -----------------------------------------------------------------------------
 # Model

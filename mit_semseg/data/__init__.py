@@ -30,6 +30,7 @@ _EXPORTS = {
     "write_odgt": "odgt",
     "dataset_palette": "palette",
     "ImageReadError": "image_io",
+    "ImageTooLargeError": "image_io",
 }
 
 __all__ = sorted(_EXPORTS)

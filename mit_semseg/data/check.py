@@ -13,10 +13,13 @@ Two depths:
   its last bytes are checked for the end marker of a JPEG or PNG, so missing, unreadable,
   truncated and mis-sized files and colour label maps are found without decoding a pixel.
 
+Both depths refuse, from the header, a file of more pixels than ``max_pixels``
+(``DATASET.max_image_pixels``; a decompression bomb), naming its list line and size.
+
 Command line (exit status 1 when a problem is found)::
 
     python -m mit_semseg.data.check data/training.odgt --num-class 150 [--root data/] \\
-        [--headers-only]
+        [--headers-only] [--max-image-pixels N]
 """
 
 from __future__ import annotations
@@ -35,7 +38,10 @@ import numpy as np
 from mit_semseg.data.image_io import (
     _JPEG_EOI,
     _JPEG_TRAILER_SLACK,
+    MAX_IMAGE_PIXELS,
     ImageReadError,
+    ImageTooLargeError,
+    check_image_size,
     read_image,
     read_label,
     read_labelled_image,
@@ -125,7 +131,8 @@ class _UnreadableHeader(ImageReadError):
     """Pillow cannot identify the file (OpenCV may still decode it)."""
 
 
-def read_header(path: str | os.PathLike, upright: bool = True) -> tuple[int, int, str]:
+def read_header(path: str | os.PathLike, upright: bool = True,
+                max_pixels: int | None = MAX_IMAGE_PIXELS) -> tuple[int, int, str]:
     """``(width, height, Pillow mode)`` of an image file, from its header alone.
 
     Besides the header, only the file's last bytes are read: a JPEG or PNG cut short (an
@@ -135,21 +142,28 @@ def read_header(path: str | os.PathLike, upright: bool = True) -> tuple[int, int
         path: the file.
         upright: the size once the EXIF orientation is applied (images are read upright;
             labels, False, are read as stored).
+        max_pixels: refuse a file of more pixels (None: no limit).
 
     Raises:
         FileNotFoundError: the file does not exist.
         ImageReadError: not an image Pillow can identify, or a truncated JPEG/PNG.
+        ImageTooLargeError: more than ``max_pixels`` pixels, or than Pillow's own limit.
     """
     from PIL import Image, UnidentifiedImageError
 
     try:
         with open(path, "rb") as f:
+            check_image_size(f, path, max_pixels)
+            f.seek(0)
             try:
                 with Image.open(f) as image:
                     width, height = image.size
                     mode, kind = image.mode, image.format
                     if upright and image.getexif().get(_EXIF_ORIENTATION) in _TRANSPOSED:
                         width, height = height, width
+            except Image.DecompressionBombError as exc:  # max_pixels above Pillow's limit
+                raise ImageTooLargeError(f"{path}: too many pixels for Pillow ({exc})"
+                                         ) from None
             except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
                 raise _UnreadableHeader(f"{path}: cannot read the image header ({exc})"
                                         ) from None
@@ -165,14 +179,15 @@ def read_header(path: str | os.PathLike, upright: bool = True) -> tuple[int, int
     return width, height, mode
 
 
-def _header_or_decoded(path: str, read_pixels, upright: bool = False) -> tuple[int, int, str]:
+def _header_or_decoded(path: str, read_pixels, max_pixels: int | None,
+                       upright: bool = False) -> tuple[int, int, str]:
     """The header of ``path`` (sizes as stored, or of the EXIF-upright picture); a file whose
     header Pillow cannot read is decoded with ``read_pixels`` (OpenCV reads a few formats
     Pillow does not), which raises if it fails."""
     try:
-        return read_header(path, upright=upright)
+        return read_header(path, upright, max_pixels)
     except _UnreadableHeader:
-        pixels = read_pixels(path)
+        pixels = read_pixels(path, max_pixels=max_pixels)
     return pixels.shape[1], pixels.shape[0], "L" if pixels.ndim == 2 else "RGB"
 
 
@@ -183,6 +198,7 @@ class _Sample:
     record: dict
     where: str
     paths: tuple[str, str]
+    max_pixels: int | None = MAX_IMAGE_PIXELS
     read: bool = False  # both files could be read
     problems: list[str] = field(default_factory=list)
     label_counts: np.ndarray | None = None  # full checks: pixels per label value
@@ -203,13 +219,14 @@ def _check_sizes(sample: _Sample, image_size: tuple[int, int],
 
 def _check_headers(sample: _Sample) -> _Sample:
     image_path, label_path = sample.paths
+    limit = sample.max_pixels
     try:
-        width, height, _ = _header_or_decoded(image_path, read_image)
-        label_width, label_height, mode = _header_or_decoded(label_path, read_label)
+        width, height, _ = _header_or_decoded(image_path, read_image, limit)
+        label_width, label_height, mode = _header_or_decoded(label_path, read_label, limit)
         if (width, height) != (label_width, label_height):
             # the datasets' rule (read_labelled_image): the EXIF-upright picture when only it
             # has the label's size
-            upright = _header_or_decoded(image_path, read_image, upright=True)[:2]
+            upright = _header_or_decoded(image_path, read_image, limit, upright=True)[:2]
             if upright == (label_width, label_height):
                 width, height = upright
     except (OSError, ImageReadError) as exc:
@@ -227,8 +244,9 @@ def _check_headers(sample: _Sample) -> _Sample:
 def _check_pixels(sample: _Sample) -> _Sample:
     image_path, label_path = sample.paths
     try:
-        label = read_label(label_path)
-        image = read_labelled_image(image_path, label.shape)  # the datasets' orientation
+        label = read_label(label_path, sample.max_pixels)
+        # the datasets' orientation
+        image = read_labelled_image(image_path, label.shape, sample.max_pixels)
     except (OSError, ImageReadError) as exc:
         sample.problems.append(f"{sample.where}: {exc}")
         return sample
@@ -260,7 +278,7 @@ def _add(report: CheckReport, sample: _Sample) -> None:
 
 def check_dataset(odgt: str | os.PathLike, num_class: int,
                   root: str | os.PathLike | None = None, *, full: bool = True,
-                  threads: int = 8) -> CheckReport:
+                  threads: int = 8, max_pixels: int | None = MAX_IMAGE_PIXELS) -> CheckReport:
     """Checks every record of ``odgt``; never raises on bad data, reports it instead.
 
     Args:
@@ -272,6 +290,8 @@ def check_dataset(odgt: str | os.PathLike, num_class: int,
             faster (benchmarks/bench_preflight.py).
         threads: files are read by this many threads (waiting for a disk or a network
             folder, and decoding, release the GIL); problems are reported in list order.
+        max_pixels: a file whose header declares more pixels is a problem, found without
+            decoding it (None: no limit).
     """
     if num_class < 1:
         raise ValueError(f"num_class must be >= 1, got {num_class}")
@@ -298,7 +318,8 @@ def check_dataset(odgt: str | os.PathLike, num_class: int,
             entries.append(str(exc))
             continue
         entries.append(_Sample(record, where, (os.path.join(root, record["fpath_img"]),
-                                               os.path.join(root, record["fpath_segm"]))))
+                                               os.path.join(root, record["fpath_segm"])),
+                               max_pixels))
     samples = [e for e in entries if isinstance(e, _Sample)]
     report.num_lines, report.num_records = len(entries), len(samples)
     with ThreadPoolExecutor(max(1, threads)) as pool:
@@ -328,11 +349,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--headers-only", action="store_true",
                         help="read file headers instead of decoding every image and label "
                              "(fast; no label values or class statistics)")
+    parser.add_argument("--max-image-pixels", type=int, default=MAX_IMAGE_PIXELS, metavar="N",
+                        help="files whose header declares more pixels are reported, not "
+                             "decoded (DATASET.max_image_pixels; default: %(default)s)")
     args = parser.parse_args(argv)
+    if args.max_image_pixels < 1:
+        parser.error(f"--max-image-pixels must be >= 1, got {args.max_image_pixels}")
     names = None
     if args.class_info:
         names = load_class_info(args.class_info)["names"]
-    report = check_dataset(args.odgt, args.num_class, args.root, full=not args.headers_only)
+    report = check_dataset(args.odgt, args.num_class, args.root, full=not args.headers_only,
+                           max_pixels=args.max_image_pixels)
     sys.stdout.write(report.format(names, args.max_problems) + "\n")
     sys.exit(0 if report.ok else 1)
 

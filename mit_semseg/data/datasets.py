@@ -28,7 +28,13 @@ import cv2
 import numpy as np
 import torch
 
-from mit_semseg.data.image_io import ImageReadError, read_image, read_label, read_labelled_image
+from mit_semseg.data.image_io import (
+    MAX_IMAGE_PIXELS,
+    ImageReadError,
+    read_image,
+    read_label,
+    read_labelled_image,
+)
 from mit_semseg.data.odgt import TRAIN_KEYS, list_images, records_from
 from mit_semseg.data.transforms import (
     normalize_image,
@@ -90,7 +96,9 @@ class BaseDataset(torch.utils.data.Dataset):
     Args:
         odgt: an ``.odgt`` path or a list of record dicts.
         opt: ``cfg.DATASET`` (anything with ``imgSizes``, ``imgMaxSize``, ``padding_constant``,
-            optionally ``num_class``, ``segm_downsampling_rate``, ``random_flip``).
+            optionally ``num_class``, ``segm_downsampling_rate``, ``random_flip``,
+            ``max_image_pixels``: files of more pixels are refused before decoding, an
+            :class:`~mit_semseg.data.image_io.ImageTooLargeError`; default Pillow's limit).
         required: keys every record must have.
         max_sample: keep only the first ``max_sample`` records (if > 0).
         start_idx, end_idx: keep ``records[start_idx:end_idx]`` (if both >= 0); the slice
@@ -114,6 +122,7 @@ class BaseDataset(torch.utils.data.Dataset):
         self.padding_constant = int(_option(opt, "padding_constant"))
         num_class = _option(opt, "num_class")
         self.num_class: int | None = None if num_class is None else int(num_class)
+        self.max_image_pixels = int(_option(opt, "max_image_pixels", MAX_IMAGE_PIXELS))
         if not self.imgSizes or min(self.imgSizes) <= 0 or self.imgMaxSize <= 0:
             raise ValueError(f"imgSizes {self.imgSizes} and imgMaxSize {self.imgMaxSize} "
                              "must be positive")
@@ -141,8 +150,9 @@ class BaseDataset(torch.utils.data.Dataset):
         (:func:`~mit_semseg.data.image_io.read_labelled_image`)."""
         path = self._image_path(self.list_sample[index])
         try:
-            return read_image(path) if label_shape is None else read_labelled_image(path,
-                                                                                    label_shape)
+            if label_shape is None:
+                return read_image(path, max_pixels=self.max_image_pixels)
+            return read_labelled_image(path, label_shape, self.max_image_pixels)
         except (FileNotFoundError, ImageReadError) as exc:
             raise type(exc)(f"{exc} (sample {self._origins[index]})") from None
 
@@ -176,7 +186,7 @@ class _LabelledDataset(BaseDataset):
         record, origin = self.list_sample[index], self._origins[index]
         label_path = os.path.join(self.root_dataset, record["fpath_segm"])
         try:
-            label = read_label(label_path)
+            label = read_label(label_path, self.max_image_pixels)
         except (FileNotFoundError, ImageReadError) as exc:
             raise type(exc)(f"{exc} (sample {origin})") from None
         # as stored (the original's orientation) unless only the EXIF-upright image fits

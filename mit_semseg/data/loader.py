@@ -36,6 +36,7 @@ __all__ = [
     "global_device_indices",
     "seed_cuda_generators",
     "seed_everything",
+    "stop_workers",
     "user_scattered_collate",
     "worker_init_fn",
 ]
@@ -58,7 +59,7 @@ def worker_init_fn(worker_id: int) -> None:
     Workers ignore SIGINT and SIGTERM: a terminal's Ctrl-C and schedulers signal every process
     of the job, and a worker that died of it would fail the step the training process is
     finishing before it saves (see :mod:`mit_semseg.engine.run_control`). The training process
-    ends its workers itself.
+    ends its workers itself (:func:`stop_workers`).
     """
     info = torch.utils.data.get_worker_info()
     seed = info.seed if info is not None else torch.initial_seed()
@@ -239,6 +240,26 @@ class _PrivateRng:
             self._restore(outer)
 
 
+def stop_workers(iterator: Iterator[Any]) -> None:
+    """Ends the worker processes of a DataLoader's iterator now, and waits for them.
+
+    Torch ends them when the iterator is garbage-collected, but an exception's traceback keeps
+    it alive until the interpreter exits, when torch no longer does: then multiprocessing asks
+    them to stop with SIGTERM, which :func:`worker_init_fn`'s workers ignore, and waits for them
+    forever (the command never exits, and they hold its stdout and stderr). Torch has no public
+    call for this; its own clean-up (``_shutdown_workers``) is used, and a worker still running
+    after it (busy or blocked on a file) is killed. An iterator without workers is left as is.
+    """
+    shut_down = getattr(iterator, "_shutdown_workers", None)
+    if shut_down is None:
+        return
+    shut_down()  # asks the workers to finish, waits a few seconds, forgets their pids
+    for worker in getattr(iterator, "_workers", ()):
+        if worker.is_alive():
+            worker.kill()
+            worker.join()
+
+
 def _next_per_device(streams: list[tuple[Iterator[Any], _PrivateRng]]
                      ) -> list[dict[str, Any]] | None:
     """One batch dict from each device's stream, or None when a stream has ended."""
@@ -271,10 +292,14 @@ def device_batches(make_loader: Callable[[int, int, int], Iterable[Any]], seed: 
         start_step: steps of this epoch already consumed (resuming a run).
     """
     streams = []
-    for local_index, global_index in enumerate(device_indices):
-        stream_seed = data_seed(seed, epoch, global_index)
-        rng = _PrivateRng(stream_seed)
-        with rng.active():
-            streams.append((iter(make_loader(stream_seed, local_index, start_step)), rng))
-    while (batch := _next_per_device(streams)) is not None:
-        yield batch
+    try:
+        for local_index, global_index in enumerate(device_indices):
+            stream_seed = data_seed(seed, epoch, global_index)
+            rng = _PrivateRng(stream_seed)
+            with rng.active():
+                streams.append((iter(make_loader(stream_seed, local_index, start_step)), rng))
+        while (batch := _next_per_device(streams)) is not None:
+            yield batch
+    finally:  # on every way out: the end of the epoch, an error, a signal, close()
+        for iterator, _ in streams:
+            stop_workers(iterator)

@@ -32,6 +32,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from mit_semseg.data.datasets import ValDataset
+from mit_semseg.data.image_io import MAX_IMAGE_PIXELS
 from mit_semseg.data.loader import user_scattered_collate
 from mit_semseg.data.palette import dataset_palette, resolve_class_names
 from mit_semseg.files import atomic_write, atomic_write_text
@@ -320,6 +321,8 @@ class EvalJob:
         workers: loader worker processes (``VAL.workers``).
         visualize: write ``[image | ground truth | prediction]`` PNGs to
             ``out_dir/result/`` (``VAL.visualize``).
+        max_pixels: images and labels of more pixels are refused before decoding
+            (``DATASET.max_image_pixels``).
     """
 
     model: TrainedModel
@@ -332,11 +335,13 @@ class EvalJob:
     options: PredictOptions = PredictOptions()
     workers: int = 0
     visualize: bool = False
+    max_pixels: int = MAX_IMAGE_PIXELS
 
     def dataset(self, start: int = -1, end: int = -1) -> ValDataset:
         """The :class:`~mit_semseg.data.ValDataset` of records ``[start, end)`` (all: -1, -1)."""
         options = {"imgSizes": self.scales, "imgMaxSize": self.max_size,
-                   "padding_constant": self.padding_constant, "num_class": self.model.num_class}
+                   "padding_constant": self.padding_constant, "num_class": self.model.num_class,
+                   "max_image_pixels": self.max_pixels}
         return ValDataset(self.root_dataset, self.list_val, options, start_idx=start,
                           end_idx=end)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
+import signal
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -82,6 +83,48 @@ def run_script(script: str, *args: str, timeout: float = 120) -> subprocess.Comp
         text=True,
         timeout=timeout,
     )
+
+
+def _kill_session(session: int) -> list[str]:
+    """Kills every process of ``session`` (Linux); returns their command lines."""
+    killed = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if os.getsid(int(entry.name)) != session:
+                continue
+            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()[:200]
+            os.kill(int(entry.name), signal.SIGKILL)
+            killed.append(f"{entry.name}: {command}")
+        except (ProcessLookupError, PermissionError, FileNotFoundError):
+            continue
+    return killed
+
+
+def run_piped(args: list[str], timeout: float, env: dict[str, str] | None = None
+              ) -> tuple[int, str]:
+    """Runs ``python ARGS`` in the repository root with stdout and stderr on one pipe, as
+    ``command | cat`` does, and reads the pipe to its end, which comes only when every process
+    holding it has exited: the command and every process it started. Fails the test after
+    ``timeout`` seconds (then kills what is left of the command's session, and names it).
+
+    Returns:
+        ``(exit status, output)``.
+    """
+    proc = subprocess.Popen(
+        [sys.executable, *args], cwd=REPO_ROOT, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True, start_new_session=True,
+        env=env or dict(os.environ, CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="1"))
+    try:
+        output, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        status = proc.poll()
+        left = _kill_session(proc.pid)
+        output, _ = proc.communicate()
+        pytest.fail(f"the output pipe was still open after {timeout} s (command exit status "
+                    f"{status}), held by: {left}\n{output[-3000:]}")
+    return proc.returncode, output
 
 
 def load_script(name: str):

@@ -1,4 +1,5 @@
 import json
+import os
 import queue
 import time
 
@@ -10,6 +11,7 @@ from eval_fixtures import (  # noqa: F401
     NUM_VAL,
     bound_devices,
     in_process,
+    run_piped,
     run_script,
     tiny_run,
 )
@@ -67,6 +69,31 @@ def test_worker_failure_stops_the_master_quickly(tiny_run, tmp_path):  # noqa: F
     assert proc.returncode == 1
     assert "worker 1 failed" in proc.stdout + proc.stderr
     assert time.monotonic() - start < 90
+
+
+def test_a_failing_worker_leaves_no_process_behind(tiny_run, tmp_path):  # noqa: F811
+    """Every process eval_multipro.py started is gone when it exits: its output pipe closes.
+
+    With loader processes (``VAL.workers 1``), worker 1 fails on a corrupt image while the
+    loader of worker 0 waits, for good, on a label that is a FIFO (as on a hung network
+    mount). Ending worker 0 alone would leave its loader process behind, holding the pipe.
+    """
+    first, *_, last = [json.loads(line)
+                       for line in (tiny_run.data / "validation.odgt").read_text().splitlines()]
+    os.mkfifo(tmp_path / "never_written.png")
+    (tmp_path / "broken.jpg").write_bytes(b"definitely not a jpeg")
+    odgt = tmp_path / "val.odgt"
+    odgt.write_text(json.dumps(dict(first, fpath_segm=str(tmp_path / "never_written.png")))
+                    + "\n" + json.dumps(dict(last, fpath_img=str(tmp_path / "broken.jpg")))
+                    + "\n")
+    # the start-up check would open the FIFO and find the corrupt file: off, as for files
+    # that changed after the start
+    code, output = run_piped(
+        ["eval_multipro.py", "--cfg", str(CFG), "--gpus", "cpu", "--workers", "2",
+         *tiny_run.overrides(**{"DATASET.list_val": str(odgt), "DATASET.preflight": "off",
+                                "VAL.workers": "1"})], timeout=120)
+    assert code == 1, output
+    assert "worker 1 failed" in output and "broken.jpg: cannot decode" in output
 
 
 def test_fork_is_rejected_with_cuda_devices(tiny_run, in_process, monkeypatch):  # noqa: F811

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 from eval_fixtures import CFG, REPO_ROOT
+from large_images import write_blank_png
 
 from mit_semseg.cli import preflight
 from mit_semseg.config import load_config
@@ -329,3 +330,28 @@ def test_help_shows_defaults_examples_config_docs_and_exit_statuses(script, caps
         assert status in text
     if script != "train.py":
         assert "train" not in text.split("examples:")[0].replace("trained", "")
+
+
+@pytest.mark.parametrize("script,list_key,preflight", [
+    ("train.py", "list_train", "headers"), ("train.py", "list_train", "full"),
+    ("eval.py", "list_val", "headers"), ("eval_multipro.py", "list_val", "headers")])
+def test_a_decompression_bomb_in_the_list_is_named_with_its_size(script, list_key, preflight,
+                                                                 tiny_run, tmp_path, in_process,
+                                                                 no_model_build):
+    # a 50 KB PNG of 20000x20000 pixels (1.2 GB decoded) as the second record's image
+    lines = (tiny_run.data / "validation.odgt").read_text().splitlines()
+    bomb = write_blank_png(tmp_path / "bomb.png")
+    lines[1] = json.dumps(dict(json.loads(lines[1]), fpath_img=str(bomb)))
+    odgt = tmp_path / "list.odgt"
+    odgt.write_text("\n".join(lines) + "\n")
+    code, _, err = in_process(script, *_argv(script, tiny_run, tmp_path, **{
+        f"DATASET.{list_key}": str(odgt), "DATASET.preflight": preflight}), streams=True)
+    err = _one_error_line(code, err, script)
+    assert (f"1 of 3 line(s) bad: {odgt}:2: {bomb}: 20000x20000 = 400,000,000 pixels, more "
+            "than the limit of 89,478,485 (DATASET.max_image_pixels); not decoded") in err
+    # a raised limit is in the command that lists every problem
+    code, _, err = in_process(script, *_argv(script, tiny_run, tmp_path, **{
+        f"DATASET.{list_key}": str(odgt), "DATASET.max_image_pixels": "1000000"}),
+        streams=True)
+    err = _one_error_line(code, err, script)
+    assert "more than the limit of 1,000,000" in err and "--max-image-pixels 1000000" in err

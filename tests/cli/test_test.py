@@ -1,8 +1,20 @@
+import os
+import subprocess
+import sys
+
 import cv2
 import numpy as np
 import pytest
 import torch
-from eval_fixtures import CFG, bound_devices, in_process, run_script, tiny_run  # noqa: F401
+from eval_fixtures import (  # noqa: F401
+    CFG,
+    REPO_ROOT,
+    bound_devices,
+    in_process,
+    run_script,
+    tiny_run,
+)
+from large_images import write_blank_png
 
 from mit_semseg.cli.test import collect_images, output_names
 
@@ -160,3 +172,32 @@ def test_output_names_unique_and_readable(tmp_path):
     assert names == ["x__img", "y__img", "y__other", "y__dup_jpg", "y__dup_png"]
     assert output_names([tmp_path / "one" / "pic.jpeg"]) == ["pic"]
     assert output_names([tmp_path / "f" / "a.jpg", tmp_path / "f" / "b.jpg"]) == ["a", "b"]
+
+
+def _limit_address_space():
+    # a test.py that decoded the bomb would need tens of GB (its class scores at full size):
+    # it fails at once here instead of filling the machine's memory (the run itself needs
+    # about 4 GB of address space, mostly libraries and thread stacks)
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_AS, (8 << 30, 8 << 30))
+
+
+def test_a_decompression_bomb_is_skipped_with_one_line(tiny_run, tmp_path):  # noqa: F811
+    good = _write(tmp_path / "imgs" / "good.jpg", np.full((40, 56, 3), 90, np.uint8))
+    bomb = write_blank_png(tmp_path / "imgs" / "bomb.png")  # 20000x20000 pixels in ~50 KB
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "test.py"), "--imgs", str(good), str(bomb),
+         "--cfg", str(CFG), "--gpu", "cpu", *tiny_run.overrides(**{"TEST.result": str(out)})],
+        cwd=REPO_ROOT, env=dict(os.environ, CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="1"),
+        capture_output=True, text=True, timeout=120, preexec_fn=_limit_address_space)
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 1, log  # one input failed, the other was processed
+    assert "Traceback" not in log
+    skipped = [line for line in log.splitlines() if "skipped: " in line]
+    assert len(skipped) == 1 and skipped[0].endswith(
+        f"skipped: {bomb}: 20000x20000 = 400,000,000 pixels, more than the limit of "
+        "89,478,485 (DATASET.max_image_pixels); not decoded (sample <list>[1])"), log
+    assert sorted(p.name for p in out.glob("*.png")) == ["good.png"]
+    assert "1 image(s) written" in log and "1 failed" in log

@@ -136,6 +136,7 @@ def test_missing_file_and_odd_overrides(tmp_path):
         (["DATASET.num_class", "0"], "DATASET.num_class"),
         (["DATASET.padding_constant", "4"], "DATASET.padding_constant"),
         (["DATASET.imgSizes", "()"], "DATASET.imgSizes"),
+        (["DATASET.max_image_pixels", "0"], "DATASET.max_image_pixels"),
         (["TRAIN.amp", "fp8"], "TRAIN.amp"),
         (["VAL.amp", "int8"], "VAL.amp"),
         (["TEST.amp", "bf8"], "TEST.amp"),
@@ -241,3 +242,13 @@ def _keys_of(node, prefix=""):
             yield from _keys_of(value, f"{prefix}{name}.")
         else:
             yield prefix + name
+
+
+def test_the_default_pixel_limit_is_the_readers_and_pillows():
+    from PIL import Image
+
+    from mit_semseg.data.image_io import MAX_IMAGE_PIXELS
+
+    # the config's default is what library callers of the readers get, and Pillow's own
+    assert get_cfg_defaults().DATASET.max_image_pixels == MAX_IMAGE_PIXELS
+    assert MAX_IMAGE_PIXELS == 1024**3 // 4 // 3 == Image.MAX_IMAGE_PIXELS

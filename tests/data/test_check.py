@@ -4,6 +4,7 @@ import shutil
 
 import numpy as np
 import pytest
+from large_images import write_blank_png
 
 from mit_semseg.data import check
 from mit_semseg.data.check import check_dataset, main, read_header
@@ -89,8 +90,8 @@ def test_headers_only_finds_every_file_level_problem_without_decoding(synthetic_
     decoded = []
     for name in ("read_image", "read_label"):
         real = getattr(check, name)
-        monkeypatch.setattr(check, name, lambda path, real=real: decoded.append(path) or
-                            real(path))
+        monkeypatch.setattr(check, name, lambda path, *limit, real=real, **named_limit:
+                            decoded.append(path) or real(path, *limit, **named_limit))
     report = check_dataset(root / "bad.odgt", num_class=8, full=False)
     found = sorted({int(p.split("bad.odgt:")[1].split(":")[0]) for p in report.problems})
     assert found == bad_lines
@@ -153,3 +154,26 @@ def test_headers_only_command_line(tmp_path, synthetic_root, capsys):
     assert exit_info.value.code == 1
     out = capsys.readouterr().out
     assert "bad lines: 7" in out and "truncated JPEG" in out and "pixels%" not in out
+
+
+@pytest.mark.parametrize("depth", [["--headers-only"], []])
+def test_a_decompression_bomb_is_reported_with_its_line_and_size(depth, synthetic_root,
+                                                                 tmp_path, capsys):
+    lines = (synthetic_root / "validation.odgt").read_text().splitlines()
+    bomb = write_blank_png(tmp_path / "bomb.png")  # 20000x20000 pixels in ~50 KB
+    lines[0] = json.dumps(dict(json.loads(lines[0]), fpath_segm=str(bomb)))
+    odgt = tmp_path / "list.odgt"
+    odgt.write_text("\n".join(lines) + "\n")
+    argv = [str(odgt), "--num-class", "8", "--root", str(synthetic_root)]
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv + depth)
+    out = capsys.readouterr().out
+    assert exit_info.value.code == 1
+    assert (f"PROBLEM {odgt}:1: {bomb}: 20000x20000 = 400,000,000 pixels, more than the limit "
+            "of 89,478,485") in out
+    assert "bad lines: 1," in out  # the other lines are checked as usual
+    # --max-image-pixels sets the limit (DATASET.max_image_pixels of the scripts)
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv + ["--headers-only", "--max-image-pixels", "4000"])
+    out = capsys.readouterr().out
+    assert exit_info.value.code == 1 and "more than the limit of 4,000" in out

@@ -1,9 +1,20 @@
+import warnings
+
 import cv2
 import numpy as np
 import pytest
+from large_images import BOMB_SIDE, write_blank_png, write_bmp_header
 from PIL import Image, ImageOps
 
-from mit_semseg.data.image_io import ImageReadError, label_file_array, read_image, read_label
+from mit_semseg.data.image_io import (
+    MAX_IMAGE_PIXELS,
+    ImageReadError,
+    ImageTooLargeError,
+    label_file_array,
+    read_image,
+    read_label,
+    read_labelled_image,
+)
 
 EXIF_ORIENTATION = 0x0112
 
@@ -145,3 +156,64 @@ def test_label_file_array_is_class_plus_one_and_reads_back(tmp_path, num_class, 
     path = tmp_path / "labels.png"
     assert cv2.imwrite(str(path), values)
     np.testing.assert_array_equal(read_label(path), pred + 1)  # 0 stays "unlabeled"
+
+
+# ------------------------------------------------------------------- pixel limit (bombs)
+def _no_decoding(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("the file was decoded")
+
+    monkeypatch.setattr(cv2, "imdecode", refuse)
+    monkeypatch.setattr(Image.Image, "load", refuse)
+
+
+def test_a_decompression_bomb_is_refused_from_its_header_before_decoding(tmp_path, monkeypatch):
+    bomb = write_blank_png(tmp_path / "bomb.png")  # 400 million pixels in ~50 KB
+    assert bomb.stat().st_size < 100_000
+    _no_decoding(monkeypatch)
+    for read in (read_image, read_label, lambda p: read_labelled_image(p, (BOMB_SIDE,) * 2)):
+        with pytest.raises(ImageTooLargeError) as info:
+            read(bomb)  # the default limit, Pillow's
+        assert str(info.value).startswith(f"{bomb}: 20000x20000 = 400,000,000 pixels")
+        assert f"{MAX_IMAGE_PIXELS:,}" in str(info.value)
+    assert issubclass(ImageTooLargeError, ImageReadError)  # readers skip it like any other
+
+
+def test_the_limit_counts_pixels_and_none_lifts_it(tmp_path):
+    path = tmp_path / "a.png"
+    cv2.imwrite(str(path), np.zeros((50, 100, 3), np.uint8))
+    assert read_image(path, max_pixels=5000).shape == (50, 100, 3)
+    cv2.imwrite(str(tmp_path / "label.png"), np.zeros((50, 100), np.uint8))
+    assert read_label(tmp_path / "label.png", max_pixels=None).shape == (50, 100)
+    with pytest.raises(ImageTooLargeError, match="100x50 = 5,000 pixels, more than the limit "
+                                                 "of 4,999"):
+        read_image(path, max_pixels=4999)
+
+
+def test_jpeg_size_is_read_past_other_segments(tmp_path, monkeypatch):
+    """The frame header of a JPEG may follow kilobytes of metadata (EXIF, ICC profile)."""
+    path = tmp_path / "photo.jpg"
+    exif = Image.Exif()
+    exif[0x010E] = "x" * 30_000  # ImageDescription: a 30 KB APP1 segment before the frame
+    Image.fromarray(np.zeros((30, 70, 3), np.uint8)).save(path, exif=exif, progressive=True)
+    with pytest.raises(ImageTooLargeError, match="70x30 = 2,100 pixels"):
+        read_image(path, max_pixels=2099)
+    # a header-only JPEG declaring 30000x30000: refused by its size, not as a broken file
+    frame = b"\xff\xc0\x00\x11\x08" + (30000).to_bytes(2, "big") * 2 + b"\x03" + bytes(9)
+    (tmp_path / "big.jpg").write_bytes(b"\xff\xd8\xff\xe0\x00\x04ab" + frame + b"\xff\xd9")
+    _no_decoding(monkeypatch)
+    with pytest.raises(ImageTooLargeError, match="30000x30000"):
+        read_image(tmp_path / "big.jpg")
+
+
+def test_other_formats_are_measured_by_pillow(tmp_path, monkeypatch):
+    _no_decoding(monkeypatch)
+    # over the default limit but under Pillow's own refusal (twice as much): our message
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        with pytest.raises(ImageTooLargeError, match="10000x9000 = 90,000,000 pixels"):
+            read_image(write_bmp_header(tmp_path / "a.bmp", 10000, 9000))
+    # over Pillow's own limit, which refuses to give the size: its message, named by path
+    with pytest.raises(ImageTooLargeError, match=r"b\.bmp: too many pixels \(Image size "
+                                                 r"\(400000000 pixels\)"):
+        read_image(write_bmp_header(tmp_path / "b.bmp", BOMB_SIDE, BOMB_SIDE))

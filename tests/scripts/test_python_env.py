@@ -130,3 +130,37 @@ def test_pytorch_is_pinned_by_python_version(tmp_path, version, expected):
                           text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == expected
+
+
+def _install_with_stub(tmp_path: Path, env_overrides: dict) -> list[list[str]]:
+    """Runs install_project "[test]" with a stub interpreter that records its pip commands
+    (and runs the real one for the version check); returns one argument list per pip call."""
+    calls = tmp_path / "pip_calls"
+    stub = tmp_path / "python"
+    stub.write_text('#!/bin/sh\nif [ "$1" = -m ]; then printf \'%s\\n\' "$*" >> '
+                    f'"{calls}"; exit 0; fi\nexec "{sys.executable}" "$@"\n')
+    stub.chmod(0o755)
+    (tmp_path / "scripts").mkdir()
+    shutil.copy(REPO_ROOT / "scripts" / "python_env.sh", tmp_path / "scripts")
+    env = {k: v for k, v in os.environ.items() if k != "TORCH_INDEX_URL"}
+    env.update(env_overrides)
+    proc = subprocess.run(["/bin/bash", "-c", f'source scripts/python_env.sh && PY="{stub}" '
+                           '&& install_project "[test]"'], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return [line.split() for line in calls.read_text().splitlines()]
+
+
+def test_torch_index_url_is_used_for_pytorch_only(tmp_path):
+    index = "http://127.0.0.1:9/whl/cpu"  # never contacted: the stub only records the calls
+    torch_pip, project_pip = _install_with_stub(tmp_path, {"TORCH_INDEX_URL": index})
+    assert torch_pip[:4] == ["-m", "pip", "install", "-q"]
+    assert torch_pip[4:6] == ["--index-url", index]
+    assert [a.split("==")[0] for a in torch_pip[6:]] == ["torch", "torchvision"]
+    assert project_pip == ["-m", "pip", "install", "-q", "-e", ".[test]"]
+
+
+def test_without_torch_index_url_one_pip_call_from_the_default_index(tmp_path):
+    (only,) = _install_with_stub(tmp_path, {})
+    assert "--index-url" not in only and any(a.startswith("torch==") for a in only)
+    assert only[-2:] == ["-e", ".[test]"]
