@@ -21,6 +21,7 @@ import logging
 import os
 import random
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -42,6 +43,7 @@ __all__ = [
     "resolve_resume_path",
     "restore_rng_state",
     "save_epoch_checkpoint",
+    "RunStamp",
     "save_training_state",
     "state_dict_cpu",
     "unwrap_model",
@@ -149,35 +151,47 @@ def process_rng_state(saved: Sequence[Mapping[str, Any]], rank: int, first_gpu: 
     return {**saved[rank % len(saved)], "cuda": all_cuda[first_gpu:first_gpu + num_gpus]}
 
 
+@dataclass(frozen=True)
+class RunStamp:
+    """What a resumable state records about the run that wrote it, so that a run that
+    resumes from it can be compared with it.
+
+    Attributes:
+        world_size: processes of the job.
+        num_devices: devices of the whole job (``world_size`` x devices per process; default
+            ``world_size``): with the per-device batch it fixes the effective batch.
+        config: the frozen config as YAML text; ``train.py`` compares it with the config of a
+            run that resumes from the file.
+        job: what identifies the job (``train.py``: the config's hash and torchrun's run id);
+            a restarted job continues only from its own file.
+    """
+
+    world_size: int = 1
+    num_devices: int | None = None
+    config: str = ""
+    job: Mapping[str, str] = field(default_factory=dict)
+
+
 def save_training_state(
     path: str | os.PathLike,
     *,
     encoder: nn.Module,
     decoder: nn.Module,
     optimizers: Mapping[str, torch.optim.Optimizer],
-    epoch: int,
     iteration: int,
+    epoch: int,
     history: Mapping[str, Any],
     rng: list[dict[str, Any]],
     scaler: torch.amp.GradScaler | None = None,
-    world_size: int = 1,
-    num_devices: int | None = None,
-    config: str = "",
-    job: Mapping[str, str] | None = None,
+    stamp: RunStamp = RunStamp(),
 ) -> None:
     """Write the resumable state (see the module docstring) atomically to ``path``.
 
     Args:
-        epoch: 0-based epoch in progress (``iteration // epoch_iters``).
         iteration: number of finished optimisation steps since the start of training.
+        epoch: 0-based epoch in progress (``iteration // epoch_iters``).
         rng: one :func:`capture_rng_state` per process, indexed by rank.
-        world_size: processes of the job.
-        num_devices: devices of the whole job (``world_size`` x devices per process; default
-            ``world_size``): with the per-device batch it fixes the effective batch.
-        config: the frozen config as YAML text; ``train.py`` compares it with the config of a
-            run that resumes from this file.
-        job: what identifies the job that wrote the file (``train.py``: the config's hash and
-            torchrun's run id); a restarted job continues only from its own file.
+        stamp: the run that writes the file.
     """
     atomic_save(
         {
@@ -190,10 +204,11 @@ def save_training_state(
             "scaler": scaler.state_dict() if scaler is not None and scaler.is_enabled() else None,
             "history": dict(history),
             "rng": list(rng),
-            "world_size": int(world_size),
-            "num_devices": int(world_size if num_devices is None else num_devices),
-            "config": config,
-            "job": dict(job or {}),
+            "world_size": int(stamp.world_size),
+            "num_devices": int(stamp.world_size if stamp.num_devices is None
+                               else stamp.num_devices),
+            "config": stamp.config,
+            "job": dict(stamp.job),
         },
         path,
     )

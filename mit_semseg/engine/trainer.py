@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from mit_semseg.engine.checkpoint import (
+    RunStamp,
     capture_rng_state,
     process_rng_state,
     restore_rng_state,
@@ -419,7 +420,7 @@ class ResumableCheckpoint:
         config_text: the run's config as YAML (a resumed run is compared with it).
         num_devices: devices of the whole job (all processes).
         job: the writer's identity, stored with the state (see
-            :func:`mit_semseg.engine.checkpoint.save_training_state`).
+            :class:`mit_semseg.engine.checkpoint.RunStamp`).
     """
 
     path: str
@@ -437,8 +438,8 @@ class ResumableCheckpoint:
                 self.path, encoder=net.encoder, decoder=net.decoder,
                 optimizers=state.optimizers, epoch=state.epoch, iteration=state.iteration,
                 history=state.history, rng=rngs, scaler=state.scaler,
-                world_size=state.dist_ctx.world_size, num_devices=self.num_devices,
-                config=self.config_text, job=self.job)
+                stamp=RunStamp(state.dist_ctx.world_size, self.num_devices, self.config_text,
+                               self.job))
 
     def due(self, state: TrainState) -> bool:
         """The periodic save is due: ``every`` steps, except at an epoch's end, which the

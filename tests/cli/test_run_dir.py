@@ -24,7 +24,7 @@ from mit_semseg.cli.run_dir import (
     job_identity,
 )
 from mit_semseg.config import ConfigError, load_config
-from mit_semseg.engine.checkpoint import LAST_CHECKPOINT, save_training_state
+from mit_semseg.engine.checkpoint import LAST_CHECKPOINT, RunStamp, save_training_state
 from mit_semseg.engine.distributed import DistContext
 
 sys.path.insert(0, str(REPO_ROOT))
@@ -59,8 +59,9 @@ def _write_checkpoint(out, cfg, num_devices=1, run_id=""):
     """A checkpoint_last.pth as train.py writes it (tiny nets: only the format matters)."""
     save_training_state(out / LAST_CHECKPOINT, encoder=nn.Conv2d(1, 1, 1),
                         decoder=nn.Conv2d(1, 1, 1), optimizers={}, epoch=1, iteration=3,
-                        history={"train": {}}, rng=[{}], num_devices=num_devices,
-                        config=cfg.dump(), job=job_identity(cfg.dump(), run_id))
+                        history={"train": {}}, rng=[{}],
+                        stamp=RunStamp(num_devices=num_devices, config=cfg.dump(),
+                                       job=job_identity(cfg.dump(), run_id)))
 
 
 def _snapshot(folder):

@@ -155,7 +155,7 @@ def test_training_state_round_trip(tmp_path):
     path = tmp_path / ckpt.LAST_CHECKPOINT
     ckpt.save_training_state(path, encoder=enc, decoder=dec, optimizers=opts, epoch=1,
                              iteration=17, history={"train": {"loss": [1.0]}}, rng=rng,
-                             world_size=2, config="DIR: x\n")
+                             stamp=ckpt.RunStamp(world_size=2, config="DIR: x\n"))
     state = ckpt.load_training_state(path)
     assert (state["epoch"], state["iteration"], state["world_size"]) == (1, 17, 2)
     assert state["scaler"] is None
