@@ -111,52 +111,42 @@ def _model_json(choice: ModelChoice) -> dict[str, Any]:
     }
 
 
-def create_app(choices: Sequence[ModelChoice], device: torch.device,
-               limits: Limits | None = None, keep_results: int = 16) -> Starlette:
-    """The page and its API over ``choices`` (see the module docstring).
+class _PageApi:
+    """The page's handlers over the models offered and their jobs."""
 
-    Args:
-        choices: the models offered, keys unique.
-        device: where the models run.
-        limits: the largest photo taken (default: :class:`Limits`' defaults).
-        keep_results: how many results are kept for the page.
-    """
-    limits = limits or Limits()
-    by_key = {choice.key: choice for choice in choices}
-    if len(by_key) != len(choices):
-        raise ValueError("model keys must be unique")
-    board = JobBoard(device, keep_results=keep_results)
+    def __init__(self, choices: Sequence[ModelChoice], board: JobBoard, limits: Limits,
+                 keep_results: int) -> None:
+        self.choices = list(choices)
+        self.by_key = {choice.key: choice for choice in choices}
+        if len(self.by_key) != len(self.choices):
+            raise ValueError("model keys must be unique")
+        self.board = board
+        self.limits = limits
+        self.keep_results = keep_results
 
-    @contextlib.asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        async with anyio.create_task_group() as tasks:
-            app.state.tasks = tasks
-            yield
-            tasks.cancel_scope.cancel()
-
-    async def index(request: Request) -> Response:
+    async def index(self, request: Request) -> Response:
         return FileResponse(STATIC_DIR / "index.html")
 
-    async def models(request: Request) -> Response:
+    async def models(self, request: Request) -> Response:
         return JSONResponse({
-            "models": [_model_json(choice) for choice in choices],
+            "models": [_model_json(choice) for choice in self.choices],
             "examples": [{"key": e.key, "title": e.title, "credit": e.credit}
                          for e in EXAMPLES],
             "modes": MODES,
-            "limits": {"max_bytes": limits.max_bytes, "max_pixels": limits.max_pixels,
-                       "text": limits.describe()},
+            "limits": {"max_bytes": self.limits.max_bytes, "max_pixels": self.limits.max_pixels,
+                       "text": self.limits.describe()},
         })
 
-    async def example(request: Request) -> Response:
+    async def example(self, request: Request) -> Response:
         try:
             found = example_photo(request.path_params["key"])
         except PhotoError as error:
             return _error(error.status, str(error))
         return FileResponse(found.path)
 
-    async def submit(request: Request) -> Response:
+    async def submit(self, request: Request) -> Response:
         async with request.form(max_files=1, max_fields=8) as form:
-            choice = by_key.get(str(form.get("model", "")))
+            choice = self.by_key.get(str(form.get("model", "")))
             if choice is None:
                 return _error(400, f"unknown model {form.get('model')!r}; choose one from the "
                                    "list (reload the page if the server was restarted)")
@@ -178,31 +168,31 @@ def create_app(choices: Sequence[ModelChoice], device: torch.device,
                     return _error(400, "no photo: upload one (JPEG, PNG or WebP) or pick an "
                                        "example")
                 sample = await run_in_threadpool(read_photo, data, name,
-                                                 choice.dataset_options(mode), limits)
+                                                 choice.dataset_options(mode), self.limits)
             except PhotoError as error:
                 return _error(error.status, str(error))
-        job = board.submit(choice, int(epoch_text), mode, name, sample)
-        request.app.state.tasks.start_soon(board.run, job)
-        return JSONResponse(board.status(job), status_code=202)
+        job = self.board.submit(choice, int(epoch_text), mode, name, sample)
+        request.app.state.tasks.start_soon(self.board.run, job)
+        return JSONResponse(self.board.status(job), status_code=202)
 
-    def _job_or_404(request: Request) -> Job:
-        job = board.job(request.path_params["job"])
+    def _job_or_404(self, request: Request) -> Job:
+        job = self.board.job(request.path_params["job"])
         if job is None:
             raise HTTPException(404, "no such job (the server forgets old ones, and all of "
                                      "them when it restarts); run the photo again")
         return job
 
-    async def job_status(request: Request) -> Response:
-        job = _job_or_404(request)
+    async def job_status(self, request: Request) -> Response:
+        job = self._job_or_404(request)
         if request.method == "DELETE":
-            await board.cancel(job)
-        return JSONResponse(board.status(job))
+            await self.board.cancel(job)
+        return JSONResponse(self.board.status(job))
 
-    async def result_file(request: Request) -> Response:
-        result = board.result(request.path_params["job"])
+    async def result_file(self, request: Request) -> Response:
+        result = self.board.result(request.path_params["job"])
         if result is None:
             raise HTTPException(404, f"this result is no longer kept (the server keeps the "
-                                     f"last {keep_results}); run the photo again")
+                                     f"last {self.keep_results}); run the photo again")
         what = request.path_params["what"]
         makers = {"maps": (result.maps, "application/octet-stream", None),
                   "image.jpg": (result.image_jpeg, "image/jpeg", None),
@@ -217,21 +207,45 @@ def create_app(choices: Sequence[ModelChoice], device: torch.device,
                 f'attachment; filename="{_ascii(result.file_stem())}_{download}.png"')
         return Response(await run_in_threadpool(make), media_type=media_type, headers=headers)
 
-    routes = [
-        Route("/", index),
-        Route("/api/models", models),
-        Route("/api/examples/{key}", example),
-        Route("/api/jobs", submit, methods=["POST"]),
-        Route("/api/jobs/{job}", job_status, methods=["GET", "DELETE"]),
-        Route("/api/results/{job}/{what}", result_file),
-        Mount("/static", StaticFiles(directory=STATIC_DIR), name="static"),
-    ]
+    def routes(self) -> list[Route | Mount]:
+        return [
+            Route("/", self.index),
+            Route("/api/models", self.models),
+            Route("/api/examples/{key}", self.example),
+            Route("/api/jobs", self.submit, methods=["POST"]),
+            Route("/api/jobs/{job}", self.job_status, methods=["GET", "DELETE"]),
+            Route("/api/results/{job}/{what}", self.result_file),
+            Mount("/static", StaticFiles(directory=STATIC_DIR), name="static"),
+        ]
+
+
+@contextlib.asynccontextmanager
+async def _lifespan(app: Starlette) -> AsyncIterator[None]:
+    async with anyio.create_task_group() as tasks:
+        app.state.tasks = tasks
+        yield
+        tasks.cancel_scope.cancel()
+
+
+def create_app(choices: Sequence[ModelChoice], device: torch.device,
+               limits: Limits | None = None, keep_results: int = 16) -> Starlette:
+    """The page and its API over ``choices`` (see the module docstring).
+
+    Args:
+        choices: the models offered, keys unique.
+        device: where the models run.
+        limits: the largest photo taken (default: :class:`Limits`' defaults).
+        keep_results: how many results are kept for the page.
+    """
+    limits = limits or Limits()
+    board = JobBoard(device, keep_results=keep_results)
+    api = _PageApi(choices, board, limits, keep_results)
     too_large = (f"the upload is over this server's limit of {file_size(limits.max_bytes)} "
                  "(mit-semseg-app --max-upload-mb)")
     middleware = [Middleware(BodyLimit, max_bytes=limits.max_bytes + _FORM_OVERHEAD,
                              message=too_large),
                   Middleware(GZipMiddleware, minimum_size=1024, compresslevel=5)]
-    app = Starlette(routes=routes, middleware=middleware, lifespan=lifespan,
+    app = Starlette(routes=api.routes(), middleware=middleware, lifespan=_lifespan,
                     exception_handlers={HTTPException: _http_error})
     app.state.board = board
     return app
