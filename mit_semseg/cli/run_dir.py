@@ -3,7 +3,7 @@
 ``train.py`` calls these in this order, before it writes anything to ``DIR``, so that a run
 refused here leaves the folder as it was: :func:`lock_run_dir` (one run per ``DIR``),
 :func:`find_resume_state` (the checkpoint to continue from, checked against the config), then
-:func:`open_run_dir` (``config.yaml``, ``log.txt``).
+:func:`open_run_dir` (``config.yaml``, ``object_info.csv``, ``log.txt``).
 """
 
 from __future__ import annotations
@@ -18,9 +18,11 @@ from typing import Any
 from mit_semseg.cli import common
 from mit_semseg.cli.run_lock import RunDirLocked, RunLock
 from mit_semseg.config import ConfigError, resume_changes
+from mit_semseg.data.palette import dataset_classes
 from mit_semseg.engine import checkpoint as ckpt
 from mit_semseg.engine.distributed import DistContext
 from mit_semseg.files import atomic_write_text
+from mit_semseg.models.classes import CLASS_TABLE, write_class_table
 
 __all__ = ["check_resume_config", "find_resume_state", "lock_run_dir", "open_run_dir"]
 
@@ -111,10 +113,14 @@ def check_resume_config(saved: dict, source: str, cfg: Any, num_devices: int,
 
 
 def open_run_dir(cfg: Any, cfg_file: str, dist_ctx: DistContext) -> None:
-    """Rank 0 deletes what a killed run left half-written and writes ``config.yaml``; the log
-    goes to ``DIR/log.txt`` from now on."""
+    """Rank 0 deletes what a killed run left half-written and writes ``config.yaml`` and the
+    class table ``object_info.csv`` (the dataset's names, synonyms and colours, so that the
+    run folder says what its model predicts: evaluation, ``test.py`` and ``MODEL.init_from``
+    read it); the log goes to ``DIR/log.txt`` from now on."""
     if dist_ctx.is_main:
         ckpt.remove_stale_temp_files(cfg.DIR)
         atomic_write_text(os.path.join(cfg.DIR, "config.yaml"), cfg.dump())
+        classes = dataset_classes(cfg.DATASET.num_class, cfg.DATASET.root_dataset)
+        write_class_table(os.path.join(cfg.DIR, CLASS_TABLE), classes.synonyms, classes.palette)
     common.setup_logging(cfg.DIR, dist_ctx.rank)
     logger.info("Loaded configuration file %s\n%s", cfg_file, cfg.dump())
