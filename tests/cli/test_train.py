@@ -189,6 +189,17 @@ def test_deep_supervision_comes_from_the_decoder():
     assert build_module(cfg, num_devices=1, saved=None).deep_sup_scale == 0.3
 
 
+def test_class_weights_weigh_the_loss():
+    from mit_semseg.cli.train import build_module
+
+    weights = (0.5, 1, 1, 1, 1, 1, 1, 4)
+    cfg = load_config(CONFIG, ["TRAIN.pretrained", "False", "TRAIN.class_weights", str(weights)])
+    module = build_module(cfg, num_devices=1, saved=None)
+    assert module.crit.weight.tolist() == list(weights)
+    assert build_module(load_config(CONFIG, ["TRAIN.pretrained", "False"]), num_devices=1,
+                        saved=None).crit.weight is None
+
+
 def test_skip_bad_samples_keeps_the_run_going(dataset, tmp_path, monkeypatch):
     # half of the list points at missing images; the start-up check is off, as for a list
     # that was fine at start and lost files on the way
