@@ -23,8 +23,9 @@ setup(
         "Pillow",  # header reads of the start-up data check, palette labels
     ],
     extras_require={
-        # "wheel" lets tests/test_install.py build the wheel offline with older setuptools
-        "test": ["pytest", "pytest-timeout", "pytest-xdist", "ruff", "wheel"],
+        # "wheel" lets tests/test_install.py build the wheel offline with older setuptools;
+        # scikit-image's bundled photographs are the own-data tests' dataset (tests/own_data.py)
+        "test": ["pytest", "pytest-timeout", "pytest-xdist", "ruff", "wheel", "scikit-image"],
         # ONNX export (mit-semseg-export) and the onnxruntime inference backend
         "onnx": ["onnx", "onnxscript", "onnxruntime"],
     },
