@@ -46,6 +46,7 @@ from mit_semseg.data.loader import (
     seed_everything,
 )
 from mit_semseg.data.palette import dataset_classes
+from mit_semseg.download import DownloadError
 from mit_semseg.engine import checkpoint as ckpt
 from mit_semseg.engine.distributed import DistContext, cleanup_distributed, init_distributed
 from mit_semseg.engine.optim import PolySchedule, build_optimizers
@@ -169,6 +170,8 @@ def fetch_init_source(cfg: Any, dist_ctx: DistContext) -> InitSource | None:
         source = find_source(spec, progress=dist_ctx.is_main)
     except (FileNotFoundError, ValueError) as error:
         raise preflight.SetupError(f"MODEL.init_from {error}") from None
+    except DownloadError as error:
+        raise DownloadError(f"MODEL.init_from {error}") from None
     preflight.check_init_source(cfg, source)
     return source
 

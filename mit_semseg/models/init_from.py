@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from ..config import ConfigError, load_config
+from ..download import DownloadError
 from . import zoo
 from .checkpoint_format import UPSTREAM_BN_EXTRAS, key_differences, read_state_dict
 from .classes import OBJECT150_CSV, find_class_table, load_class_info
@@ -118,10 +119,10 @@ def find_source(spec: str, *, mirror: str | None = None,
     published on the mirror (``mirror`` or ``$MIT_SEMSEG_MODEL_MIRROR``).
 
     Raises:
-        FileNotFoundError: a path that does not exist, or a folder without weights.
-        ValueError: an unknown name and no mirror to look in (the message lists the released
-            models).
-        mit_semseg.download.DownloadError: fetching failed (one line naming the URL).
+        FileNotFoundError: a path that does not exist, a folder without weights, or an unknown
+            name without a mirror to look in (the message lists the released models).
+        mit_semseg.download.DownloadError: fetching failed (one line naming the URL; for a
+            name that is no released model, also the released models).
     """
     path = Path(spec).expanduser()
     if path.is_dir():
@@ -132,7 +133,11 @@ def find_source(spec: str, *, mirror: str | None = None,
         if os.sep in spec or "/" in spec or not (mirror or os.environ.get(zoo.ENV_MIRROR)):
             raise FileNotFoundError(f"{spec}: no such run folder, and {unknown.args[0]}; a run "
                                     f"published on a mirror needs ${zoo.ENV_MIRROR}") from None
-        folder = zoo.fetch_run(spec, mirror=mirror, cache_dir=cache_dir, progress=progress)
+        try:
+            folder = zoo.fetch_run(spec, mirror=mirror, cache_dir=cache_dir, progress=progress)
+        except DownloadError as error:
+            raise DownloadError(f"{spec}: no such run folder, {unknown.args[0]}, and no run of "
+                                f"that name could be fetched from the mirror: {error}") from None
         return run_source(folder, name=f"published run {spec}")
     encoder, decoder = zoo.fetch(release.name, mirror=mirror, cache_dir=cache_dir,
                                  progress=progress)

@@ -36,9 +36,12 @@ def test_train_writes_all_outputs(dataset, tmp_path):
     result = _run(["train.py", "--cfg", str(CONFIG), "--gpus", "cpu", *_opts(dataset, out)])
     assert result.returncode == 0, result.stderr[-3000:]
     names = {p.name for p in out.iterdir()}
-    expected = {"config.yaml", "log.txt", "checkpoint_last.pth", "training_curves.png"}
+    expected = {"config.yaml", "object_info.csv", "log.txt", "checkpoint_last.pth",
+                "training_curves.png"}
     expected |= {f"{n}_epoch_{e}.pth" for n in ("encoder", "decoder", "history") for e in (1, 2)}
     assert names == expected
+    # the run names its classes: the dataset's table (names and colours)
+    assert (out / "object_info.csv").read_text() == (dataset / "object_info.csv").read_text()
     saved_cfg = load_config(out / "config.yaml")
     assert saved_cfg.DIR == str(out) and saved_cfg.TRAIN.epoch_iters == 3
     # the weights load strictly into freshly built nets of the configured architecture

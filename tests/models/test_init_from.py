@@ -12,6 +12,7 @@ import torch
 from local_http import serve_zoo_model
 
 from mit_semseg.config import load_config
+from mit_semseg.download import DownloadError
 from mit_semseg.models import DECODERS, build_decoder, build_segmentation_model
 from mit_semseg.models.classes import load_class_info, write_class_table
 from mit_semseg.models.init_from import (
@@ -166,6 +167,11 @@ def test_sources_by_folder_released_name_and_published_run(http_server, tmp_path
     with pytest.raises(FileNotFoundError, match="no encoder_epoch_N.pth with its decoder"):
         find_source(str(tmp_path))
     monkeypatch.setenv("MIT_SEMSEG_MODEL_MIRROR", http_server.url)
+    with pytest.raises(DownloadError, match=r"ade20k-resnet50dilatd-ppm_deepsup: no such run "
+                                            r"folder, unknown pretrained model .*did you mean "
+                                            r"'ade20k-resnet50dilated-ppm_deepsup'.* no run of "
+                                            r"that name could be fetched .*config.yaml"):
+        find_source("ade20k-resnet50dilatd-ppm_deepsup", progress=False)
     # a released model: ADE20K's classes and architecture
     released = serve_zoo_model(http_server, SMALL)
     found = find_source(SMALL, progress=False)
