@@ -369,6 +369,7 @@ def restricted_iou(confusion, source_index: int, labelled: list[int]) -> float:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # the demo model trains in its fixture: ~2 minutes on 2 idle cores
 def test_matched_classes_score_as_the_source_before_any_step(demo_release, tmp_path, monkeypatch,
                                                             http_server, in_process):
     import numpy as np
