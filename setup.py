@@ -32,10 +32,11 @@ setup(
         # "wheel" lets tests/test_install.py build the wheel offline with older setuptools;
         # httpx2 (httpx before Python 3.11) is what starlette's TestClient sends with
         # (tests/app); playwright drives the system's Chromium in tests/app/test_browser.py (it
-        # never downloads a browser)
+        # never downloads a browser); scikit-image's bundled photographs are the own-data
+        # tests' dataset (tests/own_data.py)
         "test": ["pytest", "pytest-timeout", "pytest-xdist", "ruff", "wheel",
                  "httpx2; python_version >= '3.11'", "httpx; python_version < '3.11'",
-                 "playwright"],
+                 "playwright", "scikit-image"],
         # ONNX export (mit-semseg-export) and the onnxruntime inference backend
         "onnx": ["onnx", "onnxscript", "onnxruntime"],
         # the web page (mit-semseg-app): a small ASGI app, its server, multipart uploads

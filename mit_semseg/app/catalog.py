@@ -9,9 +9,9 @@ Each is a :class:`ModelChoice`, made once at start-up from what ``test.py`` woul
   architecture and the test settings, ``DIR/{encoder,decoder}_epoch_N.pth`` for the weights,
   any of its epochs (the latest by default).
 
-The class names and colours come from the config's dataset, through the functions ``test.py``
-calls (:func:`mit_semseg.data.palette.resolve_class_names`,
-:func:`mit_semseg.data.palette.dataset_palette`). The page knows a model only by its
+The class names and colours come from the run's own class table (``DIR/object_info.csv``,
+written by ``train.py``), else the config's dataset, through the function ``test.py`` calls
+(:func:`mit_semseg.data.palette.dataset_classes`). The page knows a model only by its
 :attr:`ModelChoice.key`; paths never leave the server.
 
 Two ways to predict, as the page's switch offers them (:data:`MODES`): ``single``, one scale,
@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from mit_semseg.config import load_config
-from mit_semseg.data.palette import dataset_palette, resolve_class_names
+from mit_semseg.data.palette import dataset_classes
 from mit_semseg.inference.predict import PredictOptions, Window, window_from
 from mit_semseg.inference.trained_model import TrainedModel
 from mit_semseg.models import zoo
@@ -162,12 +162,13 @@ class ModelChoice:
 def _choice(cfg: Any, key: str, label: str, kind: str, epochs: Sequence[int], source: str
             ) -> ModelChoice:
     num_class = cfg.DATASET.num_class
+    classes = dataset_classes(num_class, cfg.DATASET.root_dataset,
+                              source if kind == "run" else None)
     return ModelChoice(
         key=key, label=label, kind=kind,
         arch_encoder=cfg.MODEL.arch_encoder, arch_decoder=cfg.MODEL.arch_decoder,
         fc_dim=cfg.MODEL.fc_dim, num_class=num_class, fast_inference=cfg.MODEL.fast_inference,
-        class_names=tuple(resolve_class_names(num_class, cfg.DATASET.root_dataset)),
-        palette=dataset_palette(num_class, cfg.DATASET.root_dataset),
+        class_names=tuple(classes.names), palette=classes.palette,
         img_sizes=tuple(int(s) for s in cfg.DATASET.imgSizes),
         img_max_size=cfg.DATASET.imgMaxSize, padding_constant=cfg.DATASET.padding_constant,
         window=window_from(cfg.TEST.window_size, cfg.TEST.window_stride), amp=cfg.TEST.amp,

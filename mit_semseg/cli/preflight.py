@@ -11,7 +11,9 @@ the file or config key and the fix. Each script runs, in this order, the checks 
 3. the sample list (``DATASET.list_train`` or ``DATASET.list_val``), as deep as
    ``DATASET.preflight`` says (see :mod:`mit_semseg.data.check`);
 4. every checkpoint file the run loads: readable, a state dict, and fitting the configured
-   model key for key and shape (a different class count names ``DATASET.num_class``);
+   model key for key and shape (a different class count names ``DATASET.num_class`` and
+   ``MODEL.init_from``); the encoder of the model ``MODEL.init_from`` names, and its
+   architecture;
 5. the output folder: creatable, writable, with room for what the run writes. Last, so that a
    run refused for any other reason leaves no new folder behind.
 
@@ -49,11 +51,13 @@ from mit_semseg.models.checkpoint_format import (
     state_dict_mismatch,
     strip_module_prefix,
 )
+from mit_semseg.models.init_from import InitSource
 from mit_semseg.models.registry import DECODERS, ENCODERS
 
 __all__ = [
     "SetupError",
     "check_architectures",
+    "check_init_source",
     "check_output_dir",
     "check_sample_list",
     "check_state_dict",
@@ -246,8 +250,10 @@ def check_state_dict(part: nn.Module, state: Any, what: str, arch: tuple[str, st
     classes = mismatch.other_class_count(num_class)
     if classes is not None:
         raise SetupError(f"{what} was trained for {classes} classes but DATASET.num_class is "
-                         f"{num_class}; set DATASET.num_class {classes} or use weights "
-                         f"trained for {num_class} classes")
+                         f"{num_class}; set DATASET.num_class {classes}, use weights "
+                         f"trained for {num_class} classes, or fine-tune these for your "
+                         "classes with MODEL.init_from (a run folder or a released model's "
+                         "name) instead of MODEL.weights_*")
     key, (saved, model) = next(iter(mismatch.shapes.items()))
     raise SetupError(f"{what} does not fit {arch_key} {arch_name!r}: {key} has shape "
                      f"{list(saved)} in the file but {list(model)} in the model "
@@ -317,6 +323,36 @@ def check_training(cfg: Any, num_devices: int, world_size: int) -> None:
     check_output_dir(cfg.DIR, "DIR", needed_bytes=MIN_FREE_BYTES + 5 * weights,
                      wanted_bytes=MIN_FREE_BYTES + (4 + cfg.TRAIN.num_epoch) * weights,
                      freed_bytes=replaced)
+
+
+def check_init_source(cfg: Any, source: InitSource) -> None:
+    """The model to fine-tune from (``MODEL.init_from``) has the configured encoder, and its
+    weight files are readable; a different decoder is allowed (what fits is loaded) and
+    logged.
+
+    Raises:
+        SetupError: naming ``MODEL.init_from``, the source's architecture and the fix.
+    """
+    m = cfg.MODEL
+    what = f"MODEL.init_from {m.init_from} ({source.name})"
+    if source.arch is not None:
+        encoder, decoder = source.arch
+        if encoder.lower() != m.arch_encoder.lower():
+            raise SetupError(f"{what} is a {encoder} + {decoder} model but MODEL.arch_encoder is "
+                             f"{m.arch_encoder!r}; set MODEL.arch_encoder {encoder} (and "
+                             "MODEL.fc_dim to its width), or start from another model")
+        if decoder.lower().removesuffix("_deepsup") != m.arch_decoder.lower().removesuffix(
+                "_deepsup"):
+            logger.warning("%s has a %s decoder, MODEL.arch_decoder is %s: only the decoder "
+                           "layers of the same shape are loaded", what, decoder, m.arch_decoder)
+    skeleton = model_skeleton(cfg)
+    fix = "give a run folder that holds both files, or a released model's name"
+    check_weight_file(source.encoder_file, skeleton.encoder, f"{what} encoder weights",
+                      ("MODEL.arch_encoder", m.arch_encoder), cfg.DATASET.num_class, fix)
+    try:
+        read_state_dict(source.decoder_file, f"{what} decoder weights")
+    except (FileNotFoundError, RuntimeError) as error:
+        raise SetupError(f"{error}; {fix}") from None
 
 
 def check_resume_state(cfg: Any, saved: Mapping[str, Any], path: str) -> None:

@@ -4,7 +4,7 @@
 so that a run refused here leaves the folder as it was: :func:`lock_run_dir` (one run per
 ``DIR``), :func:`find_resume_state` (the checkpoint to continue from, checked against the
 config), :func:`claim_run_dir` (a fresh start never silently replaces an earlier run's files),
-then :func:`open_run_dir` (``config.yaml``, ``log.txt``).
+then :func:`open_run_dir` (``config.yaml``, ``object_info.csv``, ``log.txt``).
 
 **The lock.** Rank 0 holds an OS lock on ``DIR/train.lock`` (:class:`filelock.FileLock`:
 ``flock``) for as long as it runs. The kernel drops it when the process ends in any way
@@ -35,9 +35,11 @@ from filelock import FileLock, Timeout
 
 from mit_semseg.cli import common
 from mit_semseg.config import ConfigError, resume_changes
+from mit_semseg.data.palette import dataset_classes
 from mit_semseg.engine import checkpoint as ckpt
 from mit_semseg.engine.distributed import DistContext
 from mit_semseg.files import atomic_write_text
+from mit_semseg.models.classes import CLASS_TABLE, write_class_table
 
 __all__ = [
     "LOCK_NAME",
@@ -57,9 +59,9 @@ logger = logging.getLogger("train")
 LOCK_NAME = "train.lock"
 OWNER_NAME = "train.owner"
 # what train.py and eval.py write into DIR: --overwrite moves these aside, nothing else
-RUN_OUTPUTS = ("checkpoint_last.pth", "config.yaml", "log.txt", "training_curves.png",
-               "*_epoch_*.pth", "eval_metrics.json", "class_iou.csv", "confusion_matrix.*",
-               "result")
+RUN_OUTPUTS = ("checkpoint_last.pth", "config.yaml", "object_info.csv", "log.txt",
+               "training_curves.png", "*_epoch_*.pth", "eval_metrics.json", "class_iou.csv",
+               "confusion_matrix.*", "eval_log.txt", "result")
 _EPOCH_WEIGHTS = re.compile(r"^encoder_epoch_(\d+)\.pth$")
 
 
@@ -273,10 +275,14 @@ def check_resume_config(saved: dict, source: str, cfg: Any, num_devices: int,
 
 
 def open_run_dir(cfg: Any, cfg_file: str, dist_ctx: DistContext) -> None:
-    """Rank 0 deletes what a killed run left half-written and writes ``config.yaml``; the log
-    goes to ``DIR/log.txt`` from now on."""
+    """Rank 0 deletes what a killed run left half-written and writes ``config.yaml`` and the
+    class table ``object_info.csv`` (the dataset's names, synonyms and colours, so that the
+    run folder says what its model predicts: evaluation, ``test.py`` and ``MODEL.init_from``
+    read it); the log goes to ``DIR/log.txt`` from now on."""
     if dist_ctx.is_main:
         ckpt.remove_stale_temp_files(cfg.DIR)
         atomic_write_text(os.path.join(cfg.DIR, "config.yaml"), cfg.dump())
+        classes = dataset_classes(cfg.DATASET.num_class, cfg.DATASET.root_dataset)
+        write_class_table(os.path.join(cfg.DIR, CLASS_TABLE), classes.synonyms, classes.palette)
     common.setup_logging(cfg.DIR, dist_ctx.rank)
     logger.info("Loaded configuration file %s\n%s", cfg_file, cfg.dump())

@@ -52,7 +52,7 @@ from mit_semseg.cli.devices import bind_cuda_device
 from mit_semseg.data.datasets import TestDataset
 from mit_semseg.data.image_io import ImageReadError, label_file_array
 from mit_semseg.data.odgt import list_images
-from mit_semseg.data.palette import dataset_palette, resolve_class_names
+from mit_semseg.data.palette import dataset_classes
 from mit_semseg.inference.predict import PredictOptions, predict_labels, window_from
 from mit_semseg.nn.precision import check_amp
 from mit_semseg.viz import class_fractions, prediction_panel, save_image
@@ -171,8 +171,12 @@ def _poisons_device(exc: BaseException) -> bool:
         isinstance(exc, RuntimeError) and "CUDA error" in str(exc))
 
 
-def _segment_all(cfg: Any, module: nn.Module, device: torch.device, images: list[Path]) -> int:
+def _segment_all(cfg: Any, module: nn.Module, device: torch.device, images: list[Path],
+                 weights_dir: str | Path) -> int:
     """Predict and write every image; return how many failed (each is logged by name).
+
+    Classes are named and coloured by the table of the model's folder ``weights_dir`` (a
+    training run's), else of ``DATASET.root_dataset``, else ADE20K's.
 
     An image that fails is skipped, except after a CUDA error that leaves the device unusable:
     then the remaining images are not attempted (they would all fail the same way) and count
@@ -181,9 +185,8 @@ def _segment_all(cfg: Any, module: nn.Module, device: torch.device, images: list
     from tqdm import tqdm
 
     num_class = cfg.DATASET.num_class
-    outputs = _Outputs(Path(cfg.TEST.result), dataset_palette(num_class, cfg.DATASET.root_dataset),
-                       resolve_class_names(num_class, cfg.DATASET.root_dataset),
-                       cfg.TEST.save_label)
+    classes = dataset_classes(num_class, cfg.DATASET.root_dataset, weights_dir)
+    outputs = _Outputs(Path(cfg.TEST.result), classes.palette, classes.names, cfg.TEST.save_label)
     options = PredictOptions(window=window_from(cfg.TEST.window_size, cfg.TEST.window_stride),
                              amp=cfg.TEST.amp)
     inputs = {p.resolve() for p in images}
@@ -242,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
         module = model.load(device)
     except common.SETUP_ERRORS as exc:
         return common.usage_error(prog, exc, verbose=bool(args and args.verbose))
-    failed = len(problems) + _segment_all(cfg, module, device, images)
+    failed = len(problems) + _segment_all(cfg, module, device, images, model.weights_dir)
     done = len(images) + len(problems) - failed
     logger.info("Inference done! %d image(s) written to %s, %d failed", done,
                 Path(cfg.TEST.result), failed)

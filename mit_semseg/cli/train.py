@@ -6,14 +6,16 @@
   python train.py --cfg ... --resume auto                     # continue a stopped or killed run
 
 Before building the model (and downloading ImageNet weights) it checks the model names, the
-training list, the weight files to start from and DIR (:mod:`mit_semseg.cli.preflight`).
-Writes to cfg.DIR: config.yaml, log.txt, {encoder,decoder,history}_epoch_N.pth,
-checkpoint_last.pth and training_curves.png; holds a lock on DIR/train.lock while it runs
-(:mod:`mit_semseg.cli.run_dir`). A fresh start in a DIR that holds an earlier run is refused
-unless ``--overwrite`` (which moves that run's files aside). SIGINT or SIGTERM stops it after
-the current step with checkpoint_last.pth written (exit status 130 or 143). Under
-``torchrun --max-restarts`` restarted workers resume by themselves from a checkpoint their own
-job wrote. Exit status:
+training list, the weight files to start from and DIR (:mod:`mit_semseg.cli.preflight`);
+``MODEL.init_from`` (fine-tuning a model of other classes, :mod:`mit_semseg.models.init_from`)
+is fetched and checked then too. Writes to cfg.DIR: config.yaml, object_info.csv (the classes'
+names and colours, so the run folder names its classes), log.txt,
+{encoder,decoder,history}_epoch_N.pth, checkpoint_last.pth and training_curves.png; holds a
+lock on DIR/train.lock while it runs (:mod:`mit_semseg.cli.run_dir`). A fresh start in a DIR
+that holds an earlier run is refused unless ``--overwrite`` (which moves that run's files
+aside). SIGINT or SIGTERM stops it after the current step with checkpoint_last.pth written
+(exit status 130 or 143). Under ``torchrun --max-restarts`` restarted workers resume by
+themselves from a checkpoint their own job wrote. Exit status:
 0 when training finished, 1 when it stopped part-way on a write error (e.g. the disk filled
 up; resume with ``--resume auto``), 2 on a setup error. See docs/training.md and
 docs/parallel.md.
@@ -50,6 +52,8 @@ from mit_semseg.data.loader import (
     seed_cuda_generators,
     seed_everything,
 )
+from mit_semseg.data.palette import dataset_classes
+from mit_semseg.download import DownloadError
 from mit_semseg.engine import checkpoint as ckpt
 from mit_semseg.engine.distributed import DistContext, cleanup_distributed, init_distributed
 from mit_semseg.engine.optim import PolySchedule, build_optimizers
@@ -66,6 +70,7 @@ from mit_semseg.engine.trainer import (
     train_one_epoch,
 )
 from mit_semseg.models import build_segmentation_model
+from mit_semseg.models.init_from import InitSource, find_source, initialise_from
 from mit_semseg.nn.precision import check_amp, grad_scaler
 from mit_semseg.viz import plot_training_curves
 
@@ -115,9 +120,10 @@ def main(argv: list[str] | None = None) -> int:
                           cfg.TRAIN.start_epoch, args.overwrite)
             if resume is not None:
                 preflight.check_resume_state(cfg, resume[1], resume[0])
+            init_source = None if resume is not None else fetch_init_source(cfg, dist_ctx)
             open_run_dir(cfg, args.cfg, dist_ctx)
             configure_determinism(cfg.TRAIN.deterministic)  # before anything can start cuBLAS
-            state = build_state(cfg, dist_ctx, devices, resume)
+            state = build_state(cfg, dist_ctx, devices, resume, init_source)
         except common.SETUP_ERRORS as exc:
             cleanup_distributed(wait_for_peers=False)
             return common.usage_error(prog, exc)
@@ -160,11 +166,34 @@ def setup(args: argparse.Namespace) -> tuple[Any, DistContext, list[torch.device
     return cfg, dist_ctx, devices
 
 
-def build_module(cfg: Any, num_devices: int, saved: dict | None) -> torch.nn.Module:
+def fetch_init_source(cfg: Any, dist_ctx: DistContext) -> InitSource | None:
+    """The model ``MODEL.init_from`` names, fetched and checked against the configured model;
+    None when the run does not start from one (no key, or ``TRAIN.start_epoch`` > 0).
+
+    Raises:
+        SetupError: no such folder or model, or it does not fit; naming ``MODEL.init_from``.
+        mit_semseg.download.DownloadError: fetching failed.
+    """
+    spec = cfg.MODEL.init_from
+    if not spec or cfg.TRAIN.start_epoch > 0:
+        return None
+    try:
+        source = find_source(spec, progress=dist_ctx.is_main)
+    except (FileNotFoundError, ValueError) as error:
+        raise preflight.SetupError(f"MODEL.init_from {error}") from None
+    except DownloadError as error:
+        raise DownloadError(f"MODEL.init_from {error}") from None
+    preflight.check_init_source(cfg, source)
+    return source
+
+
+def build_module(cfg: Any, num_devices: int, saved: dict | None,
+                 init_source: InitSource | None = None) -> torch.nn.Module:
     """The training module, with the weights to start from.
 
     Those are, by priority: the resumed state, the original-style ``TRAIN.start_epoch``
-    checkpoint, ``MODEL.weights_*`` files, ImageNet (``TRAIN.pretrained``) or random.
+    checkpoint, ``MODEL.weights_*`` files, ``init_source`` (``MODEL.init_from``, see
+    :func:`fetch_init_source`), ImageNet (``TRAIN.pretrained``) or random.
     """
     weights = {"weights_encoder": cfg.MODEL.weights_encoder,
                "weights_decoder": cfg.MODEL.weights_decoder}
@@ -175,14 +204,20 @@ def build_module(cfg: Any, num_devices: int, saved: dict | None) -> torch.nn.Mod
                 raise FileNotFoundError(f"TRAIN.start_epoch {cfg.TRAIN.start_epoch}: checkpoint "
                                         f"{paths[name]} does not exist")
             weights[f"weights_{name}"] = paths[name]
+    starts_from_source = saved is None and init_source is not None
     module = build_segmentation_model(
         cfg.MODEL.arch_encoder, cfg.MODEL.arch_decoder, cfg.DATASET.num_class,
-        fc_dim=cfg.MODEL.fc_dim, pretrained=cfg.TRAIN.pretrained and saved is None,
+        fc_dim=cfg.MODEL.fc_dim,
+        pretrained=cfg.TRAIN.pretrained and saved is None and not starts_from_source,
         deep_sup_scale=cfg.TRAIN.deep_sup_scale,
-        norm_layer=norm_layer_for(num_devices, cfg.DIST.sync_bn), **weights)
+        norm_layer=norm_layer_for(num_devices, cfg.DIST.sync_bn),
+        class_weights=tuple(float(w) for w in cfg.TRAIN.class_weights), **weights)
     if saved is not None:
         module.encoder.load_state_dict(saved["encoder"])
         module.decoder.load_state_dict(saved["decoder"])
+    elif starts_from_source:
+        classes = dataset_classes(cfg.DATASET.num_class, cfg.DATASET.root_dataset)
+        initialise_from(module, init_source, classes.synonyms)
     for part, momentum in bn_momentum_by_part(cfg.TRAIN.bn_momentum,
                                               cfg.MODEL.arch_encoder).items():
         set_bn_momentum(getattr(module, part), momentum)
@@ -190,13 +225,15 @@ def build_module(cfg: Any, num_devices: int, saved: dict | None) -> torch.nn.Mod
 
 
 def build_state(cfg: Any, dist_ctx: DistContext, devices: list[torch.device],
-                resume: tuple[str, dict] | None) -> TrainState:
-    """The run's state, continued from ``resume`` (see :func:`find_resume_state`) if given."""
+                resume: tuple[str, dict] | None,
+                init_source: InitSource | None = None) -> TrainState:
+    """The run's state, continued from ``resume`` (see :func:`find_resume_state`) if given,
+    else started from ``init_source`` if given (see :func:`build_module`)."""
     t = cfg.TRAIN
     resume_path, saved = resume if resume is not None else (None, None)
     seed_everything(t.seed)  # identical initial weights on every rank
-    module, scattered = parallelize(build_module(cfg, len(devices), saved), devices, dist_ctx,
-                                    cfg.DIST.sync_bn)
+    module, scattered = parallelize(build_module(cfg, len(devices), saved, init_source),
+                                    devices, dist_ctx, cfg.DIST.sync_bn)
     net = ckpt.unwrap_model(module)
     state = TrainState(
         module=module,
@@ -204,7 +241,8 @@ def build_state(cfg: Any, dist_ctx: DistContext, devices: list[torch.device],
                                     lr_decoder=t.lr_decoder, momentum=t.beta1,
                                     weight_decay=t.weight_decay),
         schedule=PolySchedule({"encoder": t.lr_encoder, "decoder": t.lr_decoder},
-                              t.epoch_iters * t.num_epoch, t.lr_pow),
+                              t.epoch_iters * t.num_epoch, t.lr_pow,
+                              frozen_until={"encoder": t.freeze_encoder_iters}),
         scaler=grad_scaler(devices[0], t.amp), epoch_iters=t.epoch_iters, device=devices[0],
         scattered=scattered, amp=t.amp, fix_bn=t.fix_bn, disp_iter=t.disp_iter,
         dist_ctx=dist_ctx, max_nonfinite_steps=t.max_nonfinite_steps,

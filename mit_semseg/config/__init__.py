@@ -155,8 +155,22 @@ def validate_config(node: CfgNode, source: str = "config") -> None:
     _check(0 <= t.beta1 < 1, "TRAIN.beta1", f"must be in [0, 1), got {t.beta1}", source)
     _check(t.bn_momentum == -1 or 0 < t.bn_momentum <= 1, "TRAIN.bn_momentum",
            f"must be in (0, 1] or -1 (the original's values), got {t.bn_momentum}", source)
-    for key in ("workers", "checkpoint_every", "checkpoint_minutes", "max_nonfinite_steps"):
+    for key in ("workers", "checkpoint_every", "checkpoint_minutes", "max_nonfinite_steps",
+                "freeze_encoder_iters"):
         _check(t[key] >= 0, f"TRAIN.{key}", f"must be >= 0, got {t[key]}", source)
+    weights = t.class_weights
+    _check(not weights or (len(weights) == d.num_class
+                           and all(isinstance(w, (int, float)) and not isinstance(w, bool)
+                                   and 0 <= w < float("inf") for w in weights)
+                           and sum(weights) > 0),
+           "TRAIN.class_weights", f"must be () or {d.num_class} (DATASET.num_class) numbers "
+           f">= 0, not all 0, got {weights!r}", source)
+    m = node.MODEL
+    both = [key for key in ("weights_encoder", "weights_decoder") if m[key]]
+    _check(not (m.init_from and both), "MODEL.init_from",
+           f"and MODEL.{' and MODEL.'.join(both)} are both set; MODEL.init_from starts the "
+           "whole model from another one (for other classes), MODEL.weights_* load files that "
+           "fit exactly: keep one", source)
     for section in ("TRAIN", "VAL", "TEST"):
         amp = node[section].amp
         _check(amp in _AMP_CHOICES, f"{section}.amp",
@@ -226,7 +240,8 @@ def load_config(cfg_file: str | os.PathLike | None = None, opts: Sequence[str] =
 # inference settings. Every other key changes what is trained.
 RESUME_MAY_CHANGE = (
     "DIR", "DEVICE", "DATASET.root_dataset", "DATASET.list_train", "DATASET.list_val",
-    "MODEL.weights_encoder", "MODEL.weights_decoder", "MODEL.fast_inference", "MODEL.backend",
+    "MODEL.weights_encoder", "MODEL.weights_decoder", "MODEL.init_from", "MODEL.fast_inference",
+    "MODEL.backend",
     "TRAIN.start_epoch", "TRAIN.workers", "TRAIN.disp_iter", "TRAIN.pretrained", "TRAIN.resume",
     "TRAIN.checkpoint_every", "TRAIN.checkpoint_minutes", "DIST.backend", "VAL", "TEST",
     # how the run copes with faults, not what it trains: a run that stopped on a bad sample or

@@ -79,6 +79,16 @@ _C.MODEL.arch_decoder = "ppm_deepsup"
 _C.MODEL.weights_encoder = ""
 # Path to a decoder state_dict to start from ("" = none). Loaded strictly.
 _C.MODEL.weights_decoder = ""
+# Fine-tune from a model trained for other classes ("" = none): the name of a released model
+# (mit_semseg.models.zoo.list_models(), fetched and cached like --model), a training run's
+# folder (its DIR: last epoch, class names from its object_info.csv), or the name of a run
+# published on $MIT_SEMSEG_MODEL_MIRROR. The encoder and every decoder tensor that fits are
+# loaded; the classifier rows of each class whose name (or a synonym, case-insensitive) is
+# a class of the source are copied, the other classes start fresh; one log line says what
+# was loaded and matched (mit_semseg/models/init_from.py, docs/own-data.md). The architecture
+# must be the source's. Exclusive with weights_encoder/weights_decoder; TRAIN.pretrained is
+# not used then. Only read when a run starts (not on resume).
+_C.MODEL.init_from = ""
 # Channels of the encoder's last feature map (the decoder's input width). Checked against the
 # encoder's declared out_channels.
 _C.MODEL.fc_dim = 2048
@@ -113,8 +123,15 @@ _C.TRAIN.epoch_iters = 5000
 _C.TRAIN.optim = "SGD"
 # Base learning rate of the encoder's optimizer (decayed by the poly schedule every iteration).
 _C.TRAIN.lr_encoder = 0.02
-# Base learning rate of the decoder's optimizer.
+# Base learning rate of the decoder's optimizer. Fine-tuning usually gives the encoder a lower
+# rate than the decoder (python -m mit_semseg.data.prepare --init-from writes a tenth).
 _C.TRAIN.lr_decoder = 0.02
+# Keep the encoder's weights unchanged for the first this many iterations (0 = off): its
+# learning rate is 0 and its optimizer takes no step (no momentum builds up), so a freshly
+# initialised head settles before it sends gradients into a pretrained encoder. The poly
+# schedule then goes on from the current iteration. The encoder's BatchNorm statistics still
+# adapt (TRAIN.fix_bn freezes them too), and its gradients are still computed.
+_C.TRAIN.freeze_encoder_iters = 0
 # Power of the poly schedule: lr = base * (1 - it / max_iters) ** lr_pow.
 _C.TRAIN.lr_pow = 0.9
 # SGD momentum (named beta1 in the original).
@@ -123,6 +140,11 @@ _C.TRAIN.beta1 = 0.9
 _C.TRAIN.weight_decay = 1e-4
 # Weight of the deep-supervision (auxiliary) loss of "_deepsup" decoders.
 _C.TRAIN.deep_sup_scale = 0.4
+# Loss weight of each class, one per class in label order, e.g. "(1.0, 4.2, 0.7)"; () = all
+# equal (the original's loss). For imbalanced data: python -m mit_semseg.data.check LIST
+# --num-class N --class-weights prints median-frequency weights from the training pixel
+# shares (and python -m mit_semseg.data.prepare --class-weights writes them into its config).
+_C.TRAIN.class_weights = ()
 # Momentum of the BatchNorm running statistics (every BatchNorm of the model, plain or
 # synchronised, in every launch mode): running = (1 - m) * running + m * batch statistic.
 # 0.1 (PyTorch's default) forgets the initial statistics within ~50 steps; the original's 0.001

@@ -19,7 +19,11 @@ Both depths refuse, from the header, a file of more pixels than ``max_pixels``
 Command line (exit status 1 when a problem is found)::
 
     python -m mit_semseg.data.check data/training.odgt --num-class 150 [--root data/] \\
-        [--headers-only] [--max-image-pixels N]
+        [--headers-only] [--max-image-pixels N] [--class-info data/object_info.csv]
+        [--class-weights]
+
+``--class-weights`` also prints loss weights for imbalanced data (``TRAIN.class_weights``,
+:meth:`CheckReport.class_weights`) computed from the pixel shares.
 """
 
 from __future__ import annotations
@@ -49,7 +53,10 @@ from mit_semseg.data.image_io import (
 from mit_semseg.data.odgt import TRAIN_KEYS, OdgtError, check_record
 from mit_semseg.models.classes import load_class_info
 
-__all__ = ["CheckReport", "check_dataset", "main", "read_header"]
+__all__ = ["CheckReport", "check_dataset", "format_weights", "main", "read_header"]
+
+# a class rarer than this many times the median share weighs no more than that many times more
+MAX_CLASS_WEIGHT = 10.0
 
 _PNG_IEND = b"IEND"
 _EXIF_ORIENTATION = 0x0112
@@ -94,6 +101,28 @@ class CheckReport:
         """True when no problem was found."""
         return not self.problems
 
+    def class_weights(self, cap: float = MAX_CLASS_WEIGHT) -> list[float]:
+        """Loss weights from the pixel shares (``TRAIN.class_weights``), one per class.
+
+        Median-frequency balancing (Eigen and Fergus, ICCV 2015): class ``c`` weighs
+        ``median share / share of c``, the median taken over the classes present, so a class
+        of median frequency weighs 1, rarer ones more and common ones less; capped at ``cap``
+        so that a class of a few pixels cannot dominate the loss. Classes absent from every
+        image weigh 1 (they add nothing to the loss anyway). Needs a full check.
+
+        Raises:
+            ValueError: no labelled pixel was counted (a headers-only check, or no label).
+        """
+        counts = self.pixel_counts[1:].astype(np.float64)
+        if counts.sum() == 0:
+            raise ValueError("class weights need the pixel counts of a full check with at "
+                             "least one labelled pixel")
+        shares = counts / counts.sum()
+        median = float(np.median(shares[shares > 0]))
+        with np.errstate(divide="ignore"):
+            weights = np.where(shares > 0, median / shares, 1.0)
+        return [round(float(w), 4) for w in np.minimum(weights, cap)]
+
     def summary(self, max_problems: int = 3) -> str:
         """The problems in one line: how many lines are bad and the first ``max_problems``."""
         shown = "; ".join(self.problems[:max_problems])
@@ -125,6 +154,11 @@ class CheckReport:
             if absent:
                 lines.append(f"classes absent from every image: {absent}")
         return "\n".join(lines)
+
+
+def format_weights(weights: Sequence[float]) -> str:
+    """``TRAIN.class_weights`` as a config value: ``(1.5, 0.25)``, ``(2,)`` for one class."""
+    return "(" + ", ".join(f"{w:g}" for w in weights) + ("," if len(weights) == 1 else "") + ")"
 
 
 class _UnreadableHeader(ImageReadError):
@@ -352,15 +386,22 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--max-image-pixels", type=int, default=MAX_IMAGE_PIXELS, metavar="N",
                         help="files whose header declares more pixels are reported, not "
                              "decoded (DATASET.max_image_pixels; default: %(default)s)")
+    parser.add_argument("--class-weights", action="store_true",
+                        help="also print median-frequency loss weights from the pixel shares, "
+                             "as a TRAIN.class_weights override")
     args = parser.parse_args(argv)
     if args.max_image_pixels < 1:
         parser.error(f"--max-image-pixels must be >= 1, got {args.max_image_pixels}")
+    if args.class_weights and args.headers_only:
+        parser.error("--class-weights needs the pixel counts: drop --headers-only")
     names = None
     if args.class_info:
         names = load_class_info(args.class_info)["names"]
     report = check_dataset(args.odgt, args.num_class, args.root, full=not args.headers_only,
                            max_pixels=args.max_image_pixels)
     sys.stdout.write(report.format(names, args.max_problems) + "\n")
+    if args.class_weights and report.pixel_counts[1:].sum() > 0:
+        sys.stdout.write(f'TRAIN.class_weights "{format_weights(report.class_weights())}"\n')
     sys.exit(0 if report.ok else 1)
 
 

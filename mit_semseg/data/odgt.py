@@ -31,7 +31,9 @@ __all__ = [
     "check_record",
     "find_images",
     "list_images",
+    "pair_images_with_masks",
     "read_odgt",
+    "record_for",
     "write_odgt",
 ]
 
@@ -235,6 +237,94 @@ def _relative(path: Path, root: Path) -> str:
         return str(path.resolve())
 
 
+def pair_images_with_masks(
+    images: str | os.PathLike,
+    masks: str | os.PathLike,
+    allow_missing: bool = False,
+) -> list[tuple[Path, Path]]:
+    """``(image, mask)`` pairs: ``images/a/b.jpg`` goes with ``masks/a/b.<ext>`` (same relative
+    folder and stem, ``.png`` preferred when a stem has several), in image order.
+
+    Args:
+        images: folder of images.
+        masks: folder of masks.
+        allow_missing: skip images without a mask (logged) instead of raising.
+
+    Raises:
+        FileNotFoundError: a folder does not exist, or an image has no mask (naming it and
+            the fix).
+        ValueError: no image found, or no image has a mask.
+    """
+    images, masks = Path(images), Path(masks)
+    for folder in (images, masks):
+        if not folder.is_dir():
+            raise FileNotFoundError(f"{folder}: folder not found")
+    by_stem: dict[tuple[str, ...], Path] = {}
+    for mask in find_images(masks):
+        key = mask.relative_to(masks).with_suffix("").parts
+        if key not in by_stem or mask.suffix.lower() == ".png":
+            by_stem[key] = mask
+    image_files = find_images(images)
+    if not image_files:
+        raise ValueError(f"{images}: no image files ({', '.join(IMAGE_EXTENSIONS)}) in this "
+                         "folder or below it")
+    pairs, unmasked = [], []
+    for image_path in image_files:
+        mask_path = by_stem.pop(image_path.relative_to(images).with_suffix("").parts, None)
+        if mask_path is None:
+            if not allow_missing:
+                stem = image_path.relative_to(images).with_suffix("")
+                raise FileNotFoundError(
+                    f"{image_path}: no mask {masks / stem}.* for this image; add it, remove "
+                    "the image, or pass --allow-missing to leave out images without a mask")
+            unmasked.append(image_path)
+            continue
+        pairs.append((image_path, mask_path))
+    if unmasked:
+        logger.warning("%d image(s) without a mask in %s left out: %s", len(unmasked), masks,
+                       ", ".join(str(p) for p in unmasked[:5]) + (", ..." if len(unmasked) > 5
+                                                                   else ""))
+    if by_stem:
+        logger.warning("%d mask(s) without an image in %s ignored, e.g. %s", len(by_stem),
+                       images, next(iter(by_stem.values())))
+    if not pairs:
+        raise ValueError(f"{images}: no image has a mask in {masks}")
+    return pairs
+
+
+def record_for(image_path: Path, mask_path: Path, mask_shape: Sequence[int],
+               root: str | os.PathLike, stored_mask: Path | None = None) -> Record:
+    """The ``.odgt`` record of an image and its mask, checking that their sizes agree.
+
+    The image is read in the orientation the datasets will use (as stored unless only its
+    EXIF-upright form has the mask's size). Paths are relative to ``root`` when below it,
+    absolute otherwise.
+
+    Args:
+        image_path, mask_path: the pair (``mask_path`` is named in errors).
+        mask_shape: ``(H, W)`` of the mask.
+        root: the folder ``DATASET.root_dataset`` will be.
+        stored_mask: the mask file the record points at, if not ``mask_path`` (a converted
+            copy).
+
+    Raises:
+        ValueError: the sizes differ (naming both files and the fix).
+    """
+    height, width = read_labelled_image(image_path, mask_shape).shape[:2]
+    if tuple(mask_shape) != (height, width):
+        raise ValueError(
+            f"{mask_path}: mask is {mask_shape[1]}x{mask_shape[0]} but its image {image_path} "
+            f"is {width}x{height}; a mask must have its image's size (export it again at that "
+            "size, or resize it with nearest-neighbour interpolation)")
+    root = Path(root)
+    return {
+        "fpath_img": _relative(image_path, root),
+        "fpath_segm": _relative(stored_mask or mask_path, root),
+        "width": int(width),
+        "height": int(height),
+    }
+
+
 def build_odgt(
     images: str | os.PathLike,
     masks: str | os.PathLike,
@@ -245,7 +335,9 @@ def build_odgt(
 
     An image ``images/a/b.jpg`` is paired with the mask ``masks/a/b.<ext>`` (same relative
     folder and stem, ``.png`` preferred). Paths are stored relative to ``root`` when they lie
-    below it (use ``root`` as ``DATASET.root_dataset``), absolute otherwise.
+    below it (use ``root`` as ``DATASET.root_dataset``), absolute otherwise. The masks must
+    already be label maps in the package's convention; ``python -m mit_semseg.data.prepare``
+    converts other conventions (colour masks, 0-based classes with an ignore value, binary).
 
     Args:
         images: folder of images.
@@ -257,43 +349,8 @@ def build_odgt(
         FileNotFoundError: a folder does not exist, or an image has no mask.
         ValueError: no image found, or an image and its mask differ in size.
     """
-    images, masks, root = Path(images), Path(masks), Path(root)
-    for folder in (images, masks):
-        if not folder.is_dir():
-            raise FileNotFoundError(f"{folder}: folder not found")
-    by_stem: dict[tuple[str, ...], Path] = {}
-    for mask in find_images(masks):
-        key = mask.relative_to(masks).with_suffix("").parts
-        if key not in by_stem or mask.suffix.lower() == ".png":
-            by_stem[key] = mask
-    image_files = find_images(images)
-    if not image_files:
-        raise ValueError(f"{images}: no image files found")
-    records: list[Record] = []
-    for image_path in image_files:
-        mask_path = by_stem.get(image_path.relative_to(images).with_suffix("").parts)
-        if mask_path is None:
-            if allow_missing:
-                logger.warning("%s: no mask in %s, skipped", image_path, masks)
-                continue
-            raise FileNotFoundError(f"{image_path}: no mask with the same name in {masks}")
-        label_shape = read_label(mask_path).shape
-        # the orientation the datasets will use: as stored unless only upright fits the mask
-        height, width = read_labelled_image(image_path, label_shape).shape[:2]
-        if label_shape != (height, width):
-            raise ValueError(
-                f"{mask_path}: mask size {label_shape[1]}x{label_shape[0]} differs from image "
-                f"{image_path} size {width}x{height}"
-            )
-        records.append({
-            "fpath_img": _relative(image_path, root),
-            "fpath_segm": _relative(mask_path, root),
-            "width": int(width),
-            "height": int(height),
-        })
-    if not records:
-        raise ValueError(f"{images}: no image has a mask in {masks}")
-    return records
+    return [record_for(image, mask, read_label(mask).shape, root)
+            for image, mask in pair_images_with_masks(images, masks, allow_missing)]
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -25,11 +25,17 @@ def poly_lr(base_lr: float, cur_iter: int, max_iters: int, power: float) -> floa
 
 @dataclass(frozen=True)
 class PolySchedule:
-    """Per-optimizer base learning rates decayed by :func:`poly_lr` over ``max_iters`` steps."""
+    """Per-optimizer base learning rates decayed by :func:`poly_lr` over ``max_iters`` steps.
+
+    ``frozen_until`` holds optimizers still (learning rate 0) before the step it names
+    (``{"encoder": TRAIN.freeze_encoder_iters}``); from that step on their rate is the poly
+    schedule's at the current step.
+    """
 
     base_lrs: Mapping[str, float]
     max_iters: int
     power: float
+    frozen_until: Mapping[str, int] = field(default_factory=dict)
 
     def apply(self, optimizers: Mapping[str, torch.optim.Optimizer], cur_iter: int
               ) -> dict[str, float]:
@@ -37,6 +43,8 @@ class PolySchedule:
         lrs = {}
         for name, optimizer in optimizers.items():
             lrs[name] = poly_lr(self.base_lrs[name], cur_iter, self.max_iters, self.power)
+            if cur_iter < self.frozen_until.get(name, 0):
+                lrs[name] = 0.0
             for group in optimizer.param_groups:
                 group["lr"] = lrs[name]
         return lrs

@@ -298,9 +298,14 @@ def train_step(state: TrainState, batch: Sequence[Mapping[str, Any]]) -> tuple[f
     mean_loss, mean_acc = stats.tolist()
     skipped = _check_finite_loss(state, mean_loss, where)
     state.scaler.scale(loss).backward()
-    for optimizer in state.optimizers.values():
+    # an optimizer whose learning rate is 0 (a frozen part) takes no step: SGD would still
+    # gather momentum (and weight decay) to release at once when the part is unfrozen
+    stepping = [o for o in state.optimizers.values()
+                if any(group["lr"] != 0 for group in o.param_groups)]
+    for optimizer in stepping:
         state.scaler.step(optimizer)
-    state.scaler.update()
+    if stepping:  # the scaler's update needs the overflow checks of a step
+        state.scaler.update()
     if skipped:  # after the backward pass, which checks that its saved inputs are unchanged
         with torch.no_grad():
             for buffer, saved in zip(buffers, saved_buffers):

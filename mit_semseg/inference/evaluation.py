@@ -34,7 +34,7 @@ from tqdm import tqdm
 from mit_semseg.data.datasets import ValDataset
 from mit_semseg.data.image_io import MAX_IMAGE_PIXELS
 from mit_semseg.data.loader import user_scattered_collate
-from mit_semseg.data.palette import dataset_palette, resolve_class_names
+from mit_semseg.data.palette import ClassTable, dataset_classes
 from mit_semseg.files import atomic_write, atomic_write_text
 from mit_semseg.inference.predict import PredictOptions, predict_probs
 from mit_semseg.inference.trained_model import TrainedModel
@@ -323,6 +323,9 @@ class EvalJob:
             ``out_dir/result/`` (``VAL.visualize``).
         max_pixels: images and labels of more pixels are refused before decoding
             (``DATASET.max_image_pixels``).
+
+    Class names and colours (reports, pictures) come from the table of the model's folder,
+    else of the dataset (see :meth:`classes`).
     """
 
     model: TrainedModel
@@ -336,6 +339,12 @@ class EvalJob:
     workers: int = 0
     visualize: bool = False
     max_pixels: int = MAX_IMAGE_PIXELS
+
+    def classes(self) -> ClassTable:
+        """The classes' names and colours: the model's run folder's table (``DIR/
+        object_info.csv``, written by ``train.py``), else the dataset's, else ADE20K's (see
+        :func:`mit_semseg.data.palette.dataset_classes`)."""
+        return dataset_classes(self.model.num_class, self.root_dataset, self.model.weights_dir)
 
     def dataset(self, start: int = -1, end: int = -1) -> ValDataset:
         """The :class:`~mit_semseg.data.ValDataset` of records ``[start, end)`` (all: -1, -1)."""
@@ -371,9 +380,8 @@ def evaluate_shard(
                         num_workers=job.workers, pin_memory=device.type == "cuda")
     all_hooks = list(hooks)
     if job.visualize:
-        all_hooks.insert(0, SavePanels(job.out_dir / "result",
-                                       dataset_palette(num_class, job.root_dataset),
-                                       resolve_class_names(num_class, job.root_dataset)))
+        classes = job.classes()
+        all_hooks.insert(0, SavePanels(job.out_dir / "result", classes.palette, classes.names))
     bar = ProgressBar(len(dataset)) if progress else None
     try:
         return evaluate(module, loader, num_class, device, job.options,
@@ -417,7 +425,7 @@ def report_results(
         ``(scores, text)``: :func:`~mit_semseg.metrics.scores_from_confusion` output and the
         per-class table followed by the ``[Eval Summary]`` lines.
     """
-    names = resolve_class_names(job.model.num_class, job.root_dataset)
+    names = job.classes().names
     scores = scores_from_confusion(result.confusion)
     info = {
         "checkpoint": str(Path(job.model.weights_dir)

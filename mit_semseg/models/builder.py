@@ -10,6 +10,7 @@ import logging
 import os
 from collections.abc import Sequence
 
+import torch
 import torch.nn as nn
 
 from mit_semseg.nn.deterministic_ops import NLLLoss
@@ -123,7 +124,8 @@ def build_segmentation_model(arch_encoder: str, arch_decoder: str, num_class: in
                              fc_dim: int | None = None, weights_encoder: str = "",
                              weights_decoder: str = "", pretrained: bool = False,
                              deep_sup_scale: float = 0.4,
-                             norm_layer: NormLayer = nn.BatchNorm2d) -> SegmentationModule:
+                             norm_layer: NormLayer = nn.BatchNorm2d,
+                             class_weights: Sequence[float] = ()) -> SegmentationModule:
     """Encoder + decoder (widths taken from the encoder) + ``NLLLoss(ignore_index=-1)``.
 
     Args:
@@ -137,13 +139,20 @@ def build_segmentation_model(arch_encoder: str, arch_decoder: str, num_class: in
         deep_sup_scale: weight of the auxiliary loss; used when the decoder has deep
             supervision (``*_deepsup``).
         norm_layer: normalisation layer constructor for both parts.
+        class_weights: the loss weight of each class (``TRAIN.class_weights``); empty for
+            equal weights.
 
     Raises:
-        ValueError: ``fc_dim`` does not match the encoder.
+        ValueError: ``fc_dim`` does not match the encoder, or ``class_weights`` does not
+            have ``num_class`` entries.
     """
+    if class_weights and len(class_weights) != num_class:
+        raise ValueError(f"TRAIN.class_weights has {len(class_weights)} entries but there are "
+                         f"{num_class} classes (DATASET.num_class)")
     encoder = build_encoder(arch_encoder, fc_dim=fc_dim, weights=weights_encoder,
                             pretrained=pretrained, norm_layer=norm_layer)
     decoder = build_decoder(arch_decoder, num_class, in_channels=encoder.out_channels,
                             weights=weights_decoder, norm_layer=norm_layer)
-    return SegmentationModule(encoder, decoder, NLLLoss(ignore_index=-1),
+    weight = torch.tensor(class_weights, dtype=torch.float32) if class_weights else None
+    return SegmentationModule(encoder, decoder, NLLLoss(ignore_index=-1, weight=weight),
                               deep_sup_scale=deep_sup_scale)

@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 import os
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator, Mapping, MutableMapping
+from collections.abc import Iterator, Mapping, MutableMapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,11 +32,13 @@ import torch.nn as nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 __all__ = [
+    "OPTIONAL_ENTRIES",
     "UPSTREAM_BN_EXTRAS",
     "attach_upstream_bn_buffers",
     "StateDictMismatch",
     "load_weights",
     "read_state_dict",
+    "required_entries",
     "state_dict_mismatch",
     "strip_module_prefix",
 ]
@@ -44,6 +46,8 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 UPSTREAM_BN_EXTRAS = ("_tmp_running_mean", "_tmp_running_var", "_running_iter")
+# entries a file may hold or lack: the extras above and BatchNorm's step counter
+OPTIONAL_ENTRIES = (*UPSTREAM_BN_EXTRAS, "num_batches_tracked")
 
 _ATTACHED_FLAG = "_mit_semseg_upstream_bn_hooks"
 
@@ -191,16 +195,18 @@ class StateDictMismatch:
         return saved.pop() if fits and len(saved) == 1 else None
 
 
-def _required(keys: Iterable[str]) -> set[str]:
-    optional = (*UPSTREAM_BN_EXTRAS, "num_batches_tracked")
-    return {key for key in keys if key.rsplit(".", 1)[-1] not in optional}
+def required_entries(state_dict: Mapping[str, Any]) -> dict[str, Any]:
+    """The entries of ``state_dict`` that strict loading needs: all but the optional ones (the
+    original SyncBN's three extras and ``num_batches_tracked``)."""
+    return {key: value for key, value in state_dict.items()
+            if key.rsplit(".", 1)[-1] not in OPTIONAL_ENTRIES}
 
 
 def state_dict_mismatch(module: nn.Module, state_dict: Mapping[str, Any]) -> StateDictMismatch:
     """What keeps ``state_dict`` from loading into ``module`` strictly (see
     :class:`StateDictMismatch`; false when it fits)."""
     own = module.state_dict()
-    expected, given = _required(own), _required(state_dict)
+    expected, given = set(required_entries(own)), set(required_entries(state_dict))
     shapes = {key: (tuple(getattr(state_dict[key], "shape", ())), tuple(own[key].shape))
               for key in sorted(expected & given)
               if tuple(getattr(state_dict[key], "shape", ())) != tuple(own[key].shape)}

@@ -8,31 +8,46 @@ value ``c + 1``). Models with more than 150 classes get further colours, generat
 deterministically: each is the colour of a 16-level RGB grid farthest (in CIELAB) from black and
 from every colour used before it.
 
-A dataset's own table (``object_info.csv``) has the same format, with an optional ``Color``
-column (``#rrggbb``); :func:`load_class_info` reads both.
+A dataset's own table (``object_info.csv``, :data:`CLASS_TABLE`) has the same format, with an
+optional ``Color`` column (``#rrggbb``); :func:`load_class_info` reads both, and also the short
+form people write by hand, a header ``name,r,g,b`` and one class a row in label order (what
+``python -m mit_semseg.data.prepare --classes`` takes). The package always writes the first
+form (:func:`write_class_table`): a prepared dataset, and every training run (``DIR``), carries
+one, so a run folder names its own classes.
 """
 
 from __future__ import annotations
 
 import csv
 import functools
+import io
 import os
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import cv2
 import numpy as np
 
+from mit_semseg.files import atomic_write_text
+
 __all__ = [
     "ADE20K_PALETTE",
+    "CLASS_TABLE",
     "OBJECT150_CSV",
     "ade_palette",
     "class_names",
+    "find_class_table",
     "load_class_info",
+    "write_class_table",
 ]
 
 OBJECT150_CSV = Path(__file__).resolve().parent / "object150_info.csv"
+# the file name of a dataset's (``DATASET.root_dataset``) or a training run's (``DIR``) table
+CLASS_TABLE = "object_info.csv"
+# the hand-written form: one class a row, in label order
+_SHORT_COLUMNS = ("name", "r", "g", "b")
 _GRID_LEVELS = 16
 _HEX_COLOUR = re.compile(r"#([0-9a-fA-F]{6})")
 
@@ -128,12 +143,29 @@ def _parse_colour(text: str | None, where: str) -> tuple[int, int, int]:
     return (value >> 16) & 255, (value >> 8) & 255, value & 255
 
 
+def _short_form_rows(path: Path, rows: list[dict]) -> list[tuple[int, str, tuple | None]]:
+    """``(Idx, Name, colour)`` per row of a ``name,r,g,b`` table (Idx = row number)."""
+    table = []
+    for line, row in enumerate(rows, start=2):
+        colour = []
+        for channel in "rgb":
+            text = (row.get(channel) or "").strip()
+            if not text.isdigit() or int(text) > 255:
+                raise ValueError(f"{path}:{line}: {channel} must be an integer 0..255, "
+                                 f"got {row.get(channel)!r}")
+            colour.append(int(text))
+        table.append((line - 1, row.get("name") or "", tuple(colour)))
+    return table
+
+
 def load_class_info(csv_path: str | os.PathLike | None = None) -> dict[str, Any]:
     """Reads a class table such as ``object150_info.csv`` or a dataset's ``object_info.csv``.
 
     The file needs the columns ``Idx`` (label value, 1..N, consecutive) and ``Name``
     (``;``-separated synonyms, the first one is the display name); an optional ``Color`` column
-    gives each class's colour as ``#rrggbb``; other columns are kept.
+    gives each class's colour as ``#rrggbb``; other columns are kept. The hand-written form
+    with exactly the header ``name,r,g,b`` (any case) is read too: row ``k`` is label value
+    ``k``, ``name`` may hold synonyms the same way, ``r,g,b`` are 0..255.
 
     Returns:
         ``{'idx': [1..N], 'names': [first synonym per class], 'synonyms': [[...], ...],
@@ -147,38 +179,89 @@ def load_class_info(csv_path: str | os.PathLike | None = None) -> dict[str, Any]
     """
     path = Path(csv_path) if csv_path is not None else OBJECT150_CSV
     try:
-        with open(path, encoding="utf-8", newline="") as f:
-            reader = csv.DictReader(f)
-            columns = reader.fieldnames or []
+        with open(path, encoding="utf-8-sig", newline="") as f:
+            reader = csv.DictReader(f, skipinitialspace=True)
+            columns = [c.strip() for c in reader.fieldnames or []]
+            reader.fieldnames = columns
             rows = list(reader)
     except FileNotFoundError:
         raise FileNotFoundError(f"{path}: class table not found") from None
-    missing = [c for c in ("Idx", "Name") if c not in columns]
-    if missing:
-        raise ValueError(f"{path}: missing column(s) {', '.join(missing)} (found {columns})")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path}: not a UTF-8 text file ({exc.reason})") from None
+    short_form = tuple(c.lower() for c in columns) == _SHORT_COLUMNS
+    if short_form:
+        rows = [{k.lower(): v for k, v in row.items()} for row in rows]
+        entries = _short_form_rows(path, rows)
+    else:
+        missing = [c for c in ("Idx", "Name") if c not in columns]
+        if missing:
+            raise ValueError(f"{path}: missing column(s) {', '.join(missing)} (found {columns}); "
+                             "a class table has the columns Idx,Name[,Color] or name,r,g,b")
+        entries = []
+        for line, row in enumerate(rows, start=2):
+            try:
+                idx = int(row["Idx"])
+            except (TypeError, ValueError):
+                raise ValueError(f"{path}:{line}: Idx must be an integer, got {row['Idx']!r}"
+                                 ) from None
+            colour = (_parse_colour(row["Color"], f"{path}:{line}") if "Color" in columns
+                      else None)
+            entries.append((idx, row["Name"] or "", colour))
     table = []
-    for line, row in enumerate(rows, start=2):
-        try:
-            idx = int(row["Idx"])
-        except (TypeError, ValueError):
-            raise ValueError(f"{path}:{line}: Idx must be an integer, got {row['Idx']!r}") from None
-        synonyms = [s.strip() for s in (row["Name"] or "").split(";") if s.strip()]
+    for line, ((idx, name, colour), row) in enumerate(zip(entries, rows), start=2):
+        synonyms = [s.strip() for s in name.split(";") if s.strip()]
         if not synonyms:
-            raise ValueError(f"{path}:{line}: empty Name")
-        colour = _parse_colour(row["Color"], f"{path}:{line}") if "Color" in columns else None
+            raise ValueError(f"{path}:{line}: empty name")
         table.append((idx, synonyms, row, colour))
     table.sort(key=lambda t: t[0])
     idx = [t[0] for t in table]
     if idx != list(range(1, len(idx) + 1)):
         raise ValueError(f"{path}: Idx must run 1..N without gaps, got {idx[:5]}...")
+    has_colours = short_form or "Color" in columns
     return {
         "idx": idx,
         "names": [t[1][0] for t in table],
         "synonyms": [t[1] for t in table],
-        "colors": (np.array([t[3] for t in table], np.uint8).reshape(-1, 3)
-                   if "Color" in columns else None),
+        "colors": np.array([t[3] for t in table], np.uint8).reshape(-1, 3) if has_colours else None,
         "rows": [t[2] for t in table],
     }
+
+
+def write_class_table(path: str | os.PathLike, synonyms: Sequence[Sequence[str] | str],
+                      colours: np.ndarray) -> None:
+    """Writes a class table (``Idx,Name,Color``) atomically; :func:`load_class_info` reads it.
+
+    Args:
+        path: the file, usually ``<folder>/`` :data:`CLASS_TABLE`.
+        synonyms: per class, its names (display name first) or one name.
+        colours: ``(N, 3)`` uint8 RGB, row ``k`` = class ``k``.
+
+    Raises:
+        ValueError: the counts differ, or a name is empty or holds ``;`` inside a synonym.
+    """
+    colours = np.asarray(colours)
+    if colours.shape != (len(synonyms), 3):
+        raise ValueError(f"{len(synonyms)} classes but colours of shape {colours.shape}")
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(("Idx", "Name", "Color"))
+    for idx, (names, rgb) in enumerate(zip(synonyms, colours), start=1):
+        names = [names] if isinstance(names, str) else list(names)
+        if not names or any(not n.strip() or ";" in n for n in names):
+            raise ValueError(f"class {idx}: names must be non-empty and free of ';', got {names}")
+        writer.writerow((idx, ";".join(n.strip() for n in names),
+                         "#" + "".join(f"{int(v):02x}" for v in rgb)))
+    atomic_write_text(path, buffer.getvalue())
+
+
+def find_class_table(num_class: int, folders: Sequence[str | os.PathLike | None]) -> Path | None:
+    """The table that names ``num_class`` classes: the first ``<folder>/object_info.csv`` that
+    exists (``None`` folders are skipped), else the packaged ADE20K table when ``num_class``
+    is 150, else None."""
+    for folder in folders:
+        if folder and (Path(folder) / CLASS_TABLE).is_file():
+            return Path(folder) / CLASS_TABLE
+    return OBJECT150_CSV if num_class == len(ADE20K_PALETTE) else None
 
 
 def class_names(csv_path: str | os.PathLike | None = None) -> list[str]:

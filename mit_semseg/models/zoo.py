@@ -19,22 +19,31 @@ laid out like a training run, so ``DIR``-style loaders read it as it is.
 
 The original's README also lists MobileNetV2dilated + PPM_deepsup, but no files were released
 for it, so it is not here.
+
+A mirror may also hold models of other classes that are not in the table: a training run
+published by copying four files of its ``DIR`` to ``<mirror>/<name>/``: ``config.yaml``
+(architecture, classes, schedule), ``object_info.csv`` (class names and colours) and the last
+epoch's ``encoder_epoch_<N>.pth`` / ``decoder_epoch_<N>.pth`` (``N = TRAIN.num_epoch``).
+:func:`fetch_run` copies them into the cache, a folder that is itself a run folder; it is what
+``MODEL.init_from <name>`` fine-tunes from (:mod:`mit_semseg.models.init_from`).
 """
 
 from __future__ import annotations
 
 import difflib
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from ..config import ConfigError, load_config
 from ..download import DownloadError, cache_root, cached_download
 from .builder import build_segmentation_model
 from .checkpoint_format import read_state_dict, state_dict_mismatch
-from .classes import ade_palette, class_names
+from .classes import CLASS_TABLE, ade_palette, class_names
 from .segmentation_module import SegmentationModule
 
 __all__ = [
@@ -45,6 +54,7 @@ __all__ = [
     "Scores",
     "build_model",
     "fetch",
+    "fetch_run",
     "find_model",
     "from_pretrained",
     "get_model",
@@ -230,6 +240,57 @@ def _weights_check(model: PretrainedModel, part: str) -> Callable[[Path], None]:
         if mismatch:
             raise RuntimeError(f"{path} holds no {part} of {model.name}: {mismatch.describe()}")
     return check
+
+
+_RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+def fetch_run(name: str, *, mirror: str | None = None, cache_dir: str | os.PathLike | None = None,
+              progress: bool = True) -> Path:
+    """A training run published on a mirror (see the module docstring), copied into the cache.
+
+    Args:
+        name: its folder on the mirror (letters, digits, ``.``, ``_``, ``-``).
+        mirror: base URL (default ``$MIT_SEMSEG_MODEL_MIRROR``; the original's server holds
+            no such runs, so one of the two is needed).
+        cache_dir: see :func:`fetch`.
+        progress: show progress bars while downloading.
+
+    Returns:
+        ``<models_dir>/<name>/``, holding ``config.yaml``, ``object_info.csv`` and the last
+        epoch's two weight files, like a training run's ``DIR``.
+
+    Raises:
+        ValueError: no mirror, a name that is not a plain folder name, or a ``config.yaml``
+            that is not a config.
+        mit_semseg.download.DownloadError: a file is missing on the mirror or fails its
+            SHA-256 check; one line naming the URL.
+    """
+    base = (mirror or os.environ.get(ENV_MIRROR) or "").rstrip("/")
+    if not base:
+        raise ValueError(f"{name!r} is not a released model and no mirror is set: publish the "
+                         f"run on a mirror and set {ENV_MIRROR}, or give the run's folder")
+    if not _RUN_NAME.fullmatch(name):
+        raise ValueError(f"{name!r} is not a folder name on a mirror (letters, digits, '.', "
+                         "'_', '-')")
+    folder = models_dir(cache_dir) / name
+
+    def get(file_name: str) -> Path:
+        # weights are trusted once they load (a cut download is not); the rest is text
+        readable = (lambda path: read_state_dict(path, file_name)) if file_name.endswith(
+            ".pth") else None
+        return cached_download(f"{base}/{name}/{file_name}", folder / file_name,
+                               check=readable, progress=progress)
+
+    config = get("config.yaml")
+    try:
+        epochs = load_config(config).TRAIN.num_epoch
+    except ConfigError as error:
+        raise ValueError(f"{base}/{name}/config.yaml is not a training run's config: "
+                         f"{error}") from None
+    for file_name in (CLASS_TABLE, f"encoder_epoch_{epochs}.pth", f"decoder_epoch_{epochs}.pth"):
+        get(file_name)
+    return folder
 
 
 def _with_classes(module: SegmentationModule, model: PretrainedModel) -> SegmentationModule:

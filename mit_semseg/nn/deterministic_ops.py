@@ -72,14 +72,20 @@ def adaptive_avg_pool2d(x: Tensor, output_size: int | Sequence[int]) -> Tensor:
     return _separable(x, rows, cols)
 
 
-def nll_loss(log_probs: Tensor, target: Tensor, ignore_index: int = -100) -> Tensor:
+def nll_loss(log_probs: Tensor, target: Tensor, ignore_index: int = -100,
+             weight: Tensor | None = None) -> Tensor:
     """Mean negative log-likelihood over the targets that are not ``ignore_index``
-    (``F.nll_loss`` without class weights), deterministic on CUDA in deterministic mode."""
+    (``F.nll_loss``; with class ``weight``, the weighted mean), deterministic on CUDA in
+    deterministic mode."""
     if not _deterministic_cuda(log_probs):
-        return F.nll_loss(log_probs, target, ignore_index=ignore_index)
+        return F.nll_loss(log_probs, target, weight=weight, ignore_index=ignore_index)
     valid = target != ignore_index
-    picked = log_probs.gather(1, torch.where(valid, target, 0).unsqueeze(1)).squeeze(1)
-    return -(picked * valid).sum() / valid.sum()
+    safe_target = torch.where(valid, target, 0)
+    picked = log_probs.gather(1, safe_target.unsqueeze(1)).squeeze(1)
+    pixel_weight = valid.to(picked.dtype)
+    if weight is not None:
+        pixel_weight = pixel_weight * weight.to(picked.dtype)[safe_target]
+    return -(picked * pixel_weight).sum() / pixel_weight.sum()
 
 
 class AdaptiveAvgPool2d(nn.AdaptiveAvgPool2d):
@@ -91,10 +97,16 @@ class AdaptiveAvgPool2d(nn.AdaptiveAvgPool2d):
 
 
 class NLLLoss(nn.NLLLoss):
-    """``nn.NLLLoss`` (mean, no class weights) running :func:`nll_loss`."""
+    """``nn.NLLLoss`` (mean, optional class weights) running :func:`nll_loss`.
 
-    def __init__(self, ignore_index: int = -100) -> None:
-        super().__init__(ignore_index=ignore_index)
+    Args:
+        ignore_index: target value that adds nothing to the loss.
+        weight: ``(num_class,)`` class weights (``TRAIN.class_weights``), or None for equal
+            weights; a buffer, so it moves with the module.
+    """
+
+    def __init__(self, ignore_index: int = -100, weight: Tensor | None = None) -> None:
+        super().__init__(weight=weight, ignore_index=ignore_index)
 
     def forward(self, input: Tensor, target: Tensor) -> Tensor:
-        return nll_loss(input, target, self.ignore_index)
+        return nll_loss(input, target, self.ignore_index, self.weight)

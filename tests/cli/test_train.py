@@ -42,10 +42,12 @@ def test_train_writes_all_outputs(dataset, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     names = {p.name for p in out.iterdir()}
     # train.lock stays (unlocked); the owner note train.owner went with the run
-    expected = {"config.yaml", "log.txt", "checkpoint_last.pth", "training_curves.png",
-                "train.lock"}
+    expected = {"config.yaml", "object_info.csv", "log.txt", "checkpoint_last.pth",
+                "training_curves.png", "train.lock"}
     expected |= {f"{n}_epoch_{e}.pth" for n in ("encoder", "decoder", "history") for e in (1, 2)}
     assert names == expected
+    # the run names its classes: the dataset's table (names and colours)
+    assert (out / "object_info.csv").read_text() == (dataset / "object_info.csv").read_text()
     saved_cfg = load_config(out / "config.yaml")
     assert saved_cfg.DIR == str(out) and saved_cfg.TRAIN.epoch_iters == 3
     # the weights load strictly into freshly built nets of the configured architecture
@@ -194,6 +196,17 @@ def test_deep_supervision_comes_from_the_decoder():
     cfg = load_config(CONFIG, ["TRAIN.pretrained", "False", "TRAIN.deep_sup_scale", "0.3"])
     assert cfg.MODEL.arch_decoder == "c1_deepsup"
     assert build_module(cfg, num_devices=1, saved=None).deep_sup_scale == 0.3
+
+
+def test_class_weights_weigh_the_loss():
+    from mit_semseg.cli.train import build_module
+
+    weights = (0.5, 1, 1, 1, 1, 1, 1, 4)
+    cfg = load_config(CONFIG, ["TRAIN.pretrained", "False", "TRAIN.class_weights", str(weights)])
+    module = build_module(cfg, num_devices=1, saved=None)
+    assert module.crit.weight.tolist() == list(weights)
+    assert build_module(load_config(CONFIG, ["TRAIN.pretrained", "False"]), num_devices=1,
+                        saved=None).crit.weight is None
 
 
 def test_skip_bad_samples_keeps_the_run_going(dataset, tmp_path, monkeypatch):

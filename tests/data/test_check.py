@@ -177,3 +177,27 @@ def test_a_decompression_bomb_is_reported_with_its_line_and_size(depth, syntheti
         main(argv + ["--headers-only", "--max-image-pixels", "4000"])
     out = capsys.readouterr().out
     assert exit_info.value.code == 1 and "more than the limit of 4,000" in out
+
+
+def test_class_weights_balance_median_frequency(synthetic_root, capsys):
+    report = check_dataset(synthetic_root / "validation.odgt", num_class=8)
+    counts = report.pixel_counts[1:].astype(float)
+    shares = counts / counts.sum()
+    median = np.median(shares[shares > 0])
+    weights = report.class_weights()
+    for share, weight in zip(shares, weights):
+        expected = 1.0 if share == 0 else min(median / share, check.MAX_CLASS_WEIGHT)
+        assert weight == pytest.approx(expected, abs=1e-4)
+    # a class of a few pixels weighs at most the cap; the command line prints an override
+    report.pixel_counts[1] = 1
+    assert max(report.class_weights()) == check.MAX_CLASS_WEIGHT
+    with pytest.raises(SystemExit):
+        main([str(synthetic_root / "validation.odgt"), "--num-class", "8", "--class-weights"])
+    line = capsys.readouterr().out.splitlines()[-1]
+    assert line == f'TRAIN.class_weights "{check.format_weights(weights)}"'
+    from mit_semseg.config import load_config
+
+    cfg = load_config(None, ["DATASET.num_class", "8", "TRAIN.class_weights", line.split('"')[1]])
+    assert list(cfg.TRAIN.class_weights) == pytest.approx(weights, abs=1e-4)
+    with pytest.raises(ValueError, match="full check"):
+        check_dataset(synthetic_root / "validation.odgt", 8, full=False).class_weights()

@@ -30,6 +30,18 @@ def test_poly_schedule_sets_every_group():
         assert [g["lr"] for g in opt.param_groups] == [lrs[name]] * 2
 
 
+def test_a_frozen_optimizer_has_lr_zero_until_its_step_then_the_poly_rate():
+    encoder, decoder = _encoder_decoder()
+    opts = optim.build_optimizers(encoder, decoder, lr_encoder=0.02, lr_decoder=0.04,
+                                  momentum=0.9, weight_decay=1e-4)
+    schedule = optim.PolySchedule({"encoder": 0.02, "decoder": 0.04}, 10, 1.0,
+                                  frozen_until={"encoder": 3})
+    rates = [schedule.apply(opts, it) for it in range(5)]
+    assert [r["encoder"] for r in rates] == pytest.approx([0, 0, 0, 0.014, 0.012])
+    assert [r["decoder"] for r in rates] == pytest.approx([0.04, 0.036, 0.032, 0.028, 0.024])
+    assert [g["lr"] for g in opts["encoder"].param_groups] == pytest.approx([0.012] * 2)
+
+
 def test_group_weight_decays_only_conv_and_linear_weights():
     net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.GroupNorm(2, 4),
                         nn.Flatten(), nn.Linear(4, 2))

@@ -1,6 +1,7 @@
 """mit_semseg.engine.trainer: one epoch, the run's state, device wrappers, resumable state."""
 
 import copy
+import dataclasses
 import json
 import math
 import os
@@ -111,6 +112,26 @@ def test_train_one_epoch_matches_a_hand_written_loop():
     assert record["epoch"] == [1.0, 1.5, 1.75]
     assert record["lr_encoder"] == pytest.approx([0.1 * (1 - it / 8) ** 0.9 for it in (4, 6, 7)])
     assert 0 < result["loss"] and 0 <= result["acc"] <= 1
+
+
+def test_a_frozen_encoder_takes_no_step_and_gathers_no_momentum():
+    torch.manual_seed(0)
+    net = TinySegModule()
+    encoder, decoder = copy.deepcopy(net.encoder), copy.deepcopy(net.decoder)
+    state = _state(net, iteration=0)
+    state = dataclasses.replace(state, schedule=PolySchedule(
+        {"encoder": 0.1, "decoder": 0.05}, 8, 0.9, frozen_until={"encoder": 4}))
+    history = train_one_epoch(state, iter([[_batch(i)] for i in range(4)]))
+    assert history["loss"] > 0
+    for frozen, before in zip(net.encoder.parameters(), encoder.parameters()):
+        assert torch.equal(frozen, before)
+        assert not state.optimizers["encoder"].state.get(frozen)  # no momentum buffer
+    assert not all(torch.equal(a, b) for a, b in zip(net.decoder.parameters(),
+                                                      decoder.parameters()))
+    assert state.history["train"]["lr_encoder"] == [0.0, 0.0, 0.0]  # steps 0, 2, 3
+    train_one_epoch(state, iter([[_batch(i)] for i in range(4, 8)]))  # thawed: it learns
+    assert not all(torch.equal(a, b) for a, b in zip(net.encoder.parameters(),
+                                                      encoder.parameters()))
 
 
 def test_train_one_epoch_resumes_mid_epoch_and_fix_bn():

@@ -6,10 +6,13 @@ import pytest
 
 from mit_semseg.models.classes import (
     ADE20K_PALETTE,
+    CLASS_TABLE,
     OBJECT150_CSV,
     ade_palette,
     class_names,
+    find_class_table,
     load_class_info,
+    write_class_table,
 )
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -78,3 +81,40 @@ def test_bad_class_tables(tmp_path):
         load_class_info(path)
     with pytest.raises(FileNotFoundError):
         load_class_info(tmp_path / "none.csv")
+
+
+def test_the_hand_written_form_and_the_written_table_read_alike(tmp_path):
+    (tmp_path / "mine.csv").write_text("Name, R, G, B\nwall,120,120,120\n"
+                                       '"person;people, crowd",150,5,61\n')
+    mine = load_class_info(tmp_path / "mine.csv")
+    assert mine["idx"] == [1, 2] and mine["names"] == ["wall", "person"]
+    assert mine["synonyms"] == [["wall"], ["person", "people, crowd"]]
+    assert mine["colors"].tolist() == [[120, 120, 120], [150, 5, 61]]
+    write_class_table(tmp_path / "object_info.csv", mine["synonyms"], mine["colors"])
+    assert (tmp_path / "object_info.csv").read_text() == (
+        'Idx,Name,Color\n1,wall,#787878\n2,"person;people, crowd",#96053d\n')
+    written = load_class_info(tmp_path / "object_info.csv")
+    assert {k: written[k] for k in ("idx", "names", "synonyms")} == {
+        k: mine[k] for k in ("idx", "names", "synonyms")}
+    assert written["colors"].tolist() == mine["colors"].tolist()
+    (tmp_path / "bad.csv").write_text("name,r,g,b\nwall,120,300,0\n")
+    with pytest.raises(ValueError, match=r"bad.csv:2: g must be an integer 0..255, got '300'"):
+        load_class_info(tmp_path / "bad.csv")
+    (tmp_path / "bad.csv").write_text("name,r,g,b\n ,1,2,3\n")
+    with pytest.raises(ValueError, match="bad.csv:2: empty name"):
+        load_class_info(tmp_path / "bad.csv")
+    with pytest.raises(ValueError, match="names must be non-empty and free of ';'"):
+        write_class_table(tmp_path / "x.csv", [["a;b"]], np.zeros((1, 3), np.uint8))
+
+
+def test_find_class_table_prefers_the_first_folder_that_has_one(tmp_path):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / CLASS_TABLE).write_text("Idx,Name\n1,a\n")
+    assert find_class_table(3, [tmp_path / "run", tmp_path / "data"]) == (
+        tmp_path / "data" / CLASS_TABLE)
+    (tmp_path / "run" / CLASS_TABLE).write_text("Idx,Name\n1,b\n")
+    assert find_class_table(3, [None, tmp_path / "run", tmp_path / "data"]) == (
+        tmp_path / "run" / CLASS_TABLE)
+    assert find_class_table(150, [tmp_path / "none"]) == OBJECT150_CSV
+    assert find_class_table(3, [tmp_path / "none"]) is None

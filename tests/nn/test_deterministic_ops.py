@@ -64,6 +64,25 @@ def test_gather_form_equals_nll_loss(forced):
     assert torch.isnan(F.nll_loss(log_probs, all_ignored, ignore_index=-1))
 
 
+def test_gather_form_equals_weighted_nll_loss(forced):
+    gen = torch.Generator().manual_seed(2)
+    log_probs = torch.log_softmax(torch.randn(2, 5, 4, 6, generator=gen, dtype=torch.float64), 1)
+    target = torch.randint(-1, 5, (2, 4, 6), generator=gen)
+    weight = torch.tensor([0.5, 2.0, 1.0, 0.0, 3.0], dtype=torch.float64)
+    ours, dx = _forward_backward(lambda x: det.NLLLoss(-1, weight)(x, target), log_probs,
+                                 torch.tensor(1.0, dtype=torch.float64))
+    ref, ref_dx = _forward_backward(
+        lambda x: F.nll_loss(x, target, weight=weight, ignore_index=-1), log_probs,
+        torch.tensor(1.0, dtype=torch.float64))
+    torch.testing.assert_close(ours, ref, rtol=0, atol=1e-12)
+    torch.testing.assert_close(dx, ref_dx, rtol=0, atol=1e-12)
+    # the weighted mean, written out: sum of w[t] * -log p[t] over sum of w[t]
+    valid = target >= 0
+    picked = log_probs.gather(1, target.clamp(min=0).unsqueeze(1)).squeeze(1)[valid]
+    w = weight[target[valid]]
+    assert float(ours) == pytest.approx(float(-(w * picked).sum() / w.sum()), abs=1e-12)
+
+
 def test_usual_kernels_outside_deterministic_cuda_training(monkeypatch):
     """On the CPU, even with deterministic algorithms on, the results are torch's own."""
     x = torch.randn(1, 2, 5, 7, requires_grad=True)

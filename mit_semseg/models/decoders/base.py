@@ -69,6 +69,28 @@ class SegmentationDecoder(nn.Module):
         """
         return -2 if len(self.in_channels) >= 2 else -1
 
+    def class_score_layers(self) -> dict[str, nn.Conv2d]:
+        """The 1x1 convolutions whose output channels are the classes, by state-dict prefix.
+
+        Every decoder ends in ``conv_last`` (a key of the checkpoint format), a classifier
+        or a block whose last layer is one; with deep supervision ``conv_last_deepsup`` is the
+        second. Their rows (output channels) belong to the classes in label order, so a model
+        fine-tuned to other classes re-maps them (:mod:`mit_semseg.models.init_from`).
+        """
+        heads = {"conv_last": self.conv_last}
+        if self.deep_sup:
+            heads["conv_last_deepsup"] = self.conv_last_deepsup
+        layers = {}
+        for name, head in heads.items():
+            if isinstance(head, nn.Sequential):
+                name, head = f"{name}.{len(head) - 1}", head[-1]
+            if not (isinstance(head, nn.Conv2d) and head.out_channels == self.num_class
+                    and head.kernel_size == (1, 1)):
+                raise TypeError(f"{type(self).__name__}.{name} is not a 1x1 convolution to "
+                                f"{self.num_class} classes")
+            layers[name] = head
+        return layers
+
     def _build_deep_sup_head(self, mid_planes: int, norm_layer: NormLayer,
                              dropout: float | None) -> None:
         in_planes = self.in_channels[self.aux_index]
