@@ -166,7 +166,7 @@ def build_module(cfg: Any, num_devices: int, saved: dict | None) -> torch.nn.Mod
     module = build_segmentation_model(
         cfg.MODEL.arch_encoder, cfg.MODEL.arch_decoder, cfg.DATASET.num_class,
         fc_dim=cfg.MODEL.fc_dim, pretrained=cfg.TRAIN.pretrained and saved is None,
-        deep_sup_scale=cfg.TRAIN.deep_sup_scale,
+        deep_sup_scale=cfg.TRAIN.deep_sup_scale, factored_heads=cfg.TRAIN.factored_heads,
         norm_layer=norm_layer_for(num_devices, cfg.DIST.sync_bn), **weights)
     if saved is not None:
         module.encoder.load_state_dict(saved["encoder"])

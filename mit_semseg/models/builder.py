@@ -123,7 +123,8 @@ def build_segmentation_model(arch_encoder: str, arch_decoder: str, num_class: in
                              fc_dim: int | None = None, weights_encoder: str = "",
                              weights_decoder: str = "", pretrained: bool = False,
                              deep_sup_scale: float = 0.4,
-                             norm_layer: NormLayer = nn.BatchNorm2d) -> SegmentationModule:
+                             norm_layer: NormLayer = nn.BatchNorm2d,
+                             factored_heads: bool = True) -> SegmentationModule:
     """Encoder + decoder (widths taken from the encoder) + ``NLLLoss(ignore_index=-1)``.
 
     Args:
@@ -137,6 +138,11 @@ def build_segmentation_model(arch_encoder: str, arch_decoder: str, num_class: in
         deep_sup_scale: weight of the auxiliary loss; used when the decoder has deep
             supervision (``*_deepsup``).
         norm_layer: normalisation layer constructor for both parts.
+        factored_heads: PPM and UPerNet decoders train their fusion convolution in the
+            factored form (``TRAIN.factored_heads``; their ``factored_training``, see
+            :mod:`mit_semseg.models.decoders.factored`): fewer FLOPs, the same weights and
+            checkpoints. ``False`` trains with the original's arithmetic. Other decoders
+            ignore it; inference is unaffected.
 
     Raises:
         ValueError: ``fc_dim`` does not match the encoder.
@@ -145,5 +151,7 @@ def build_segmentation_model(arch_encoder: str, arch_decoder: str, num_class: in
                             pretrained=pretrained, norm_layer=norm_layer)
     decoder = build_decoder(arch_decoder, num_class, in_channels=encoder.out_channels,
                             weights=weights_decoder, norm_layer=norm_layer)
+    if hasattr(decoder, "factored_training"):
+        decoder.factored_training = bool(factored_heads)
     return SegmentationModule(encoder, decoder, NLLLoss(ignore_index=-1),
                               deep_sup_scale=deep_sup_scale)
