@@ -35,7 +35,8 @@ RESULTS_HEADER = (
     "# Benchmark results\n\n"
     "Written by the scripts in `benchmarks/` (each replaces only its own section). "
     "\"original\" is mit-semseg 1.0.0 from PyPI, run in its own process; see "
-    "[docs/benchmarks.md](../docs/benchmarks.md) for what is measured.\n"
+    "[docs/benchmarks.md](../docs/benchmarks.md) for what is measured. Sections are per CPU "
+    "kind: `<benchmark>@<family>-<unit>` (see `cpu_kind` in `benchmarks/common.py`).\n"
 )
 
 

@@ -170,7 +170,9 @@ class PointwiseConv2d(nn.Conv2d):
 
     * ``"onednn"``: the oneDNN convolution every other layer uses;
     * ``"gemm"``: one matrix product over the pixels (BLAS ``sgemm``), no copy in either
-      layout (a channels-last map *is* a ``(pixels, channels)`` matrix).
+      layout (a channels-last map *is* a ``(pixels, channels)`` matrix);
+    * ``"torch"``: ``nn.Conv2d``'s own dispatch, fallback included (a plan of its own for
+      ``benchmarks/bench_inference.py``, not one of the timed :data:`CONV_PLANS`).
 
     Which is faster depends on the CPU and its BLAS (MKL is slow on some non-Intel CPUs), so
     :func:`choose_conv_plan` measures both. Only CPU float32 inference outside autocast is
@@ -183,8 +185,9 @@ class PointwiseConv2d(nn.Conv2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # Under torch.compile the graph keeps an ordinary convolution: inductor picks (and,
         # with freezing, pre-packs) its own kernel, and cannot trace mkldnn_convolution.
-        if (x.device.type != "cpu" or x.dtype != torch.float32 or torch.is_grad_enabled()
-                or torch.is_autocast_enabled("cpu") or torch.compiler.is_compiling()):
+        if (self.kernel == "torch" or x.device.type != "cpu" or x.dtype != torch.float32
+                or torch.is_grad_enabled() or torch.is_autocast_enabled("cpu")
+                or torch.compiler.is_compiling()):
             return super().forward(x)
         if self.kernel == "onednn":
             return torch.mkldnn_convolution(x, self.weight, self.bias, self.padding, self.stride,
@@ -231,9 +234,9 @@ class ConvPlan:
         return f"{'NHWC' if self.channels_last else 'NCHW'} + {self.pointwise} 1x1"
 
 
-POINTWISE_KERNELS = ("onednn", "gemm")
+POINTWISE_KERNELS = ("onednn", "gemm", "torch")
 CONV_PLANS = tuple(ConvPlan(layout, kernel) for layout in (False, True)
-                   for kernel in POINTWISE_KERNELS)
+                   for kernel in ("onednn", "gemm"))
 
 
 def apply_conv_plan(module: nn.Module, plan: ConvPlan) -> nn.Module:
