@@ -145,10 +145,10 @@ def measure(impl: str, job: dict[str, Any]) -> dict[str, Any]:
         module = _prepare_ours(module, opts, job, device)
     setup_s = time.perf_counter() - setup_start
     samples = torch.load(job["inputs"], weights_only=True)
-    times, outputs = [], []
+    times, cpu_times, outputs = [], [], []
     for index, sample in enumerate([samples[0]] + samples):  # the first pass warms up
         seg_size = tuple(sample["seg_size"])
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         if impl == "ours":
             scores = _forward_ours(module, sample["img_data"], seg_size, opts, device)
         else:
@@ -160,11 +160,12 @@ def measure(impl: str, job: dict[str, Any]) -> dict[str, Any]:
             first_s = elapsed
         else:
             times.append(elapsed)
+            cpu_times.append(time.process_time() - cpu_start)
             outputs.append({"pred": pred.cpu(), "scores": scores[:, ::GRID, ::GRID].cpu()})
     if job.get("out"):
         torch.save(outputs, job["out"])
     result = {"image_s": sum(times) / len(times), "images_s": times, "first_s": first_s,
-              "setup_s": setup_s}
+              "setup_s": setup_s, "cpu_image_s": sum(cpu_times) / len(cpu_times)}
     if opts.get("fast") and not opts.get("compile"):
         result["plan"] = _plan_in_use(module)
     return result
@@ -336,9 +337,12 @@ def main() -> None:
                 print(f"  {threads} thread(s)", flush=True)
                 runs = common.alternate(args.repeats, run, impls=args.variants,
                                         log=lambda v, r: f"{r['image_s']:.3f} s/image")
+                cpu = {v: (s, r) for v, s, r in common.against_upstream(runs, "cpu_image_s")}
                 for variant, mine, ratio in common.against_upstream(runs, "image_s"):
+                    mine_cpu, cpu_ratio = cpu[variant]
                     rows.append([f"{encoder} + {decoder}", threads, VARIANT_LABELS[variant],
-                                 f"{mine:.3f}", common.ratio_cell(ratio),
+                                 f"{mine:.3f}", common.ratio_cell(ratio), f"{mine_cpu:.3f}",
+                                 "" if cpu_ratio is None else f"{cpu_ratio:.2f}x",
                                  common.fmt_runs(runs[variant], "image_s"),
                                  common.fmt_runs(runs[variant], "setup_s", "{:.1f}"),
                                  common.fmt_runs(runs[variant], "first_s", "{:.1f}")])
@@ -365,12 +369,16 @@ def main() -> None:
         f"multiple of 8), {NUM_CLASS} classes, fp32 unless stated; seconds per image = "
         "forwards + score averaging + argmax, mean over the images after one warm-up image, "
         f"median of {args.repeats} alternating runs per variant (each a fresh process). "
+        "CPU s/image = CPU time of the measuring process per image (all its threads; "
+        "median of the runs), less sensitive than wall time to other processes on the "
+        "machine, at one thread especially. "
         "\"start-up\" = building the model, loading the weights and preparing the "
         "inference path (BatchNorm folding, head factoring, the convolution-plan measurement "
         "of `ours` unless the plan is fixed); \"first image\" = the warm-up image of each "
         "run, which also pays for compilation and oneDNN's kernel generation.",
         "",
         common.markdown_table(["model", "threads", "variant", "s/image", "vs original",
+                               "CPU s/image", "CPU vs original",
                                "runs (s/image)", "start-up (s) per run",
                                "first image (s) per run"], rows),
         "",

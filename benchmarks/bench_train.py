@@ -68,16 +68,21 @@ def _current_rss_mib() -> float:
     return int(line.split()[1]) / 1024.0
 
 
-def _train_ours(module: Any, batch: dict, steps: int, opts: dict, device: Any) -> list[float]:
+def _clock() -> tuple[float, float]:
+    """(wall seconds, CPU seconds of this process, all threads)."""
+    return time.perf_counter(), time.process_time()
 
+
+def _intervals(stamps: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    return [(b[0] - a[0], b[1] - a[1]) for a, b in zip(stamps, stamps[1:])]
+
+
+def _train_ours(module: Any, batch: dict, steps: int, opts: dict, device: Any
+                ) -> list[tuple[float, float]]:
     from mit_semseg.engine.optim import PolySchedule, build_optimizers
     from mit_semseg.engine.trainer import TrainState, train_one_epoch
     from mit_semseg.nn.precision import grad_scaler
 
-    if opts.get("channels_last"):
-        from mit_semseg.inference.fast_path import to_channels_last
-
-        to_channels_last(module)
     optimizers = build_optimizers(module.encoder, module.decoder, lr_encoder=LR,
                                   lr_decoder=LR, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
     schedule = PolySchedule({"encoder": LR, "decoder": LR}, max_iters=steps, power=0.9)
@@ -88,30 +93,30 @@ def _train_ours(module: Any, batch: dict, steps: int, opts: dict, device: Any) -
 
     def stamp(_: Any) -> None:
         common.synchronize(device)
-        stamps.append(time.perf_counter())
+        stamps.append(_clock())
 
-    stamps = [time.perf_counter()]
+    stamps = [_clock()]
     train_one_epoch(state, [[batch]] * steps, on_step=stamp)
-    return [b - a for a, b in zip(stamps, stamps[1:])]
+    return _intervals(stamps)
 
 
-def _train_upstream(module: Any, batch: dict, steps: int, device: Any) -> list[float]:
+def _train_upstream(module: Any, batch: dict, steps: int, device: Any
+                    ) -> list[tuple[float, float]]:
     import torch
 
     optimizers = [torch.optim.SGD(net.parameters(), lr=LR, momentum=MOMENTUM,
                                   weight_decay=WEIGHT_DECAY)
                   for net in (module.encoder, module.decoder)]
-    times = []
+    stamps = [_clock()]
     for _ in range(steps):
-        start = time.perf_counter()
         module.zero_grad()
         loss, acc = module(batch)
         loss.mean().backward()
         for optimizer in optimizers:
             optimizer.step()
         common.synchronize(device)
-        times.append(time.perf_counter() - start)
-    return times
+        stamps.append(_clock())
+    return _intervals(stamps)
 
 
 def _step_flops(module: Any, batch: dict) -> int:
@@ -151,7 +156,9 @@ def measure(impl: str, job: dict[str, Any]) -> dict[str, Any]:
     timed = times[job["warmup"]:]
     peak = (torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda"
             else common.peak_rss_mib())
-    result = {"step_s": statistics.median(timed), "steps_s": timed,
+    result = {"step_s": statistics.median(wall for wall, _ in timed),
+              "steps_s": [wall for wall, _ in timed],
+              "cpu_step_s": statistics.median(cpu for _, cpu in timed),
               "mem_mib": peak - mem_before}
     if job.get("count_flops"):
         result["flops"] = _step_flops(module, batch)
@@ -214,21 +221,26 @@ def main() -> None:
                     args.repeats, run, impls=args.variants,
                     log=lambda v, r: f"{r['step_s']:.3f} s/step, +{r['mem_mib']:.0f} MiB")
                 memory = {v: (mib, r) for v, mib, r in common.against_upstream(runs, "mem_mib")}
+                cpu = {v: (s, r) for v, s, r in common.against_upstream(runs, "cpu_step_s")}
                 theirs = flops[(name, "upstream")]
                 for variant, mine_s, ratio in common.against_upstream(runs, "step_s"):
                     mine_m, memory_ratio = memory[variant]
                     mine_f = flops[(name, variant)]
+                    mine_c, cpu_ratio = cpu[variant]
                     rows.append([f"{encoder} + {decoder}", threads, VARIANT_LABELS[variant],
-                                 f"{mine_s:.3f}", common.ratio_cell(ratio), f"{mine_f / 1e9:.1f}",
-                                 f"{mine_f / theirs:.3f}x", f"{mine_m:.0f}",
+                                 f"{mine_s:.3f}", common.ratio_cell(ratio),
+                                 f"{mine_c:.3f}", "" if cpu_ratio is None else f"{cpu_ratio:.2f}x",
+                                 f"{mine_f / 1e9:.1f}", f"{mine_f / theirs:.3f}x",
+                                 f"{mine_m:.0f}",
                                  "" if memory_ratio is None else f"{memory_ratio:.2f}x",
                                  common.fmt_runs(runs[variant], "step_s")])
                     if ratio is not None:
                         notes.append(f"- {encoder} + {decoder}, {threads} thread(s), "
                                      f"{VARIANT_LABELS[variant]}: time ratio {ratio:.2f}x "
                                      f"({common.verdict(ratio, TARGET, lower_is_better=True)})")
-    header = ["model", "threads", "variant", "s/step", "time vs original", "GFLOP/step",
-              "FLOPs vs original", "peak MiB", "memory vs original", "runs (s/step)"]
+    header = ["model", "threads", "variant", "s/step", "time vs original", "CPU s/step",
+              "CPU time vs original", "GFLOP/step", "FLOPs vs original", "peak MiB",
+              "memory vs original", "runs (s/step)"]
     command = (f"python benchmarks/bench_train.py --models {' '.join(args.models)} "
                f"--variants {' '.join(args.variants)} --batch {args.batch} --size {args.size} "
                f"--steps {args.steps} --warmup {args.warmup} --repeats {args.repeats} "
@@ -239,8 +251,10 @@ def main() -> None:
         f"supervision weight 0.4 for `*_deepsup`; same weights and batch on both sides. "
         f"Median of {args.steps} steps after {args.warmup} warm-up step(s) per run, "
         f"{args.repeats} alternating runs per variant, each a fresh process, for every thread "
-        "count. GFLOP/step = convolutions and matrix products of one forward + backward "
-        "(`FlopCounterMode`, 2 per multiply-add; the same at every thread count), counted "
+        "count. CPU s/step = CPU time of the measuring process per step (all its threads; "
+        "median), less sensitive than wall time to other processes on the machine, at one "
+        "thread especially. GFLOP/step = convolutions and matrix products of one forward + "
+        "backward (`FlopCounterMode`, 2 per multiply-add; the same at every thread count), counted "
         "on the first run of each variant. Peak MiB = peak "
         + ("GPU memory allocated during the steps minus the allocation before the first step."
            if args.device == "cuda" else

@@ -31,7 +31,7 @@ NUM_CLASS = 7
 #   a formula that is wrong anywhere misses by orders of magnitude).
 # * float64, after 3 SGD steps at the recipe's lr 0.02: 1e-7. From random weights, a step
 #   amplifies any difference of the weights 10^2-10^4 times (benchmarks/RESULTS.md,
-#   *divergence*: 1e-7 grows to 5e-3 in one step), so 1e-16 grows to ~1e-9 in 3 steps. In
+#   divergence@xeon-vnni: 1e-7 grows to 5e-3 in one step), so 1e-16 grows to ~1e-9 in 3 steps. In
 #   float32 the same amplification makes any two summation orders (also the plain form on
 #   two thread counts) drift apart by 1e-4 and more within a few steps, so weights after
 #   several steps are compared in float64.
