@@ -14,12 +14,12 @@ argmax, under ``torch.no_grad()``.
 Time per image = the forward passes + averaging + argmax (what the original's eval.py times),
 one warm-up image per run excluded (its time is reported apart as "first image": it holds the
 compilation of ``ours_compiled`` and oneDNN's kernel generation); "start-up" is the time to
-build the model and prepare the variant's path (the convolution-plan measurement of ``ours``).
+build the model and prepare the variant's path.
 Runs alternate over all variants, each a fresh process, for every thread count.
 
 Variants: ``ours`` (the default: ``MODEL.fast_inference``, i.e. BatchNorm folded, PPM and
-UPerNet heads factored, convolution plan measured at start-up), ``ours_plan_<layout>_<kernel>``
-(the same with the plan fixed: layout ``nchw``/``nhwc``, 1x1 kernel ``onednn``/``gemm``, or
+UPerNet heads factored, the default convolution plan), ``ours_plan_<layout>_<kernel>`` (the
+same with another plan: layout ``nchw``/``nhwc``, 1x1 kernel ``onednn``/``gemm``, or
 ``nchw_torch``, PyTorch's own dispatch), ``ours_plain`` (the model as built),
 ``ours_bf16`` (fast + bf16 autocast), ``ours_compiled`` (fast + ``torch.compile`` with
 inductor freezing; compiled graphs are cached in ``--compile-cache``, so the first run
@@ -62,7 +62,7 @@ VARIANTS = {
     "ours_bf16": ("ours", {"fast": True, "amp": "bf16"}),
     "ours_compiled": ("ours", {"fast": True, "compile": True}),
     "ours_onnxruntime": ("ours", {"onnxruntime": True}),
-    # the default path with its convolution plan fixed instead of measured at start-up
+    # the default path with each convolution plan
     **{f"ours_plan_{'nhwc' if layout else 'nchw'}_{kernel}":
        ("ours", {"fast": True, "plan": (layout, kernel)})
        for layout in (False, True) for kernel in ("onednn", "gemm")},
@@ -73,7 +73,7 @@ VARIANT_LABELS = {"ours": "ours (fp32, default fast_inference)", "upstream": "or
                   "ours_bf16": "ours (fast_inference + bf16 autocast)",
                   "ours_compiled": "ours (fast_inference + torch.compile, freezing)",
                   "ours_onnxruntime": "ours exported, onnxruntime",
-                  **{name: f"ours (fast_inference, plan fixed: "
+                  **{name: f"ours (fast_inference, plan "
                            f"{'NHWC' if opts['plan'][0] else 'NCHW'} + {opts['plan'][1]} 1x1)"
                      for name, (_, opts) in VARIANTS.items() if "plan" in opts}}
 NUM_CLASS = 150
@@ -108,8 +108,8 @@ def _prepare_ours(module: Any, opts: dict, job: dict, device: Any) -> Any:
 
         return OnnxRuntimeSegmenter(job["onnx"], threads=torch.get_num_threads())
     if opts.get("fast"):
-        plan = ConvPlan(*opts["plan"]) if "plan" in opts else None
-        optimize_for_inference(module, device, plan=plan)
+        plan = {"plan": ConvPlan(*opts["plan"])} if "plan" in opts else {}
+        optimize_for_inference(module, device, **plan)
     if opts.get("compile"):
         network = LogitsNetwork(module.encoder, module.decoder)
         return LogitsSegmenter(compile_module(network, freezing=True))
@@ -172,7 +172,7 @@ def measure(impl: str, job: dict[str, Any]) -> dict[str, Any]:
 
 
 def _plan_in_use(module: Any) -> str:
-    """The convolution plan ``module`` runs (e.g. the one the start-up measurement chose)."""
+    """The convolution plan ``module`` runs."""
     import torch
 
     from mit_semseg.inference.fast_path import PointwiseConv2d
@@ -349,7 +349,7 @@ def main() -> None:
                     if variant == "ours":
                         chosen = ", ".join(r["plan"] for r in runs[variant])
                         notes.append(f"- {encoder} + {decoder}, {threads} thread(s): the "
-                                     f"start-up measurement chose, run by run: {chosen}")
+                                     f"default path ran, run by run: {chosen}")
                     if ratio is not None and not VARIANTS[variant][1].get("amp"):
                         notes.append(f"- {encoder} + {decoder}, {threads} thread(s), "
                                      f"{VARIANT_LABELS[variant]}: {ratio:.2f}x "
@@ -373,8 +373,8 @@ def main() -> None:
         "median of the runs), less sensitive than wall time to other processes on the "
         "machine, at one thread especially. "
         "\"start-up\" = building the model, loading the weights and preparing the "
-        "inference path (BatchNorm folding, head factoring, the convolution-plan measurement "
-        "of `ours` unless the plan is fixed); \"first image\" = the warm-up image of each "
+        "inference path (BatchNorm folding, head factoring, convolution plan); "
+        "\"first image\" = the warm-up image of each "
         "run, which also pays for compilation and oneDNN's kernel generation.",
         "",
         common.markdown_table(["model", "threads", "variant", "s/image", "vs original",
