@@ -12,7 +12,9 @@ Workloads (fp32 and bf16 autocast):
   300..600 as in ``bench_inference.py``): ``plain`` = the model as built, ``fast`` = the
   default ``MODEL.fast_inference`` path. Note that the fast path counts fewer FLOPs (the
   factored PPM and UPerNet heads), so its GFLOP/s understate its speed-up.
-* ``train``: one SGD step (forward + backward + update) on a batch of 2 random 384 px images.
+* ``train``: one SGD step (forward + backward + update) on a batch of 2 random 384 px images,
+  with the default factored heads (``TRAIN.factored_heads``; fewer FLOPs for PPM and UPerNet)
+  and with the plain ones.
 * Peer: torchvision's ``deeplabv3_resnet50`` (random weights, nothing downloaded), a
   comparable dilated ResNet-50, on the same inference scales and training batch.
 
@@ -81,8 +83,12 @@ def _ours_workloads(name: str, inputs: list, seg_size: tuple) -> dict[tuple, Cal
     fast = common.build_module("ours", encoder, decoder, fc_dim, NUM_CLASS, None, train=False)
     fast.load_state_dict(plain.state_dict())
     optimize_for_inference(fast, CPU)
-    trained = common.build_module("ours", encoder, decoder, fc_dim, NUM_CLASS, None, train=True)
-    optimizer = torch.optim.SGD(trained.parameters(), lr=1e-3, momentum=0.9)
+    # the default (TRAIN.factored_heads) and the plain form of the heads
+    trained = {factored: common.build_module("ours", encoder, decoder, fc_dim, NUM_CLASS, None,
+                                             train=True, factored_heads=factored)
+               for factored in (True, False)}
+    optimizers = {factored: torch.optim.SGD(module.parameters(), lr=1e-3, momentum=0.9)
+                  for factored, module in trained.items()}
     stride = 4 if "upernet" in decoder else 8
     batch = {"img_data": torch.randn(TRAIN_BATCH, 3, TRAIN_SIZE, TRAIN_SIZE),
              "seg_label": torch.randint(0, NUM_CLASS, (TRAIN_BATCH, TRAIN_SIZE // stride,
@@ -92,20 +98,21 @@ def _ours_workloads(name: str, inputs: list, seg_size: tuple) -> dict[tuple, Cal
         options = PredictOptions(amp=amp)
         return lambda: predict_probs(module, inputs, seg_size, CPU, options).argmax(0)
 
-    def step(bf16):
+    def step(bf16, factored=True):
         def run():
-            optimizer.zero_grad(set_to_none=True)
+            optimizers[factored].zero_grad(set_to_none=True)
             with _autocast(bf16):
-                loss, _ = trained(batch)
+                loss, _ = trained[factored](batch)
             loss.backward()
-            optimizer.step()
+            optimizers[factored].step()
         return run
 
     return {(label, "inference", "plain", "fp32"): infer(plain, ""),
             (label, "inference", "fast (default)", "fp32"): infer(fast, ""),
             (label, "inference", "fast (default)", "bf16"): infer(fast, "bf16"),
-            (label, "train step", "", "fp32"): step(False),
-            (label, "train step", "", "bf16"): step(True)}
+            (label, "train step", "factored heads (default)", "fp32"): step(False),
+            (label, "train step", "plain heads", "fp32"): step(False, factored=False),
+            (label, "train step", "factored heads (default)", "bf16"): step(True)}
 
 
 def _peer_workloads(inputs: list) -> dict[tuple, Callable]:

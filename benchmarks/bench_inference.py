@@ -12,13 +12,15 @@ on: BatchNorm folded, channels-last) unless the variant says otherwise; the orig
 argmax, under ``torch.no_grad()``.
 
 Time per image = the forward passes + averaging + argmax (what the original's eval.py times),
-one warm-up image per run excluded (its time is reported apart as "first image": it holds
-the convolution-plan measurement, the compilation of ``ours_compiled`` and oneDNN's kernel
-generation). Runs alternate over all variants, each a fresh process, for every thread count.
+one warm-up image per run excluded (its time is reported apart as "first image": it holds the
+compilation of ``ours_compiled`` and oneDNN's kernel generation); "start-up" is the time to
+build the model and prepare the variant's path.
+Runs alternate over all variants, each a fresh process, for every thread count.
 
 Variants: ``ours`` (the default: ``MODEL.fast_inference``, i.e. BatchNorm folded, PPM and
-UPerNet heads factored, convolution plan measured at start-up), ``ours_plain`` (the model as
-built),
+UPerNet heads factored, the default convolution plan), ``ours_plan_<layout>_<kernel>`` (the
+same with another plan: layout ``nchw``/``nhwc``, 1x1 kernel ``onednn``/``gemm``, or
+``nchw_torch``, PyTorch's own dispatch), ``ours_plain`` (the model as built),
 ``ours_bf16`` (fast + bf16 autocast), ``ours_compiled`` (fast + ``torch.compile`` with
 inductor freezing; compiled graphs are cached in ``--compile-cache``, so the first run
 compiles cold and later runs show the warm-cache start-up), ``ours_onnxruntime`` (the model
@@ -60,12 +62,20 @@ VARIANTS = {
     "ours_bf16": ("ours", {"fast": True, "amp": "bf16"}),
     "ours_compiled": ("ours", {"fast": True, "compile": True}),
     "ours_onnxruntime": ("ours", {"onnxruntime": True}),
+    # the default path with each convolution plan
+    **{f"ours_plan_{'nhwc' if layout else 'nchw'}_{kernel}":
+       ("ours", {"fast": True, "plan": (layout, kernel)})
+       for layout in (False, True) for kernel in ("onednn", "gemm")},
+    "ours_plan_nchw_torch": ("ours", {"fast": True, "plan": (False, "torch")}),
 }
 VARIANT_LABELS = {"ours": "ours (fp32, default fast_inference)", "upstream": "original 1.0.0",
                   "ours_plain": "ours (fp32, fast_inference False)",
                   "ours_bf16": "ours (fast_inference + bf16 autocast)",
                   "ours_compiled": "ours (fast_inference + torch.compile, freezing)",
-                  "ours_onnxruntime": "ours exported, onnxruntime"}
+                  "ours_onnxruntime": "ours exported, onnxruntime",
+                  **{name: f"ours (fast_inference, plan "
+                           f"{'NHWC' if opts['plan'][0] else 'NCHW'} + {opts['plan'][1]} 1x1)"
+                     for name, (_, opts) in VARIANTS.items() if "plan" in opts}}
 NUM_CLASS = 150
 SCALES = (300, 400, 500, 600)
 GRID = 4  # scores are compared on every GRID-th pixel (keeps the files small)
@@ -86,14 +96,20 @@ def _prepare_ours(module: Any, opts: dict, job: dict, device: Any) -> Any:
     import torch
 
     from mit_semseg.inference.banded_tail import LogitsSegmenter
-    from mit_semseg.inference.fast_path import LogitsNetwork, compile_module, optimize_for_inference
+    from mit_semseg.inference.fast_path import (
+        ConvPlan,
+        LogitsNetwork,
+        compile_module,
+        optimize_for_inference,
+    )
 
     if opts.get("onnxruntime"):
         from mit_semseg.deploy.onnxruntime import OnnxRuntimeSegmenter
 
         return OnnxRuntimeSegmenter(job["onnx"], threads=torch.get_num_threads())
     if opts.get("fast"):
-        optimize_for_inference(module, device)
+        plan = {"plan": ConvPlan(*opts["plan"])} if "plan" in opts else {}
+        optimize_for_inference(module, device, **plan)
     if opts.get("compile"):
         network = LogitsNetwork(module.encoder, module.decoder)
         return LogitsSegmenter(compile_module(network, freezing=True))
@@ -129,10 +145,10 @@ def measure(impl: str, job: dict[str, Any]) -> dict[str, Any]:
         module = _prepare_ours(module, opts, job, device)
     setup_s = time.perf_counter() - setup_start
     samples = torch.load(job["inputs"], weights_only=True)
-    times, outputs = [], []
+    times, cpu_times, outputs = [], [], []
     for index, sample in enumerate([samples[0]] + samples):  # the first pass warms up
         seg_size = tuple(sample["seg_size"])
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         if impl == "ours":
             scores = _forward_ours(module, sample["img_data"], seg_size, opts, device)
         else:
@@ -144,11 +160,28 @@ def measure(impl: str, job: dict[str, Any]) -> dict[str, Any]:
             first_s = elapsed
         else:
             times.append(elapsed)
+            cpu_times.append(time.process_time() - cpu_start)
             outputs.append({"pred": pred.cpu(), "scores": scores[:, ::GRID, ::GRID].cpu()})
     if job.get("out"):
         torch.save(outputs, job["out"])
-    return {"image_s": sum(times) / len(times), "images_s": times, "first_s": first_s,
-            "setup_s": setup_s}
+    result = {"image_s": sum(times) / len(times), "images_s": times, "first_s": first_s,
+              "setup_s": setup_s, "cpu_image_s": sum(cpu_times) / len(cpu_times)}
+    if opts.get("fast") and not opts.get("compile"):
+        result["plan"] = _plan_in_use(module)
+    return result
+
+
+def _plan_in_use(module: Any) -> str:
+    """The convolution plan ``module`` runs."""
+    import torch
+
+    from mit_semseg.inference.fast_path import PointwiseConv2d
+
+    kernel = next(m.kernel for m in module.modules() if isinstance(m, PointwiseConv2d))
+    weight = next(m.weight for m in module.modules() if isinstance(m, torch.nn.Conv2d)
+                  and m.weight.dim() == 4 and m.weight.shape[1] > 1)
+    nhwc = weight.is_contiguous(memory_format=torch.channels_last)
+    return f"{'NHWC' if nhwc else 'NCHW'} + {kernel} 1x1"
 
 
 def _prepare(tmp: Path, args: argparse.Namespace) -> tuple[Path, list]:
@@ -304,11 +337,19 @@ def main() -> None:
                 print(f"  {threads} thread(s)", flush=True)
                 runs = common.alternate(args.repeats, run, impls=args.variants,
                                         log=lambda v, r: f"{r['image_s']:.3f} s/image")
+                cpu = {v: (s, r) for v, s, r in common.against_upstream(runs, "cpu_image_s")}
                 for variant, mine, ratio in common.against_upstream(runs, "image_s"):
+                    mine_cpu, cpu_ratio = cpu[variant]
                     rows.append([f"{encoder} + {decoder}", threads, VARIANT_LABELS[variant],
-                                 f"{mine:.3f}", common.ratio_cell(ratio),
+                                 f"{mine:.3f}", common.ratio_cell(ratio), f"{mine_cpu:.3f}",
+                                 "" if cpu_ratio is None else f"{cpu_ratio:.2f}x",
                                  common.fmt_runs(runs[variant], "image_s"),
+                                 common.fmt_runs(runs[variant], "setup_s", "{:.1f}"),
                                  common.fmt_runs(runs[variant], "first_s", "{:.1f}")])
+                    if variant == "ours":
+                        chosen = ", ".join(r["plan"] for r in runs[variant])
+                        notes.append(f"- {encoder} + {decoder}, {threads} thread(s): the "
+                                     f"default path ran, run by run: {chosen}")
                     if ratio is not None and not VARIANTS[variant][1].get("amp"):
                         notes.append(f"- {encoder} + {decoder}, {threads} thread(s), "
                                      f"{VARIANT_LABELS[variant]}: {ratio:.2f}x "
@@ -320,6 +361,7 @@ def main() -> None:
             notes += lines
     command = (f"python benchmarks/bench_inference.py --models {' '.join(args.models)} "
                f"--variants {' '.join(args.variants)} --images {args.images} "
+               f"--min-size {args.min_size} --max-size {args.max_size} "
                f"--repeats {args.repeats} --threads {' '.join(map(str, args.threads))}")
     common.report("inference", "Multi-scale inference (`benchmarks/bench_inference.py`)", args,
                   command, [
@@ -327,12 +369,18 @@ def main() -> None:
         f"multiple of 8), {NUM_CLASS} classes, fp32 unless stated; seconds per image = "
         "forwards + score averaging + argmax, mean over the images after one warm-up image, "
         f"median of {args.repeats} alternating runs per variant (each a fresh process). "
-        "\"first image\" = the warm-up image of each run, which also pays for start-up "
-        "work (the convolution-plan measurement of `ours`, compilation, oneDNN kernel "
-        "generation).",
+        "CPU s/image = CPU time of the measuring process per image (all its threads; "
+        "median of the runs), less sensitive than wall time to other processes on the "
+        "machine, at one thread especially. "
+        "\"start-up\" = building the model, loading the weights and preparing the "
+        "inference path (BatchNorm folding, head factoring, convolution plan); "
+        "\"first image\" = the warm-up image of each "
+        "run, which also pays for compilation and oneDNN's kernel generation.",
         "",
         common.markdown_table(["model", "threads", "variant", "s/image", "vs original",
-                               "runs (s/image)", "first image (s) per run"], rows),
+                               "CPU s/image", "CPU vs original",
+                               "runs (s/image)", "start-up (s) per run",
+                               "first image (s) per run"], rows),
         "",
         f"Target: ours <= {TARGET}x the original's time per image in fp32, at equal accuracy.",
         *startup,

@@ -3,12 +3,19 @@
 For each ``--sizes`` S one synthetic S x S image is prepared as in ``bench_inference.py``
 (the original's test scales 300..600, max 1000) and run through our ``predict_probs`` + argmax
 (variants as in ``bench_inference.py``) and through the original's ``eval.py`` loop, with the
-same weights, each side in a fresh process. The image is run once to warm up (oneDNN builds
-its kernels), then the peak RSS counter is restarted (``/proc/self/clear_refs``) and the
-image runs again: peak MiB = the highest RSS of that run minus the RSS before it. Both sides
-run with the same fixed glibc mmap threshold, so that freed tensors leave RSS (see
-``common.MALLOC_ENV``). Peak memory does not depend on background load, so one run per side
-and size is enough (``--repeats`` for more).
+same weights, each side in a fresh process. Two measures of memory:
+
+* peak above the warmed process (what the inference itself adds): the image is run once to
+  warm up (oneDNN builds its kernels), then the peak RSS counter is restarted
+  (``/proc/self/clear_refs``) and the image runs again: the highest RSS of that run minus the
+  RSS before it;
+* whole-process max RSS (what the machine must have, as ``/usr/bin/time -v`` reports it): the
+  highest RSS of the measuring process from its start to its end, interpreter, libraries,
+  model and weights included.
+
+Both sides run with the same fixed glibc mmap threshold, so that freed tensors leave RSS (see
+``common.MALLOC_ENV``). Memory does not depend on background load, so one run per side and
+size is enough (``--repeats`` for more).
 
     python benchmarks/bench_memory.py [--models r50d_ppmds] [--sizes 256 512 1024 2048]
 """
@@ -61,11 +68,13 @@ def measure(impl: str, job: dict[str, Any]) -> dict[str, Any]:
         scores.argmax(0)
 
     run()
+    warm_max = common.peak_rss_since_reset()  # since the process started
     before = common.reset_peak_rss()
     start = time.perf_counter()
     run()
     seconds = time.perf_counter() - start
-    return {"peak_mib": common.peak_rss_since_reset() - before, "seconds": seconds}
+    peak = common.peak_rss_since_reset()
+    return {"peak_mib": peak - before, "max_rss_mib": max(warm_max, peak), "seconds": seconds}
 
 
 def main() -> None:
@@ -109,16 +118,24 @@ def main() -> None:
                     return common.run_worker(__file__, VARIANTS[variant][0], upstream, job,
                                              args.threads, env=common.MALLOC_ENV)
 
-                runs = common.alternate(args.repeats, run, impls=args.variants,
-                                        log=lambda v, r: f"{r['peak_mib']:.0f} MiB")
+                runs = common.alternate(
+                    args.repeats, run, impls=args.variants,
+                    log=lambda v, r: (f"+{r['peak_mib']:.0f} MiB, "
+                                      f"max RSS {r['max_rss_mib']:.0f} MiB"))
+                whole = {v: (mib, r) for v, mib, r in
+                         common.against_upstream(runs, "max_rss_mib")}
                 for variant, mine, ratio in common.against_upstream(runs, "peak_mib"):
+                    max_rss, max_ratio = whole[variant]
                     rows.append([f"{encoder} + {decoder}", f"{size}x{size}",
                                  VARIANT_LABELS[variant], f"{mine:.0f}", common.ratio_cell(ratio),
+                                 f"{max_rss:.0f}", common.ratio_cell(max_ratio),
                                  f"{common.median_of(runs[variant], 'seconds'):.2f}"])
                     if ratio is not None:
                         notes.append(f"- {encoder} + {decoder}, {size} px, "
-                                     f"{VARIANT_LABELS[variant]}: {ratio:.2f}x "
-                                     f"({common.verdict(ratio, TARGET, lower_is_better=True)})")
+                                     f"{VARIANT_LABELS[variant]}: peak above the warmed process "
+                                     f"{ratio:.2f}x "
+                                     f"({common.verdict(ratio, TARGET, lower_is_better=True)}), "
+                                     f"whole-process max RSS {max_ratio:.2f}x")
     command = (f"python benchmarks/bench_memory.py --models {' '.join(args.models)} "
                f"--variants {' '.join(args.variants)} --sizes "
                f"{' '.join(map(str, args.sizes))} --repeats {args.repeats} "
@@ -126,15 +143,20 @@ def main() -> None:
     common.report("memory", "Peak memory of multi-scale inference (`benchmarks/bench_memory.py`)",
                   args, command, [
         f"One synthetic square image per size, scales {SCALES} "
-        f"(short side, max 1000), {NUM_CLASS} classes, fp32. Peak MiB = highest RSS during the "
-        "second run of the image minus RSS before it (first run = warm-up), glibc mmap "
-        "threshold fixed on both sides; median of "
-        f"{args.repeats} run(s) per side. Seconds = that run's time (for orientation only).",
+        f"(short side, max 1000), {NUM_CLASS} classes, fp32, glibc mmap threshold fixed on both "
+        "sides. Two measures: **peak above the warmed process** = highest RSS during the "
+        "second run of the image minus RSS before it (first run = warm-up): what inference "
+        "adds; **whole-process max RSS** = highest RSS of the measuring process from start to "
+        "end (interpreter, libraries, model and weights included): what the machine must "
+        f"hold. Median of {args.repeats} run(s) per side. Seconds = the second run's time (for "
+        "orientation only).",
         "",
-        common.markdown_table(["model", "image", "variant", "peak MiB", "vs original",
+        common.markdown_table(["model", "image", "variant", "peak above warmed process, MiB",
+                               "vs original", "whole-process max RSS, MiB", "vs original",
                                "s"], rows),
         "",
-        f"Target: ours <= {TARGET:g}x the original's peak at every size.",
+        f"Target: ours <= {TARGET:g}x the original's peak above the warmed process at every "
+        "size.",
         *notes,
     ])
 

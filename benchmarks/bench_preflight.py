@@ -125,8 +125,9 @@ def main() -> None:
                       f"Re-run: `{command}`", ""])
     print("\n" + body)
     if not args.no_write:
-        common.update_results_section("preflight", body)
-        print(f"written to {common.RESULTS}")
+        section = common.section_name("preflight")
+        common.update_results_section(section, body)
+        print(f"written to section {section} of {common.RESULTS}")
 
 
 if __name__ == "__main__":

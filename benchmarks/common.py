@@ -5,8 +5,8 @@ are imported as ``mit_semseg``, so each measurement runs in a fresh subprocess w
 ``PYTHONPATH`` holds exactly one of them (:func:`run_worker`); the parent alternates the two
 implementations over the repeats so that background load hits both alike
 (:func:`alternate`), and reports medians. Results go to one file, ``benchmarks/RESULTS.md``,
-in which each benchmark owns the section between its two markers
-(:func:`update_results_section`).
+in which each benchmark owns one section per CPU kind, between its two markers
+(:func:`section_name`, :func:`update_results_section`).
 
 The original is looked up in ``--upstream``, ``$MIT_SEMSEG_UPSTREAM`` or ``<repo>/.upstream``;
 install it apart with ``pip install --no-deps --target .upstream mit-semseg==1.0.0``.
@@ -35,7 +35,8 @@ RESULTS_HEADER = (
     "# Benchmark results\n\n"
     "Written by the scripts in `benchmarks/` (each replaces only its own section). "
     "\"original\" is mit-semseg 1.0.0 from PyPI, run in its own process; see "
-    "[docs/benchmarks.md](../docs/benchmarks.md) for what is measured.\n"
+    "[docs/benchmarks.md](../docs/benchmarks.md) for what is measured. Sections are per CPU "
+    "kind: `<benchmark>@<family>-<unit>` (see `cpu_kind` in `benchmarks/common.py`).\n"
 )
 
 
@@ -187,6 +188,36 @@ def cpu_flags() -> set[str]:
     return set(line.split(":", 1)[1].split())
 
 
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), or what ``platform`` knows."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            return next(ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
+
+
+def cpu_kind() -> str:
+    """A short name of the CPU kind, e.g. ``epyc-avx512bf16``: the family word of the model
+    name and the best unit for bf16/int8 dot products it has (``amx``, ``avx512bf16``,
+    ``vnni``, ``avx2`` or ``basic``). Results of different kinds go to different sections of
+    RESULTS.md (``train@epyc-avx512bf16``), because their ratios differ."""
+    words = re.findall(r"[a-z0-9]+", cpu_model().lower())
+    family = next((w for w in words if w in {"xeon", "epyc", "core", "ryzen", "threadripper",
+                                             "graviton", "neoverse"}), words[0] if words else "cpu")
+    flags = cpu_flags()
+    units = [("amx_bf16", "amx"), ("avx512_bf16", "avx512bf16"), ("avx512_vnni", "vnni"),
+             ("avx2", "avx2")]
+    unit = next((name for flag, name in units if flag in flags), "basic")
+    return f"{family}-{unit}"
+
+
+def section_name(name: str, device: str = "cpu") -> str:
+    """The RESULTS.md section of benchmark ``name``: one per CPU kind (:func:`cpu_kind`), or
+    ``name_cuda`` for a GPU run."""
+    return f"{name}_{device}" if device != "cpu" else f"{name}@{cpu_kind()}"
+
+
 def isa_description() -> str:
     """Which of the instruction sets that matter for fp32/bf16 convolutions the CPU has."""
     import torch
@@ -204,12 +235,7 @@ def isa_description() -> str:
 def machine_description(threads: int | Sequence[int] | None = None, device: str = "cpu") -> str:
     """CPU model, instruction sets, core count and library versions (and the GPU for ``device``
     cuda), for the results file."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            cpu = next(ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    cpu = cpu_model()
     import cv2
     import numpy
     import PIL
@@ -265,15 +291,16 @@ def update_results_section(name: str, body: str, path: Path = RESULTS) -> None:
 
 def report(name: str, title: str, args: argparse.Namespace, command: str, lines: Sequence[str]
            ) -> None:
-    """Prints the report and writes it as section ``name`` of RESULTS.md (unless --no-write)."""
+    """Prints the report and writes it to RESULTS.md (unless --no-write), as the section
+    :func:`section_name` gives for ``name`` (or ``--section``) on this machine."""
     # (only the comparisons take --section, --device and --threads from add_common_args)
     device = getattr(args, "device", "cpu")
     section = getattr(args, "section", None)
     if section:
         name, command = section, f"{command} --section {section}"
     if device != "cpu":
-        name, title, command = f"{name}_{device}", f"{title} on {device}", (
-            f"{command} --device {device}")
+        title, command = f"{title} on {device}", f"{command} --device {device}"
+    name = section_name(name, device)
     body = "\n".join([f"## {title}", "",
                       f"Machine: {machine_description(getattr(args, 'threads', None), device)}.",
                       "",
@@ -281,7 +308,7 @@ def report(name: str, title: str, args: argparse.Namespace, command: str, lines:
     print("\n" + body)
     if not args.no_write:
         update_results_section(name, body)
-        print(f"written to {RESULTS}")
+        print(f"written to section {name} of {RESULTS}")
 
 
 # ----------------------------------------------------------------------------- worker side
@@ -352,13 +379,15 @@ def peak_rss_since_reset() -> float:
 
 
 def build_module(impl: str, encoder: str, decoder: str, fc_dim: int, num_class: int,
-                 weights: dict[str, str] | None, *, train: bool) -> Any:
+                 weights: dict[str, str] | None, *, train: bool, factored_heads: bool = True
+                 ) -> Any:
     """A ``SegmentationModule`` of whichever ``mit_semseg`` this process imports.
 
     The original is built from its classes as ``tests/models/upstream_runner.py`` does
     (ModelBuilder would try to download ImageNet weights), with ``use_softmax`` for
     inference and deep supervision (weight 0.4) for ``*_deepsup`` decoders in training, as
     its ``train.py``/``eval.py`` do. ``weights`` = ``{"encoder": path, "decoder": path}``.
+    ``factored_heads`` (ours only) is ``TRAIN.factored_heads``.
     """
     import torch
     from torch import nn
@@ -367,7 +396,8 @@ def build_module(impl: str, encoder: str, decoder: str, fc_dim: int, num_class: 
     if impl == "ours":
         from mit_semseg.models import build_segmentation_model
 
-        module = build_segmentation_model(encoder, decoder, num_class, fc_dim=fc_dim)
+        module = build_segmentation_model(encoder, decoder, num_class, fc_dim=fc_dim,
+                                          factored_heads=factored_heads)
     else:
         sys.path.append(str(REPO_ROOT / "tests" / "models"))
         from upstream_runner import build_encoder

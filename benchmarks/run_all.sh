@@ -3,7 +3,7 @@
 # Run on an otherwise idle machine: timings are compared within one run, but background load
 # still adds noise. Needs the original 1.0.0 in .upstream (see docs/benchmarks.md), the
 # [onnx] extra for the onnxruntime variant, and `bash scripts/demo.sh` for bench_precision
-# (skipped without the demo checkpoint). About 2.5 hours on 2 cores; each script prints its
+# (skipped without the demo checkpoint). About 5 hours on 2 cores; each script prints its
 # progress and writes its own section when it ends, so an interrupted run keeps what ended.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -11,14 +11,18 @@ PY=${PYTHON:-python}
 run() { echo "== $*"; local start=$SECONDS; "$PY" "$@"; echo "== took $((SECONDS - start)) s"; }
 
 run benchmarks/bench_inference.py --models r18d_c1ds r50d_ppmds r50_upernet \
-    --variants ours upstream ours_plain ours_bf16 ours_compiled ours_onnxruntime \
+    --variants ours upstream ours_plain ours_bf16 ours_plan_nchw_onednn ours_plan_nchw_gemm \
+    ours_plan_nhwc_onednn ours_plan_nhwc_gemm ours_plan_nchw_torch \
     --images 2 --repeats 3 --threads 1 2
+run benchmarks/bench_inference.py --models r50d_ppmds \
+    --variants ours ours_compiled ours_onnxruntime upstream \
+    --images 2 --repeats 2 --threads 1 2 --section inference_compiled
 run benchmarks/bench_memory.py --models r50d_ppmds --variants ours upstream ours_plain \
     --sizes 256 512 1024 2048 --repeats 1 --threads 2
-run benchmarks/bench_flops.py --models r50d_ppmds --repeats 3 --threads 1 2
-run benchmarks/bench_train.py --models r18d_c1ds r50d_ppmds r50_upernet \
-    --variants ours upstream ours_bf16 --batch 2 --size 384 --steps 3 --warmup 1 --repeats 3 \
-    --threads 2
+run benchmarks/bench_flops.py --models r50d_ppmds r50_upernet --repeats 1 --threads 1 2
+run benchmarks/bench_train.py --models r50d_ppmds r50_upernet r18d_c1ds \
+    --variants ours upstream ours_plain_heads ours_bf16 --batch 2 --size 384 --steps 3 \
+    --warmup 1 --repeats 3 --threads 1 2
 run benchmarks/bench_data.py --repeats 5 --steps 30 --images 64 --threads 1
 run benchmarks/bench_syncbn.py --replicas 2 --iters 10 --repeats 5 --size 32 --batch 8 \
     --channels 32 --threads 1

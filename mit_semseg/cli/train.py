@@ -209,7 +209,7 @@ def build_module(cfg: Any, num_devices: int, saved: dict | None,
         cfg.MODEL.arch_encoder, cfg.MODEL.arch_decoder, cfg.DATASET.num_class,
         fc_dim=cfg.MODEL.fc_dim,
         pretrained=cfg.TRAIN.pretrained and saved is None and not starts_from_source,
-        deep_sup_scale=cfg.TRAIN.deep_sup_scale,
+        deep_sup_scale=cfg.TRAIN.deep_sup_scale, factored_heads=cfg.TRAIN.factored_heads,
         norm_layer=norm_layer_for(num_devices, cfg.DIST.sync_bn),
         class_weights=tuple(float(w) for w in cfg.TRAIN.class_weights), **weights)
     if saved is not None:

@@ -248,6 +248,8 @@ RESUME_MAY_CHANGE = (
     # a string of fp16 overflows may be continued with these changed
     "DATASET.preflight", "DATASET.max_image_pixels", "TRAIN.skip_bad_samples",
     "TRAIN.max_nonfinite_steps", "TRAIN.deterministic",
+    # the same function of the same weights, computed in another order (float rounding only)
+    "TRAIN.factored_heads",
 )
 
 

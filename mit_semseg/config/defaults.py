@@ -169,6 +169,13 @@ _C.TRAIN.pretrained = True
 # Mixed precision. Options: "" (off, fp32), "bf16" (CPU or CUDA), "fp16" (CUDA only, with a
 # gradient scaler).
 _C.TRAIN.amp = ""
+# Train the PPM and UPerNet heads in their factored form: the part of the 3x3 fusion convolution
+# that reads bilinearly upsampled maps (PPM's pooled branches, UPerNet's three coarser FPN maps)
+# is computed at those maps' own sizes (mit_semseg/models/decoders/factored.py). The same
+# weights, checkpoints and BatchNorm; loss and gradients equal the plain form's up to float
+# rounding; fewer FLOPs and less time per step (benchmarks/RESULTS.md, sections flops@* and
+# train@*). False = the plain form, the original's arithmetic. Other decoders ignore it.
+_C.TRAIN.factored_heads = True
 # fp16 only: consecutive steps with a non-finite loss that the gradient scaler may skip (it drops
 # the update and lowers its scale) before training stops with an error. Without a gradient
 # scaler (fp32, bf16) the first non-finite loss stops training.

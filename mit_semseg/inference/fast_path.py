@@ -7,10 +7,11 @@ always opt-in.
 * :func:`~mit_semseg.models.decoders.factored.factor_decoders` computes the PPM and UPerNet
   heads' fusion convolutions over upsampled maps in closed form at the small maps' sizes.
 * :class:`ConvPlan`: feature-map layout (NCHW or channels-last NHWC) and the kernel of the
-  1x1 convolutions (oneDNN or one GEMM, never PyTorch's slow single-thread fallback), chosen
-  by timing each candidate on this machine at the current thread count
-  (:func:`choose_conv_plan`), because the fastest one differs between CPUs (and their BLAS)
-  and thread counts.
+  1x1 convolutions (oneDNN or one GEMM, never PyTorch's slow single-thread fallback); the
+  default, :data:`DEFAULT_CONV_PLAN` (NHWC, oneDNN), is fixed: it measured fastest or level
+  with the fastest in every case of ``benchmarks/bench_inference.py``'s ``ours_plan_*``
+  variants, so nothing is timed at start-up (a plan chosen by timing it there cost 1-20 s per
+  process and could pick a slower plan when the machine was busy).
 * :func:`optimize_for_inference` applies all three; ``MODEL.fast_inference`` turns it on for
   ``eval.py``, ``eval_multipro.py`` and ``test.py``.
 * :func:`compile_module` wraps :func:`torch.compile` (shapes dynamic, optionally with
@@ -26,9 +27,7 @@ always opt-in.
 from __future__ import annotations
 
 import logging
-import math
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,11 +40,11 @@ from mit_semseg.models.decoders.factored import factor_decoders
 
 __all__ = [
     "CONV_PLANS",
+    "DEFAULT_CONV_PLAN",
     "ConvPlan",
     "LogitsNetwork",
     "PointwiseConv2d",
     "apply_conv_plan",
-    "choose_conv_plan",
     "compile_module",
     "fold_batchnorm",
     "optimize_for_inference",
@@ -170,12 +169,15 @@ class PointwiseConv2d(nn.Conv2d):
 
     * ``"onednn"``: the oneDNN convolution every other layer uses;
     * ``"gemm"``: one matrix product over the pixels (BLAS ``sgemm``), no copy in either
-      layout (a channels-last map *is* a ``(pixels, channels)`` matrix).
+      layout (a channels-last map *is* a ``(pixels, channels)`` matrix);
+    * ``"torch"``: ``nn.Conv2d``'s own dispatch, fallback included (a control for
+      ``benchmarks/bench_inference.py``).
 
-    Which is faster depends on the CPU and its BLAS (MKL is slow on some non-Intel CPUs), so
-    :func:`choose_conv_plan` measures both. Only CPU float32 inference outside autocast is
-    rerouted; training, autocast, ``torch.compile`` and other devices run the ordinary
-    ``nn.Conv2d`` path. The state dict is that of ``nn.Conv2d``.
+    ``"gemm"`` depends on the BLAS (MKL is slow on some non-Intel CPUs), oneDNN does not; the
+    default plan uses oneDNN, ``benchmarks/bench_inference.py`` (``ours_plan_*``) measures
+    the others. Only CPU float32 inference outside autocast is rerouted; training, autocast,
+    ``torch.compile`` and other devices run the ordinary ``nn.Conv2d`` path. The state dict
+    is that of ``nn.Conv2d``.
     """
 
     kernel: str = "onednn"
@@ -183,8 +185,9 @@ class PointwiseConv2d(nn.Conv2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # Under torch.compile the graph keeps an ordinary convolution: inductor picks (and,
         # with freezing, pre-packs) its own kernel, and cannot trace mkldnn_convolution.
-        if (x.device.type != "cpu" or x.dtype != torch.float32 or torch.is_grad_enabled()
-                or torch.is_autocast_enabled("cpu") or torch.compiler.is_compiling()):
+        if (self.kernel == "torch" or x.device.type != "cpu" or x.dtype != torch.float32
+                or torch.is_grad_enabled() or torch.is_autocast_enabled("cpu")
+                or torch.compiler.is_compiling()):
             return super().forward(x)
         if self.kernel == "onednn":
             return torch.mkldnn_convolution(x, self.weight, self.bias, self.padding, self.stride,
@@ -231,9 +234,11 @@ class ConvPlan:
         return f"{'NHWC' if self.channels_last else 'NCHW'} + {self.pointwise} 1x1"
 
 
-POINTWISE_KERNELS = ("onednn", "gemm")
+POINTWISE_KERNELS = ("onednn", "gemm", "torch")
 CONV_PLANS = tuple(ConvPlan(layout, kernel) for layout in (False, True)
-                   for kernel in POINTWISE_KERNELS)
+                   for kernel in ("onednn", "gemm"))
+# The plan of MODEL.fast_inference on CPU: benchmarks/RESULTS.md, inference@epyc-avx512bf16
+DEFAULT_CONV_PLAN = ConvPlan(channels_last=True, pointwise="onednn")
 
 
 def apply_conv_plan(module: nn.Module, plan: ConvPlan) -> nn.Module:
@@ -251,55 +256,14 @@ def apply_conv_plan(module: nn.Module, plan: ConvPlan) -> nn.Module:
     return module.to(memory_format=layout)
 
 
-def choose_conv_plan(module: nn.Module, run: Callable[[torch.Tensor], Any],
-                     example_size: int = 160, repeats: int = 2,
-                     plans: Sequence[ConvPlan] = CONV_PLANS) -> tuple[ConvPlan, dict]:
-    """Times ``run`` under each plan on this machine and thread count; keeps the fastest.
-
-    Each plan runs once to warm up (oneDNN builds its kernels per shape), then ``repeats``
-    times in alternating order; the best time of each plan counts, because background load
-    only ever adds time. The module is left in the chosen plan.
-
-    Args:
-        module: the eval-mode module (already BatchNorm-folded if it will be).
-        run: forward pass of ``module`` on an image ``(1, 3, S, S)``.
-        example_size: ``S``.
-        repeats: timed runs per plan.
-        plans: candidates.
-
-    Returns:
-        ``(plan, seconds)``: the chosen plan and the best time of every plan.
-    """
-    image = torch.randn(1, 3, example_size, example_size,
-                        generator=torch.Generator().manual_seed(0))
-    image = image.to(next(module.parameters()).device)
-    best = {plan: math.inf for plan in plans}
-    with torch.inference_mode():
-        for plan in plans:
-            apply_conv_plan(module, plan)
-            run(image)
-        for repeat in range(repeats):
-            for plan in plans if repeat % 2 == 0 else reversed(plans):
-                apply_conv_plan(module, plan)
-                start = time.perf_counter()
-                run(image)
-                best[plan] = min(best[plan], time.perf_counter() - start)
-    chosen = min(best, key=best.get)
-    apply_conv_plan(module, chosen)
-    logger.info("convolution plan for %d thread(s): %s (%s)", torch.get_num_threads(), chosen,
-                ", ".join(f"{plan}: {1000 * t:.1f} ms" for plan, t in best.items()))
-    return chosen, best
-
-
 def optimize_for_inference(segmentation_module: nn.Module, device: torch.device | str,
-                           plan: ConvPlan | None = None, fold_bn: bool = True,
+                           plan: ConvPlan = DEFAULT_CONV_PLAN, fold_bn: bool = True,
                            factor_heads: bool = True) -> nn.Module:
     """Makes an eval-mode copy-to-be faster, in place, keeping its outputs.
 
     BatchNorm is folded into the convolutions, PPM and UPerNet heads are factored
-    (:mod:`mit_semseg.models.decoders.factored`), and the convolution plan (layout, 1x1 kernel)
-    is the one this machine runs fastest at the current thread count, measured by
-    :func:`choose_conv_plan` unless ``plan`` is given (on CUDA: channels-last, cuDNN).
+    (:mod:`mit_semseg.models.decoders.factored`), and the convolutions run ``plan`` (layout,
+    1x1 kernel; on CUDA: channels-last, cuDNN).
     It also marks the module ``fast_tail``: :func:`~mit_semseg.inference.predict.predict_probs`
     then upsamples and averages its scores by bands of rows
     (:mod:`mit_semseg.inference.banded_tail`). Probabilities equal the plain module's up to float
@@ -322,7 +286,4 @@ def optimize_for_inference(segmentation_module: nn.Module, device: torch.device 
         factor_decoders(segmentation_module)
     if device.type != "cpu":
         return to_channels_last(segmentation_module)
-    if plan is None:
-        network = LogitsNetwork(segmentation_module.encoder, segmentation_module.decoder)
-        plan, _ = choose_conv_plan(segmentation_module, network)
     return apply_conv_plan(segmentation_module, plan)

@@ -125,7 +125,8 @@ def build_segmentation_model(arch_encoder: str, arch_decoder: str, num_class: in
                              weights_decoder: str = "", pretrained: bool = False,
                              deep_sup_scale: float = 0.4,
                              norm_layer: NormLayer = nn.BatchNorm2d,
-                             class_weights: Sequence[float] = ()) -> SegmentationModule:
+                             class_weights: Sequence[float] = (),
+                             factored_heads: bool = True) -> SegmentationModule:
     """Encoder + decoder (widths taken from the encoder) + ``NLLLoss(ignore_index=-1)``.
 
     Args:
@@ -141,6 +142,11 @@ def build_segmentation_model(arch_encoder: str, arch_decoder: str, num_class: in
         norm_layer: normalisation layer constructor for both parts.
         class_weights: the loss weight of each class (``TRAIN.class_weights``); empty for
             equal weights.
+        factored_heads: PPM and UPerNet decoders train their fusion convolution in the
+            factored form (``TRAIN.factored_heads``; their ``factored_training``, see
+            :mod:`mit_semseg.models.decoders.factored`): fewer FLOPs, the same weights and
+            checkpoints. ``False`` trains with the original's arithmetic. Other decoders
+            ignore it; inference is unaffected.
 
     Raises:
         ValueError: ``fc_dim`` does not match the encoder, or ``class_weights`` does not
@@ -153,6 +159,8 @@ def build_segmentation_model(arch_encoder: str, arch_decoder: str, num_class: in
                             pretrained=pretrained, norm_layer=norm_layer)
     decoder = build_decoder(arch_decoder, num_class, in_channels=encoder.out_channels,
                             weights=weights_decoder, norm_layer=norm_layer)
+    if hasattr(decoder, "factored_training"):
+        decoder.factored_training = bool(factored_heads)
     weight = torch.tensor(class_weights, dtype=torch.float32) if class_weights else None
     return SegmentationModule(encoder, decoder, NLLLoss(ignore_index=-1, weight=weight),
                               deep_sup_scale=deep_sup_scale)

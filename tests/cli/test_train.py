@@ -209,6 +209,16 @@ def test_class_weights_weigh_the_loss():
                         saved=None).crit.weight is None
 
 
+@pytest.mark.parametrize("value", ["True", "False"])
+def test_factored_heads_key_reaches_the_decoder(value):
+    from mit_semseg.cli.train import build_module
+
+    cfg = load_config(CONFIG, ["TRAIN.pretrained", "False", "MODEL.arch_decoder", "ppm_deepsup",
+                               "TRAIN.factored_heads", value])
+    module = build_module(cfg, num_devices=1, saved=None)
+    assert module.decoder.factored_training is (value == "True")
+
+
 def test_skip_bad_samples_keeps_the_run_going(dataset, tmp_path, monkeypatch):
     # half of the list points at missing images; the start-up check is off, as for a list
     # that was fine at start and lost files on the way

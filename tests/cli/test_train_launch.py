@@ -271,3 +271,34 @@ def test_elastic_restart_after_a_rank_is_killed(reference, dataset, initial_weig
     log = (out / "log.txt").read_text()
     assert log.count("World size 2") == 2, case  # started twice
     _assert_same_model(reference, out, case)
+
+
+@pytest.mark.slow
+def test_torchrun_trains_the_factored_heads_as_the_plain_ones(dataset, initial_weights,
+                                                               tmp_path):
+    """PPM under torchrun (DDP, synced BatchNorm): the default factored form and
+    TRAIN.factored_heads False give the same weights after a step, up to float32 rounding
+    (tests/models/test_factored.py compares more steps in float64)."""
+    from mit_semseg.data.synthetic import SYNTHETIC_NUM_CLASS
+    from mit_semseg.models import build_decoder
+
+    torch.manual_seed(0)
+    decoder = build_decoder("ppm_deepsup", SYNTHETIC_NUM_CLASS, fc_dim=320)
+    torch.save(decoder.state_dict(), tmp_path / "ppm.pth")
+    outs = {}
+    for value in ("True", "False"):
+        outs[value] = tmp_path / f"factored_{value}"
+        result = run(_train(outs[value], *single_node(), dataset=dataset,
+                            initial_weights=dict(initial_weights, decoder=tmp_path / "ppm.pth"),
+                            num_epoch=1, epoch_iters=1,
+                            **{"MODEL.arch_decoder": "ppm_deepsup",
+                               "TRAIN.factored_heads": value}))
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    factored, plain = load_weights(outs["True"], 1), load_weights(outs["False"], 1)
+    initial = {"encoder": torch.load(initial_weights["encoder"], weights_only=True),
+               "decoder": decoder.state_dict()}
+    moved = max((plain[net][key] - value).abs().max().item() for net in initial
+                for key, value in initial[net].items() if value.is_floating_point())
+    difference = max_difference(factored, plain)
+    print(f"factored vs plain after one step: {difference:.3g}; the step moved {moved:.3g}")
+    assert 0 < difference < 1e-5 < 1e-2 < moved, (difference, moved)

@@ -114,6 +114,8 @@ def test_type_mismatch_names_key(tmp_path):
         load_config(path)
     with pytest.raises(ConfigError, match="TRAIN.fix_bn expects bool"):
         load_config(None, ["TRAIN.fix_bn", "1"])
+    with pytest.raises(ConfigError, match="TRAIN.factored_heads expects bool"):
+        load_config(None, ["TRAIN.factored_heads", "'no'"])
 
 
 def test_section_given_as_value_is_rejected(tmp_path):
@@ -210,7 +212,9 @@ def test_resume_changes_name_the_keys_that_change_what_is_trained():
         # may differ: paths, loader processes, logging, saving, evaluation
         "DIR", "elsewhere", "DATASET.root_dataset", "/mnt/data", "TRAIN.workers", "2",
         "TRAIN.disp_iter", "5", "TRAIN.checkpoint_every", "7", "TRAIN.checkpoint_minutes", "1",
-        "VAL.checkpoint", "epoch_3.pth", "TEST.result", "out", "DIST.backend", "gloo"])
+        "VAL.checkpoint", "epoch_3.pth", "TEST.result", "out", "DIST.backend", "gloo",
+        # the same training computed in another order
+        "TRAIN.factored_heads", "False"])
     assert resume_changes(saved, current) == [
         ("DATASET.imgSizes", (300, 400), (300, 450)),  # YAML's list read back as a tuple
         ("MODEL.fc_dim", 2048, 512),

@@ -1,23 +1,45 @@
 import copy
+import functools
+import socket
 
 import pytest
 import torch
+import torch.multiprocessing as mp
 import torch.nn.functional as F
 from model_helpers import randomise_batchnorm
+from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from mit_semseg.inference.fast_path import CONV_PLANS, optimize_for_inference
 from mit_semseg.inference.predict import PredictOptions, predict_probs
-from mit_semseg.models import build_segmentation_model
+from mit_semseg.models import (
+    build_decoder,
+    build_segmentation_model,
+)
 from mit_semseg.models.decoders.factored import (
     FactoredPPMDecoder,
     FactoredUPerNetDecoder,
     UpsampledConv3x3,
     factor_decoders,
 )
+from mit_semseg.nn import SynchronizedBatchNorm2d, UserScatteredDataParallel
+
+from . import _factored_dist_worker
+from .factored_training import (
+    IMAGE,
+    NUM_CLASS,
+    compare_training,
+    make_batches,
+    make_forms,
+)
 
 CPU = torch.device("cpu")
-NUM_CLASS = 7
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 @pytest.mark.parametrize("small,size", [((3, 4), (11, 13)), ((1, 1), (5, 7)),
@@ -109,3 +131,116 @@ def test_factored_heads_run_under_bf16_autocast(decoder):
     factor_decoders(module)
     approx = predict_probs(module, imgs, (41, 57), CPU, PredictOptions(amp="bf16"))
     assert 0 < (approx - exact).abs().max() < 0.05
+
+
+# ----------------------------------------------------------------------------- training form
+# the encoders of the brief's released models (dilated ResNet, MobileNetV2, HRNetV2) and the
+# non-dilated ResNet of the released UPerNets (its FPN maps are upsampled 2x, 4x and 8x); the
+# first two run by default, the others with -m slow
+TRAIN_CASES = [("resnet18dilated", "ppm_deepsup"), ("resnet18", "upernet_lite"),
+               *(pytest.param(*case, marks=pytest.mark.slow) for case in [
+                   ("mobilenetv2dilated", "ppm_deepsup"), ("hrnetv2", "ppm_deepsup"),
+                   ("resnet18dilated", "upernet"), ("mobilenetv2dilated", "upernet_lite"),
+                   ("hrnetv2", "upernet_deepsup"), ("resnet18", "upernet_deepsup")])]
+
+
+@pytest.mark.parametrize("encoder,decoder", TRAIN_CASES)
+def test_factored_training_equals_the_plain_form_in_float64(encoder, decoder):
+    plain, factored = make_forms(encoder, decoder)
+    initial, final = compare_training(plain, factored, make_batches(plain, 3, torch.float64),
+                                      torch.float64)
+    # control: the steps moved the weights far more than the tolerance
+    assert max((final[key] - initial[key]).abs().max().item() for key in final) > 1e-3
+
+
+@pytest.mark.parametrize("encoder,decoder", TRAIN_CASES)
+def test_factored_training_step_equals_the_plain_one_in_float32(encoder, decoder):
+    plain, factored = make_forms(encoder, decoder, torch.float32)
+    compare_training(plain, factored, make_batches(plain, 1, torch.float32), torch.float32)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("decoder", ["ppm_deepsup", "upernet_deepsup"])
+def test_factored_training_of_a_whole_model_equals_the_plain_form(decoder):
+    # the real encoder and the recipe's deep supervision; float64, 2 SGD steps
+    plain, factored = make_forms("resnet18dilated", decoder, stand_in=False)
+    compare_training(plain, factored, make_batches(plain, 2, torch.float64), torch.float64)
+
+
+def _without_dropout(module):
+    # replicas run in threads, which would draw the dropout masks in either order
+    for m in module.modules():
+        if isinstance(m, nn.Dropout2d):
+            m.p = 0.0
+    return module
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("decoder", ["ppm_deepsup", "upernet_lite"])
+def test_factored_training_with_syncbn_over_two_cpu_replicas(decoder):
+    encoder = "resnet18dilated" if decoder.startswith("ppm") else "resnet18"
+    plain, factored = (_without_dropout(m) for m in make_forms(
+        encoder, decoder, norm_layer=functools.partial(SynchronizedBatchNorm2d, eps_mode="plus")))
+    compare_training(plain, factored, make_batches(plain, 3, torch.float64, devices=2),
+                     torch.float64,
+                     wrap=lambda m: UserScatteredDataParallel(m, num_cpu_replicas=2))
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_factored_training_under_ddp_with_synced_batchnorm():
+    """Two gloo processes, as torchrun runs train.py (DDP, DistributedSyncBatchNorm)."""
+    mp.spawn(_factored_dist_worker.run_checks, args=(2, _free_port()), nprocs=2, join=True)
+
+
+def test_training_step_skips_the_upsampled_part_of_the_fusion_convolution():
+    plain, factored = make_forms("resnet18", "upernet_lite", torch.float32)
+    batch = make_batches(plain, 1, torch.float32)[0]
+
+    def step_flops(module):
+        with FlopCounterMode(display=False) as counter:
+            module(batch)[0].backward()
+        return counter.get_total_flops()
+
+    fusion = plain.decoder.conv_last[0][0]
+    finest = plain.encoder.maps[0]
+    upsampled_inputs = fusion.in_channels - fusion.in_channels // 4
+    # forward, gradient of the input and of the weight: three times the convolution
+    skipped = 3 * 2 * 9 * upsampled_inputs * fusion.out_channels * finest[:, :1].numel()
+    saved = step_flops(plain) - step_flops(factored)
+    assert 0.8 * skipped < saved < skipped
+
+
+def test_models_train_factored_by_default():
+    for module in (build_segmentation_model("resnet18dilated", "ppm", NUM_CLASS),
+                   build_segmentation_model("resnet18", "upernet", NUM_CLASS),
+                   build_decoder("ppm_deepsup", NUM_CLASS, fc_dim=64)):
+        decoder = getattr(module, "decoder", module)
+        assert decoder.factored_training
+    plain = build_segmentation_model("resnet18", "upernet", NUM_CLASS, factored_heads=False)
+    assert not plain.decoder.factored_training
+    # a decoder without a factored form ignores the switch
+    c1 = build_segmentation_model("resnet18", "c1", NUM_CLASS, factored_heads=False)
+    assert not hasattr(c1.decoder, "factored_training")
+
+
+def test_state_dict_is_the_same_in_bothmake_forms():
+    plain, factored = make_forms("resnet18dilated", "ppm_deepsup", torch.float32)
+    assert list(plain.state_dict()) == list(factored.state_dict())
+    # a model trained either way loads into the other strictly
+    plain.load_state_dict(factored.state_dict(), strict=True)
+
+
+@pytest.mark.parametrize("decoder", ["ppm_deepsup", "upernet_lite"])
+def test_inference_keeps_the_plain_arithmetic(decoder):
+    # eval mode without autograd is the original's computation, bit for bit
+    plain, factored = make_forms("resnet18", decoder, torch.float32)
+    images = torch.randn(1, 3, *IMAGE)
+    with torch.no_grad():
+        expected = plain.eval()({"img_data": images}, segSize=IMAGE)
+        assert torch.equal(factored.eval()({"img_data": images}, segSize=IMAGE), expected)
+    # with autograd recording (TRAIN.fix_bn trains in eval mode), the factored form runs
+    assert factored.decoder.training is False and torch.is_grad_enabled()
+    with_grad = factored({"img_data": images}, segSize=IMAGE)
+    assert not torch.equal(with_grad, expected)
+    torch.testing.assert_close(with_grad, expected, rtol=0, atol=1e-5)

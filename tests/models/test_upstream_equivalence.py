@@ -53,9 +53,10 @@ def comparison(upstream_path, tmp_path_factory):
               "seg_size": (65, 97)}
     ours, cases = {}, []
     for index, (name, encoder, decoder, fc_dim) in enumerate(CASES):
-        # Deep supervision (weight 0.4, as the original's train.py) comes from the decoder.
+        # Deep supervision (weight 0.4, as the original's train.py) comes from the decoder;
+        # the plain heads, whose training arithmetic is the original's
         model = build_segmentation_model(encoder, decoder, NUM_CLASS, fc_dim=fc_dim,
-                                         deep_sup_scale=0.4)
+                                         deep_sup_scale=0.4, factored_heads=False)
         stride = model.output_stride
         label = torch.randint(-1, NUM_CLASS, (2, 64 // stride, 64 // stride))
         inputs[f"label_{name}"] = label

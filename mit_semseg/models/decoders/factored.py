@@ -1,10 +1,10 @@
-"""Inference forms of the PPM and UPerNet heads that never convolve an upsampled map.
+"""The PPM and UPerNet heads' fusion convolution without convolving upsampled maps.
 
 Both heads end in a 3x3 convolution over a concatenation that holds bilinearly upsampled maps:
 PPM's fusion convolution reads ``conv5`` next to its pooled branches (1 to 6 pixels wide),
 UPerNet's reads the finest FPN map next to the three coarser ones upsampled 2x, 4x and 8x.
 Convolution is linear, so the part that reads an upsampled map ``up(m)`` can be computed at
-``m``'s own size (:class:`UpsampledConv3x3`): apply each of the kernel's 9 taps ``W_kl`` to
+``m``'s own size (:func:`upsampled_conv3x3`): apply each of the kernel's 9 taps ``W_kl`` to
 ``m`` (a matrix product on ``m``'s pixels, ``f^2`` times fewer than the output's for an
 ``f``-times upsampling), then resample with bilinear matrices shifted by the tap offsets
 (``sum_k R_k (sum_l W_kl m C_l^T)``, zero rows where a tap reads the padding). The result equals
@@ -16,9 +16,21 @@ the convolution of the concatenation up to float rounding; what it saves:
   quarter of the image size and is the network's largest layer.
 
 UPerNet's own pyramid pooling cannot be factored this way (its branches apply ReLU after
-upsampling), and is small anyway. The factored heads serve inference only: no training
-forward, no deep-supervision head. :func:`factor_decoders` installs them;
-:func:`mit_semseg.inference.fast_path.optimize_for_inference` calls it (``MODEL.fast_inference``).
+upsampling), and is small anyway.
+
+Two forms use it:
+
+* Training (:func:`fused_conv3x3`): the PPM and UPerNet decoders call it on their own fusion
+  convolution's parameters whenever they train or autograd records them
+  (:func:`factored_now`; ``factored_training``, ``TRAIN.factored_heads``), so gradients reach
+  the very weights the checkpoint holds; BatchNorm, deep supervision and the state dict are
+  unchanged.
+* Inference (:class:`FactoredPPMDecoder`, :class:`FactoredUPerNetDecoder`, installed by
+  :func:`factor_decoders`, which
+  :func:`mit_semseg.inference.fast_path.optimize_for_inference` calls with
+  ``MODEL.fast_inference``): the taps are rearranged once into buffers
+  (:class:`UpsampledConv3x3`), after BatchNorm folding; no training forward, no
+  deep-supervision head.
 """
 
 from __future__ import annotations
@@ -31,11 +43,8 @@ from torch import nn
 
 from mit_semseg.nn.resample import bilinear_matrix
 
-from .ppm import PPM
-from .upernet import UPerNet
-
 __all__ = ["FactoredPPMDecoder", "FactoredUPerNetDecoder", "UpsampledConv3x3",
-           "factor_decoders"]
+           "factor_decoders", "factored_now", "fused_conv3x3", "upsampled_conv3x3"]
 
 
 def _shifted_bilinear(size: int, out_size: int, like: torch.Tensor) -> torch.Tensor:
@@ -45,8 +54,112 @@ def _shifted_bilinear(size: int, out_size: int, like: torch.Tensor) -> torch.Ten
     return torch.stack([padded[k:k + out_size] for k in range(3)])
 
 
+def _kernel_taps(weight: torch.Tensor) -> torch.Tensor:
+    """``(9 * out, in)``: a ``(out, in, 3, 3)`` kernel as one matrix per tap, stacked with rows
+    ordered (tap row k, tap column l, output channel)."""
+    return weight.permute(2, 3, 0, 1).reshape(9 * weight.shape[0], weight.shape[1])
+
+
+def _check_kernels(weights: Sequence[torch.Tensor]) -> int:
+    """The common output width of ``(out, in_i, 3, 3)`` kernels; ValueError otherwise."""
+    if not weights:
+        raise ValueError("expected at least one kernel")
+    out = int(weights[0].shape[0])
+    for index, weight in enumerate(weights):
+        if weight.dim() != 4 or weight.shape[0] != out or weight.shape[2:] != (3, 3):
+            raise ValueError(f"expected (out={out}, in, 3, 3) kernels, got "
+                             f"{tuple(weight.shape)} for input {index}")
+    return out
+
+
+def _upsampled_conv_from_taps(taps: Sequence[torch.Tensor], maps: Sequence[torch.Tensor],
+                              size: Sequence[int]) -> torch.Tensor:
+    """``sum_i conv3x3(up(maps[i]))`` from each kernel's :func:`_kernel_taps`; differentiable
+    in ``taps`` and ``maps``. ``(B, out, H, W)`` for ``size = (H, W)``, NCHW."""
+    if len(maps) != len(taps):
+        raise ValueError(f"expected {len(taps)} maps, got {len(maps)}")
+    height, width = int(size[0]), int(size[1])
+    out = taps[0].shape[0] // 9
+    rows, columns = [], []
+    for tap, x in zip(taps, maps):
+        batch, _, h, w = x.shape
+        like = x if x.dtype in (torch.float32, torch.float64) else x.float()
+        partial = tap @ x.flatten(2)  # (B, 9 * out, h * w)
+        partial = partial.reshape(batch, 3, 3, out, h, w).permute(0, 1, 3, 4, 2, 5)
+        partial = partial.reshape(batch, 3, out, h, 3 * w)  # (B, k, out, p, (l, q))
+        col = _shifted_bilinear(w, width, like).permute(0, 2, 1).reshape(3 * w, width)
+        partial = partial @ col.to(partial.dtype)  # (B, k, out, p, W)
+        columns.append(partial.permute(0, 2, 1, 3, 4).reshape(batch, out, 3 * h, width))
+        row = _shifted_bilinear(h, height, like)  # (k, H, p)
+        rows.append(row.permute(1, 0, 2).reshape(height, 3 * h))  # (H, (k, p))
+    row_matrix = torch.cat(rows, 1)
+    return row_matrix.to(columns[0].dtype) @ torch.cat(columns, 2)
+
+
+def upsampled_conv3x3(weights: Sequence[torch.Tensor], maps: Sequence[torch.Tensor],
+                      size: Sequence[int]) -> torch.Tensor:
+    """``sum_i conv3x3(up(maps[i]), weights[i])``, computed at the maps' own sizes.
+
+    ``up`` is bilinear resizing to ``size`` (``align_corners=False``), the convolution has
+    zero padding 1, stride 1 and no bias. Differentiable in the weights and the maps.
+
+    Args:
+        weights: one ``(out, in_i, 3, 3)`` kernel per map (views of a larger kernel are fine).
+        maps: ``(B, in_i, h_i, w_i)`` each.
+        size: ``(H, W)`` of the upsampled maps and of the result.
+
+    Returns:
+        ``(B, out, H, W)``, NCHW.
+    """
+    _check_kernels(weights)
+    return _upsampled_conv_from_taps([_kernel_taps(w) for w in weights], maps, size)
+
+
+def _check_fusion(conv: nn.Module) -> None:
+    if (not isinstance(conv, nn.Conv2d) or conv.kernel_size != (3, 3)
+            or conv.padding != (1, 1) or conv.stride != (1, 1) or conv.dilation != (1, 1)
+            or conv.groups != 1 or conv.padding_mode != "zeros"):
+        raise ValueError(f"cannot factor a head whose fusion convolution is {conv}")
+
+
+def fused_conv3x3(conv: nn.Conv2d, x: torch.Tensor, small_maps: Sequence[torch.Tensor]
+                  ) -> torch.Tensor:
+    """``conv(cat([x, up(m_1), ..., up(m_n)], 1))`` without building the upsampled maps.
+
+    ``up`` resizes bilinearly to ``x``'s size. The kernel's first ``x.shape[1]`` input
+    channels convolve ``x`` as usual, the rest run :func:`upsampled_conv3x3` on the small
+    maps. The kernel and bias are ``conv``'s own parameters (sliced, never copied), so
+    gradients reach them as they would through ``conv``; the result and every gradient equal
+    the plain computation's up to float rounding.
+
+    Raises:
+        ValueError: ``conv`` is not a 3x3, stride-1, zero-padded convolution, or the widths of
+            ``x`` and the small maps do not add up to its input channels.
+    """
+    _check_fusion(conv)
+    widths = [x.shape[1]] + [m.shape[1] for m in small_maps]
+    if sum(widths) != conv.in_channels:
+        raise ValueError(f"{conv} reads {conv.in_channels} channels, but the maps have "
+                         f"{' + '.join(map(str, widths))}")
+    direct, *upsampled = torch.split(conv.weight, widths, dim=1)
+    fused = F.conv2d(x, direct, conv.bias, padding=1)
+    if not small_maps:
+        return fused
+    return fused + upsampled_conv3x3(upsampled, small_maps, x.shape[-2:]).to(fused.dtype)
+
+
+def factored_now(decoder: nn.Module) -> bool:
+    """Whether a PPM or UPerNet decoder computes its fusion in the factored form now.
+
+    It does when its ``factored_training`` is set and it trains or autograd records (e.g.
+    ``TRAIN.fix_bn``, which trains in eval mode). Inference (eval mode, no autograd) keeps
+    the original's arithmetic; :func:`factor_decoders` is its fast form.
+    """
+    return decoder.factored_training and (decoder.training or torch.is_grad_enabled())
+
+
 class UpsampledConv3x3(nn.Module):
-    """``sum_i conv3x3(up(x_i), W_i)`` (zero padding, stride 1, no bias) at the inputs' sizes.
+    """:func:`upsampled_conv3x3` for fixed kernels, rearranged once (inference).
 
     Args:
         weights: one ``(out, in_i, 3, 3)`` kernel per input map.
@@ -54,14 +167,9 @@ class UpsampledConv3x3(nn.Module):
 
     def __init__(self, weights: Sequence[torch.Tensor]) -> None:
         super().__init__()
-        self.out_channels = int(weights[0].shape[0])
+        self.out_channels = _check_kernels(weights)
         for index, weight in enumerate(weights):
-            if weight.shape[0] != self.out_channels or weight.shape[2:] != (3, 3):
-                raise ValueError(f"expected (out={self.out_channels}, in, 3, 3) kernels, got "
-                                 f"{tuple(weight.shape)} for input {index}")
-            # rows ordered (tap row k, tap column l, output channel)
-            taps = weight.detach().permute(2, 3, 0, 1).reshape(9 * self.out_channels, -1)
-            self.register_buffer(f"taps_{index}", taps.contiguous())
+            self.register_buffer(f"taps_{index}", _kernel_taps(weight.detach()).contiguous())
         self.num_inputs = len(weights)
 
     # Eager under torch.compile: the resampling matrices are built from the sizes, which would
@@ -69,34 +177,15 @@ class UpsampledConv3x3(nn.Module):
     @torch.compiler.disable
     def forward(self, maps: Sequence[torch.Tensor], size: Sequence[int]) -> torch.Tensor:
         """``(B, out, H, W)`` for ``size = (H, W)``, in NCHW layout."""
-        if len(maps) != self.num_inputs:
-            raise ValueError(f"expected {self.num_inputs} maps, got {len(maps)}")
-        height, width = int(size[0]), int(size[1])
-        out = self.out_channels
-        rows, columns = [], []
-        for index, x in enumerate(maps):
-            batch, _, h, w = x.shape
-            like = x if x.dtype in (torch.float32, torch.float64) else x.float()
-            taps = getattr(self, f"taps_{index}") @ x.flatten(2)  # (B, 9 * out, h * w)
-            taps = taps.reshape(batch, 3, 3, out, h, w).permute(0, 1, 3, 4, 2, 5)
-            taps = taps.reshape(batch, 3, out, h, 3 * w)  # (B, k, out, p, (l, q))
-            col = _shifted_bilinear(w, width, like).permute(0, 2, 1).reshape(3 * w, width)
-            partial = taps @ col.to(taps.dtype)  # (B, k, out, p, W)
-            columns.append(partial.permute(0, 2, 1, 3, 4).reshape(batch, out, 3 * h, width))
-            row = _shifted_bilinear(h, height, like)  # (k, H, p)
-            rows.append(row.permute(1, 0, 2).reshape(height, 3 * h))  # (H, (k, p))
-        row_matrix = torch.cat(rows, 1)
-        return row_matrix.to(columns[0].dtype) @ torch.cat(columns, 2)
+        taps = [getattr(self, f"taps_{index}") for index in range(self.num_inputs)]
+        return _upsampled_conv_from_taps(taps, maps, size)
 
 
 def _split_fusion(fusion: nn.Module, direct_channels: int, upsampled_channels: Sequence[int]
-                  ) -> tuple[nn.Conv2d, UpsampledConv3x3]:
+                  ) -> tuple[nn.Conv2d, UpsampledConv3x3 | None]:
     """The 3x3 ``fusion`` convolution as (a convolution of its first ``direct_channels``,
-    the closed form for the upsampled inputs that follow)."""
-    if (not isinstance(fusion, nn.Conv2d) or fusion.kernel_size != (3, 3)
-            or fusion.padding != (1, 1) or fusion.stride != (1, 1)
-            or fusion.dilation != (1, 1) or fusion.groups != 1):
-        raise ValueError(f"cannot factor a head whose fusion convolution is {fusion}")
+    the closed form for the upsampled inputs that follow, None if there are none)."""
+    _check_fusion(fusion)
     weight = fusion.weight.detach()
     direct = nn.Conv2d(direct_channels, fusion.out_channels, 3, padding=1,
                        bias=fusion.bias is not None, device=weight.device, dtype=weight.dtype)
@@ -104,15 +193,17 @@ def _split_fusion(fusion: nn.Module, direct_channels: int, upsampled_channels: S
         direct.weight.copy_(weight[:, :direct_channels])
         if fusion.bias is not None:
             direct.bias.copy_(fusion.bias)
-    bounds = torch.tensor([direct_channels, *upsampled_channels]).cumsum(0).tolist()
-    upsampled = UpsampledConv3x3([weight[:, start:end]
-                                  for start, end in zip(bounds[:-1], bounds[1:])])
-    return direct, upsampled
+    if not upsampled_channels:  # e.g. UPerNet on a single-map encoder (HRNetV2)
+        return direct, None
+    kernels = torch.split(weight[:, direct_channels:], list(upsampled_channels), dim=1)
+    return direct, UpsampledConv3x3(kernels)
 
 
-def _fuse(direct: nn.Module, upsampled: UpsampledConv3x3, x: torch.Tensor,
+def _fuse(direct: nn.Module, upsampled: UpsampledConv3x3 | None, x: torch.Tensor,
           small_maps: Sequence[torch.Tensor]) -> torch.Tensor:
     fused = direct(x)  # keeps x's memory layout
+    if upsampled is None:
+        return fused
     return fused + upsampled(small_maps, x.shape[-2:]).to(fused.dtype)
 
 
@@ -173,7 +264,8 @@ class FactoredUPerNetDecoder(nn.Module):
 
 
 def factor_decoders(module: nn.Module) -> int:
-    """Replaces every PPM and UPerNet decoder inside ``module`` by its factored form, in place.
+    """Replaces every decoder inside ``module`` that has a factored inference form (PPM,
+    UPerNet: their ``factored_inference_form()``) by that form, in place.
 
     For inference only: the result has no deep-supervision head and no training forward.
 
@@ -183,11 +275,9 @@ def factor_decoders(module: nn.Module) -> int:
     count = 0
     for parent in list(module.modules()):
         for name, child in list(parent.named_children()):
-            if isinstance(child, PPM):
-                setattr(parent, name, FactoredPPMDecoder(child))
-            elif isinstance(child, UPerNet):
-                setattr(parent, name, FactoredUPerNetDecoder(child))
-            else:
+            make = getattr(child, "factored_inference_form", None)
+            if make is None:
                 continue
+            setattr(parent, name, make())
             count += 1
     return count
