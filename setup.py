@@ -27,6 +27,8 @@ setup(
         "test": ["pytest", "pytest-timeout", "pytest-xdist", "ruff", "wheel"],
         # ONNX export (mit-semseg-export) and the onnxruntime inference backend
         "onnx": ["onnx", "onnxscript", "onnxruntime"],
+        # MODEL.precision int8: PT2E quantization (0.18 is the release built for torch 2.14)
+        "int8": ["torchao>=0.18,<0.19"],
     },
     entry_points={
         "console_scripts": [
