@@ -100,8 +100,10 @@ _C.MODEL.precision = "fp32"
 # folder or a .txt list of image paths. "" = DATASET.list_train (images like the training
 # data; calibrating on the validation list would tune int8 to the images it is scored on).
 _C.MODEL.calibration_list = ""
-# How many images of MODEL.calibration_list calibrate int8 (evenly spaced over the list).
-_C.MODEL.calibration_images = 16
+# How many images of MODEL.calibration_list calibrate int8 (evenly spaced over the list). Each
+# runs once at every DATASET.imgSizes scale with observers, at 2-3x the time of an fp32 forward
+# pass (benchmarks/RESULTS.md section inference_int8 reports it); once per model, then cached.
+_C.MODEL.calibration_images = 8
 
 # -----------------------------------------------------------------------------
 # Training

@@ -18,8 +18,11 @@ compiled by inductor, was chosen by measurement against onnxruntime's ``quantize
 3. :func:`int8_segmenter`: the same export and preparation, the observers' state loaded,
    ``convert_pt2e``, then ``torch.compile(dynamic=True)`` with inductor's freezing, which
    fuses each quantize / convolution / dequantize chain into one oneDNN int8 convolution
-   (VNNI or AMX instructions). One compilation serves every image size (a second one for
-   images under about 83x83 pixels, whose first convolution oneDNN plans differently).
+   (VNNI or AMX instructions). The shapes stay symbolic, so one compilation serves every
+   image large enough (short side >= 256 px, as at ADE20K's test scales): below that, a few
+   more graphs may be compiled, one each time some convolution's input passes 20480 values
+   (PyTorch's rule for sending a float convolution to oneDNN, which the compiled graph
+   guards on).
 
 :func:`cached_int8_calibration` keeps the observers' state per model, weights, calibration
 images and machine, like the ONNX cache (:func:`mit_semseg.deploy.onnxruntime.cached_onnx_export`),
@@ -159,7 +162,7 @@ class CalibrationSet:
 
     list_file: str | Path
     root_dataset: str | Path = ""
-    images: int = 16
+    images: int = 8
     scales: tuple[int, ...] = (300, 375, 450, 525, 600)
     max_size: int = 1000
     padding_constant: int = 8
