@@ -91,12 +91,12 @@ def inference_network(segmentation_module: nn.Module, for_onnx: bool = False
     return InferenceNetwork(module.encoder, module.decoder).eval()
 
 
-def example_and_dims(size: tuple[int, int], input_name: str = "image"
+def example_and_dims(size: tuple[int, int], input_name: str = "image", min_size: int = MIN_SIZE
                      ) -> tuple[torch.Tensor, dict]:
     """A random ``(1, 3, *size)`` image and the ``dynamic_shapes`` of ``torch.export`` that
-    make the height and width of the input ``input_name`` dynamic (``MIN_SIZE``..``MAX_SIZE``)."""
-    height = torch.export.Dim("height", min=MIN_SIZE, max=MAX_SIZE)
-    width = torch.export.Dim("width", min=MIN_SIZE, max=MAX_SIZE)
+    make the height and width of the input ``input_name`` dynamic (``min_size``..``MAX_SIZE``)."""
+    height = torch.export.Dim("height", min=min_size, max=MAX_SIZE)
+    width = torch.export.Dim("width", min=min_size, max=MAX_SIZE)
     example = torch.randn(1, 3, *size, generator=torch.Generator().manual_seed(0))
     return example, {input_name: {2: height, 3: width}}
 

