@@ -479,6 +479,9 @@ def main() -> None:
                         help="photos part: keep the photos, weights and calibrations here "
                              "(reused by a later run) instead of a temporary folder")
     parser.add_argument("--no-write", action="store_true")
+    parser.add_argument("--section", default=None,
+                        help="write this section of RESULTS.md instead of the part's own (e.g. "
+                             "a run with ONEDNN_MAX_CPU_ISA set beside the normal one)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.part in ("demo", "all"):

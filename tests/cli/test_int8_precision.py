@@ -73,9 +73,11 @@ def test_a_cpu_without_int8_units_or_torchao_is_refused_in_one_line(script, tiny
 
 @pytest.mark.slow
 @pytest.mark.timeout(2400)
-def test_eval_and_test_run_int8_from_one_calibration(tmp_path, in_process, monkeypatch):
+def test_eval_and_test_run_int8_from_one_calibration(tmp_path, in_process, inline_workers,
+                                                      monkeypatch):
     """eval.py calibrates (once, cached), records the precision and counts the same pixels
-    as fp32; test.py, with the same weights and scales, reuses the calibration."""
+    as fp32; eval_multipro.py (spawned workers) gives eval.py's confusion matrix and test.py,
+    with the same weights and scales, reuses the calibration."""
     pytest.importorskip("torchao", reason="needs pip install 'mit_semseg[int8]'")
     reason = int8.int8_unavailable("cpu")
     if reason:
@@ -99,6 +101,11 @@ def test_eval_and_test_run_int8_from_one_calibration(tmp_path, in_process, monke
         raise AssertionError("calibrated again")
 
     monkeypatch.setattr(int8, "calibrate_int8", no_second_calibration)
+    code, out = in_process("eval_multipro.py", "--cfg", str(CFG), "--gpus", "cpu", "--workers",
+                           "2", *run.overrides(**scales), *INT8)
+    assert code == 0, out[-3000:]
+    assert inline_workers == ["spawn"]  # the master has calibrated: no fork
+    np.testing.assert_array_equal(np.load(run.ckpt / "confusion_matrix.npy"), confusion["int8"])
     out_dir = tmp_path / "labels"
     code, out = in_process("test.py", "--imgs", str(run.data / "validation.odgt"), "--cfg",
                            str(CFG), "--gpus", "cpu",
