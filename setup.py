@@ -41,6 +41,8 @@ setup(
         "onnx": ["onnx", "onnxscript", "onnxruntime"],
         # the web page (mit-semseg-app): a small ASGI app, its server, multipart uploads
         "app": ["starlette>=0.40", "uvicorn>=0.30", "python-multipart>=0.0.13"],
+        # MODEL.precision int8: PT2E quantization (0.18 is the release built for torch 2.14)
+        "int8": ["torchao>=0.18,<0.19"],
     },
     entry_points={
         "console_scripts": [

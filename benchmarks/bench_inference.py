@@ -13,7 +13,7 @@ argmax, under ``torch.no_grad()``.
 
 Time per image = the forward passes + averaging + argmax (what the original's eval.py times),
 one warm-up image per run excluded (its time is reported apart as "first image": it holds the
-compilation of ``ours_compiled`` and oneDNN's kernel generation); "start-up" is the time to
+compilation of ``ours_compiled`` / ``ours_int8`` and oneDNN's kernel generation); "start-up" is the time to
 build the model and prepare the variant's path.
 Runs alternate over all variants, each a fresh process, for every thread count.
 
@@ -25,13 +25,17 @@ same with another plan: layout ``nchw``/``nhwc``, 1x1 kernel ``onednn``/``gemm``
 inductor freezing; compiled graphs are cached in ``--compile-cache``, so the first run
 compiles cold and later runs show the warm-cache start-up), ``ours_onnxruntime`` (the model
 exported once by ``mit_semseg.deploy.export`` in the parent, export time reported, run by
-onnxruntime with the same thread count; the full-size tail in PyTorch).
+onnxruntime with the same thread count; the full-size tail in PyTorch), ``ours_int8``
+(``MODEL.precision int8``: calibrated once in the parent on every input, then in each run
+quantized and compiled, sharing ``--compile-cache`` with ``ours_compiled``) and
+``ours_onnxruntime_int8`` (the export quantized by onnxruntime's ``quantize_static``, QDQ,
+per-channel, calibrated on every input), the two int8 routes of issue 25.
 Predictions of the first run of each side are compared: max |score difference| (on a grid of
 every 4th pixel), share of equal pixels, and mIoU against the labels (equal within 1e-4 = pass).
 
     python benchmarks/bench_inference.py [--models r18d_c1ds] [--images 2] [--repeats 3]
         [--threads 1 2] [--variants ours upstream ours_plain ours_bf16 ours_compiled
-        ours_onnxruntime] [--device cpu|cuda]
+        ours_onnxruntime ours_int8 ours_onnxruntime_int8] [--device cpu|cuda]
 
 With ``--device cuda`` both sides run on GPU 0, the inputs copied from the host inside the
 timed region, and each image is timed up to a device synchronisation (the compiled and
@@ -67,6 +71,8 @@ VARIANTS = {
        ("ours", {"fast": True, "plan": (layout, kernel)})
        for layout in (False, True) for kernel in ("onednn", "gemm")},
     "ours_plan_nchw_torch": ("ours", {"fast": True, "plan": (False, "torch")}),
+    "ours_int8": ("ours", {"int8": True}),
+    "ours_onnxruntime_int8": ("ours", {"onnxruntime": True, "int8": True}),
 }
 VARIANT_LABELS = {"ours": "ours (fp32, default fast_inference)", "upstream": "original 1.0.0",
                   "ours_plain": "ours (fp32, fast_inference False)",
@@ -75,11 +81,14 @@ VARIANT_LABELS = {"ours": "ours (fp32, default fast_inference)", "upstream": "or
                   "ours_onnxruntime": "ours exported, onnxruntime",
                   **{name: f"ours (fast_inference, plan "
                            f"{'NHWC' if opts['plan'][0] else 'NCHW'} + {opts['plan'][1]} 1x1)"
-                     for name, (_, opts) in VARIANTS.items() if "plan" in opts}}
+                     for name, (_, opts) in VARIANTS.items() if "plan" in opts},
+                  "ours_int8": "ours int8 (MODEL.precision int8: PT2E + inductor)",
+                  "ours_onnxruntime_int8": "ours exported, onnxruntime quantize_static int8"}
 NUM_CLASS = 150
 SCALES = (300, 400, 500, 600)
 GRID = 4  # scores are compared on every GRID-th pixel (keeps the files small)
 TARGET = 0.8  # ours / original time per image, fp32 (issue 15)
+INT8_TARGET = 0.35  # the same, int8 on a CPU with int8 units (issue 25)
 MIOU_TOLERANCE = 1e-4
 
 
@@ -106,7 +115,12 @@ def _prepare_ours(module: Any, opts: dict, job: dict, device: Any) -> Any:
     if opts.get("onnxruntime"):
         from mit_semseg.deploy.onnxruntime import OnnxRuntimeSegmenter
 
-        return OnnxRuntimeSegmenter(job["onnx"], threads=torch.get_num_threads())
+        path = job["onnx_int8"] if opts.get("int8") else job["onnx"]
+        return OnnxRuntimeSegmenter(path, threads=torch.get_num_threads())
+    if opts.get("int8"):
+        from mit_semseg.deploy.int8 import int8_segmenter
+
+        return int8_segmenter(module, torch.load(job["int8"], weights_only=True))
     if opts.get("fast"):
         plan = {"plan": ConvPlan(*opts["plan"])} if "plan" in opts else {}
         optimize_for_inference(module, device, **plan)
@@ -251,7 +265,7 @@ def _compare(outs: dict[str, list], samples: list) -> tuple[list[str], bool]:
         mine = miou(outputs)
         miou_diff = max(abs(mine[0] - ref_miou[0]), abs(mine[1] - ref_miou[1]))
         passed = miou_diff <= MIOU_TOLERANCE
-        if VARIANTS[variant][1].get("amp"):
+        if VARIANTS[variant][1].get("amp") or VARIANTS[variant][1].get("int8"):
             lines.append(f"- {VARIANT_LABELS[variant]} (reduced precision, not expected to "
                          f"match): max |score diff| {diff:.2e}, equal pixels "
                          f"{100 * equal / total:.3f}%, |mIoU diff| {miou_diff:.2e}")
@@ -279,6 +293,56 @@ def _export_onnx(name: str, weights: dict, tmp: Path) -> tuple[str, float]:
     return str(path), time.perf_counter() - start
 
 
+def _calibrate_int8(name: str, weights: dict, samples: list, tmp: Path) -> tuple[str, float]:
+    """Our int8 calibration (``MODEL.precision int8``) on every input of the benchmark, once,
+    in the parent; returns the file of the observers' state and seconds."""
+    import time
+
+    import torch
+
+    from mit_semseg.deploy.int8 import calibrate_int8
+
+    encoder, decoder, fc_dim = MODELS[name]
+    module = common.build_module("ours", encoder, decoder, fc_dim, NUM_CLASS, weights,
+                                 train=False)
+    start = time.perf_counter()
+    states = calibrate_int8(module, [img for s in samples for img in s["img_data"]])
+    path = tmp / f"{name}_int8.pt"
+    torch.save(states, path)
+    return str(path), time.perf_counter() - start
+
+
+def _quantize_onnx(onnx_path: str, samples: list, tmp: Path) -> tuple[str, float]:
+    """onnxruntime's static int8 quantization of the export (QDQ, int8 per-channel weights,
+    uint8 activations, min-max calibration on every input of the benchmark); returns the
+    file and seconds."""
+    import time
+
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    class Inputs(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.feeds = iter([{"image": img.numpy()} for s in samples for img in s["img_data"]])
+
+        def get_next(self) -> dict | None:
+            return next(self.feeds, None)
+
+    start = time.perf_counter()
+    stem = Path(onnx_path).stem
+    prepared, quantized = tmp / f"{stem}_pre.onnx", tmp / f"{stem}_int8.onnx"
+    quant_pre_process(onnx_path, str(prepared))
+    quantize_static(str(prepared), str(quantized), Inputs(), quant_format=QuantFormat.QDQ,
+                    per_channel=True, activation_type=QuantType.QUInt8,
+                    weight_type=QuantType.QInt8)
+    return str(quantized), time.perf_counter() - start
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     common.add_common_args(parser, repeats=3, thread_counts=(1, 2))
@@ -302,7 +366,7 @@ def main() -> None:
     import torch
 
     compile_env = {"TORCHINDUCTOR_CACHE_DIR": args.compile_cache}
-    if "ours_compiled" in args.variants:
+    if {"ours_compiled", "ours_int8"} & set(args.variants):
         shutil.rmtree(args.compile_cache, ignore_errors=True)
     rows, notes, startup, all_ok = [], [], [], True
     with tempfile.TemporaryDirectory() as tmp_name:
@@ -317,19 +381,28 @@ def main() -> None:
                                             train=False)
             _calibrate_bn(reference, samples)
             weights = common.save_weights(reference, tmp, name)
-            onnx_path = None
-            if "ours_onnxruntime" in args.variants:
-                onnx_path, export_s = _export_onnx(name, weights, tmp)
+            prepared: dict[str, str | None] = {"onnx": None, "onnx_int8": None, "int8": None}
+            if {"ours_onnxruntime", "ours_onnxruntime_int8"} & set(args.variants):
+                prepared["onnx"], export_s = _export_onnx(name, weights, tmp)
                 startup.append(f"- {encoder} + {decoder}: ONNX export (once, in the parent) "
                                f"took {export_s:.1f} s")
+            if "ours_onnxruntime_int8" in args.variants:
+                prepared["onnx_int8"], quantize_s = _quantize_onnx(prepared["onnx"], samples, tmp)
+                startup.append(f"- {encoder} + {decoder}: onnxruntime quantize_static (once, "
+                               f"in the parent) took {quantize_s:.1f} s")
+            if "ours_int8" in args.variants:
+                prepared["int8"], calibrate_s = _calibrate_int8(name, weights, samples, tmp)
+                startup.append(f"- {encoder} + {decoder}: int8 calibration on every input "
+                               f"(once, in the parent) took {calibrate_s:.1f} s; each run "
+                               "compiles on its first image")
             for threads in args.threads:
                 def run(variant: str, name: str = name, weights: dict = weights,
-                        threads: int = threads, onnx_path: str | None = onnx_path) -> dict:
+                        threads: int = threads, prepared: dict = prepared) -> dict:
                     # the first run of each variant keeps its predictions for the comparison
                     out = tmp / f"{name}_{variant}_out.pt"
                     out = None if out.exists() else str(out)
                     job = {"variant": variant, "model": name, "weights": weights,
-                           "inputs": str(inputs), "out": out, "onnx": onnx_path,
+                           "inputs": str(inputs), "out": out, **prepared,
                            "device": args.device}
                     return common.run_worker(__file__, VARIANTS[variant][0], upstream, job,
                                              threads, env=compile_env)
@@ -350,10 +423,18 @@ def main() -> None:
                         chosen = ", ".join(r["plan"] for r in runs[variant])
                         notes.append(f"- {encoder} + {decoder}, {threads} thread(s): the "
                                      f"default path ran, run by run: {chosen}")
+                    if VARIANTS[variant][1].get("int8"):
+                        setup = common.fmt_runs(runs[variant], "setup_s", "{:.1f}")
+                        work = ("loading the session" if VARIANTS[variant][1].get("onnxruntime")
+                                else "loading, exporting, quantizing")
+                        startup.append(f"- {encoder} + {decoder}, {threads} thread(s), "
+                                       f"{VARIANT_LABELS[variant]}: start-up before the first "
+                                       f"image ({work}) {setup} s per run")
                     if ratio is not None and not VARIANTS[variant][1].get("amp"):
+                        target = INT8_TARGET if VARIANTS[variant][1].get("int8") else TARGET
                         notes.append(f"- {encoder} + {decoder}, {threads} thread(s), "
                                      f"{VARIANT_LABELS[variant]}: {ratio:.2f}x "
-                                     f"({common.verdict(ratio, TARGET, lower_is_better=True)})")
+                                     f"({common.verdict(ratio, target, lower_is_better=True)})")
             outs = {v: torch.load(tmp / f"{name}_{v}_out.pt", weights_only=True)
                     for v in args.variants}
             lines, ok = _compare(outs, samples)
@@ -382,7 +463,8 @@ def main() -> None:
                                "runs (s/image)", "start-up (s) per run",
                                "first image (s) per run"], rows),
         "",
-        f"Target: ours <= {TARGET}x the original's time per image in fp32, at equal accuracy.",
+        f"Target: ours <= {TARGET}x the original's time per image in fp32, at equal accuracy"
+        f"; int8 <= {INT8_TARGET}x on a CPU with int8 units (accuracy: bench_precision.py).",
         *startup,
         *notes,
     ])

@@ -251,6 +251,10 @@ def machine_description(threads: int | Sequence[int] | None = None, device: str 
     if threads is not None:
         counts = [threads] if isinstance(threads, int) else list(threads)
         text += f"; {' and '.join(map(str, counts))} torch thread(s) per measuring process"
+    if os.environ.get("ONEDNN_MAX_CPU_ISA"):
+        # a run that emulates an older CPU: oneDNN leaves out the newer instructions
+        text += (f"; **oneDNN limited to {os.environ['ONEDNN_MAX_CPU_ISA']}** "
+                 "(ONEDNN_MAX_CPU_ISA)")
     try:
         load = os.getloadavg()
         text += (f"; load average {load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f} "

@@ -26,10 +26,24 @@ run benchmarks/bench_train.py --models r50d_ppmds r50_upernet r18d_c1ds \
 run benchmarks/bench_data.py --repeats 5 --steps 30 --images 64 --threads 1
 run benchmarks/bench_syncbn.py --replicas 2 --iters 10 --repeats 5 --size 32 --batch 8 \
     --channels 32 --threads 1
+# int8 (MODEL.precision int8, the [int8] extra): speed against the original, the two
+# quantization routes, and compilation per image size; bench_int8.py stops at once (exit 1,
+# one line) on a CPU without int8 units, whose speed the first command still measures
+run benchmarks/bench_inference.py --models r18d_c1ds r50d_ppmds r50_upernet \
+    --variants ours upstream ours_int8 --images 2 --repeats 3 --threads 1 2 \
+    --section inference_int8
+run benchmarks/bench_inference.py --models r50d_ppmds \
+    --variants ours upstream ours_int8 ours_onnxruntime ours_onnxruntime_int8 \
+    --images 2 --repeats 3 --threads 2 --section inference_int8_route
+run benchmarks/bench_int8.py --part sizes --models r18d_c1ds r50d_ppmds r50_upernet --threads 2 \
+    || echo "== bench_int8 skipped (see above)"
 demo=ckpt/synthetic-mobilenetv2dilated-c1_deepsup
 if [ -f "$demo/encoder_epoch_5.pth" ]; then
+    # the photos part (int8 agreement on real photographs) needs scikit-image
     run benchmarks/bench_precision.py --cfg config/synthetic-mobilenetv2dilated-c1_deepsup.yaml \
         --dir "$demo" --data data/synthetic --repeats 3 --threads 2
+    run benchmarks/bench_int8.py --part eval --dir "$demo" --data data/synthetic --repeats 2 \
+        --threads 2 || echo "== bench_int8 skipped (see above)"
 else
-    echo "== bench_precision skipped: run bash scripts/demo.sh first"
+    echo "== bench_precision and bench_int8 --part eval skipped: run bash scripts/demo.sh first"
 fi

@@ -12,7 +12,7 @@ cd "$(dirname "$0")/.."
 source scripts/python_env.sh
 
 choose_python
-install_project "[test,onnx,app]"  # onnx: the export tests; app: the web page's tests
+install_project "[test,onnx,app,int8]"  # onnx: the export tests; app: the web page's tests; int8: MODEL.precision int8
 # The original package (same import name) goes into its own folder; the equivalence tests and
 # benchmarks import it in a subprocess with PYTHONPATH=.upstream.
 [ -d .upstream/mit_semseg ] || "$PY" -m pip install -q --no-deps --target .upstream mit-semseg==1.0.0 \

@@ -151,15 +151,15 @@ def _threads_per_process(devices: list[torch.device]) -> int:
     return max((cores or 1) // cpu_procs, 1)
 
 
-def _start_method(requested: str, devices: list[torch.device], backend: str) -> str:
+def _start_method(requested: str, devices: list[torch.device], master_runs_model: bool) -> str:
     """The multiprocessing start method for ``--start-method requested``.
 
     CUDA cannot be used in a forked child once the parent has initialised it (the master
     queries the GPUs while resolving ``--gpus``), so ``fork`` with CUDA devices is a usage
     error. CPU-only runs fork by default on Linux, which skips re-importing torch in every
-    child (the master has run no torch computation yet, so forking is safe), except with the
-    onnxruntime backend: the master may have exported and run the model (thread pools that a
-    forked child inherits in an unusable state).
+    child (the master has run no torch computation yet, so forking is safe), except when
+    ``master_runs_model``: with the onnxruntime backend or int8 the master may have exported
+    or calibrated the model (thread pools that a forked child inherits in an unusable state).
     """
     cpu_only = all(d.type == "cpu" for d in devices)
     if requested == "fork" and not cpu_only:
@@ -167,7 +167,7 @@ def _start_method(requested: str, devices: list[torch.device], backend: str) -> 
                                 "forked child cannot use CUDA); use spawn or auto")
     if requested != "auto":
         return requested
-    forkable = cpu_only and backend == "torch" and sys.platform.startswith("linux")
+    forkable = cpu_only and not master_runs_model and sys.platform.startswith("linux")
     return "fork" if forkable else "spawn"
 
 
@@ -361,7 +361,8 @@ def main(argv: list[str] | None = None) -> int:
         return _main_torchrun(cfg, release, torchrun_device, prog, args.verbose)
     try:
         devices = _devices(args, cfg)
-        start_method = _start_method(args.start_method, devices, cfg.MODEL.backend)
+        master_runs_model = cfg.MODEL.backend != "torch" or cfg.MODEL.precision != "fp32"
+        start_method = _start_method(args.start_method, devices, master_runs_model)
         for device in set(devices):
             check_amp(cfg.VAL.amp, device, "VAL.amp")
         model_setup.check_backend(cfg, devices, "VAL.amp")

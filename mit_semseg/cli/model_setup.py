@@ -21,7 +21,10 @@ files; the sample list is checked before a download, so a bad list costs no down
 
 ``MODEL.backend onnxruntime`` (CPU only, ``pip install 'mit_semseg[onnx]'``) runs the
 weights through onnxruntime, from an ONNX export made on first use and cached by the hash of
-the weights (:func:`mit_semseg.deploy.onnxruntime.cached_onnx_export`).
+the weights (:func:`mit_semseg.deploy.onnxruntime.cached_onnx_export`). ``MODEL.precision
+int8`` (CPU with int8 units, ``pip install 'mit_semseg[int8]'``) runs them in int8, calibrated
+on first use on ``MODEL.calibration_images`` images of ``MODEL.calibration_list`` and cached the
+same way (:func:`mit_semseg.deploy.int8.int8_model`).
 """
 
 from __future__ import annotations
@@ -39,12 +42,14 @@ import torch
 from mit_semseg.cli import common, preflight
 from mit_semseg.config import load_config
 from mit_semseg.config.packaged import PACKAGED_DIR, resolve_config_file
+from mit_semseg.deploy.int8 import CalibrationSet, int8_model, int8_unavailable
 from mit_semseg.deploy.onnxruntime import OnnxRuntimeModel, cached_onnx_export
 from mit_semseg.inference.trained_model import TrainedModel
 from mit_semseg.models import zoo
 
 __all__ = [
     "ONNX_MODULES",
+    "calibration_set",
     "check_backend",
     "fallback_release",
     "holds_weights",
@@ -113,11 +118,15 @@ def fallback_release(cfg: Any, args: argparse.Namespace) -> zoo.PretrainedModel 
 
 
 def check_backend(cfg: Any, devices: Sequence[torch.device], amp_key: str) -> None:
-    """``MODEL.backend`` can run here: onnxruntime needs its packages, the CPU and fp32.
+    """``MODEL.backend`` and ``MODEL.precision`` can run here: onnxruntime needs its packages,
+    the CPU and fp32; int8 needs torchao, a CPU with int8 units, the PyTorch fast path and no
+    autocast.
 
     Raises:
-        SetupError: naming ``MODEL.backend`` and the fix.
+        SetupError: naming ``MODEL.backend`` or ``MODEL.precision`` and the fix.
     """
+    if cfg.MODEL.precision == "int8":
+        _check_int8(cfg, devices, amp_key)
     if cfg.MODEL.backend != "onnxruntime":
         return
     missing = [name for name in ONNX_MODULES if importlib.util.find_spec(name) is None]
@@ -135,6 +144,48 @@ def check_backend(cfg: Any, devices: Sequence[torch.device], amp_key: str) -> No
                                    f"torch only; set {amp_key} '' with onnxruntime")
 
 
+def _check_int8(cfg: Any, devices: Sequence[torch.device], amp_key: str) -> None:
+    if cfg.MODEL.backend != "torch":
+        raise preflight.SetupError(f"MODEL.precision int8 runs with MODEL.backend torch, not "
+                                   f"{cfg.MODEL.backend}; set MODEL.backend torch or "
+                                   "MODEL.precision fp32")
+    if not cfg.MODEL.fast_inference:
+        raise preflight.SetupError("MODEL.fast_inference False asks for the original's fp32 "
+                                   "arithmetic, which MODEL.precision int8 is not; set one of "
+                                   "them back")
+    section, key = amp_key.split(".")
+    if cfg[section][key]:
+        raise preflight.SetupError(f"{amp_key} {cfg[section][key]} cannot be combined with "
+                                   f"MODEL.precision int8; set {amp_key} ''")
+    for device in sorted(set(devices), key=str):
+        reason = int8_unavailable(device)
+        if reason:
+            raise preflight.SetupError(f"MODEL.precision int8: {reason} (or use "
+                                       "MODEL.precision fp32)")
+
+
+def calibration_set(cfg: Any) -> CalibrationSet:
+    """The int8 calibration images the config asks for (``MODEL.calibration_list`` and
+    ``MODEL.calibration_images``, at the ``DATASET`` scales).
+
+    Raises:
+        SetupError: the list is missing or unusable (naming ``MODEL.calibration_list``).
+    """
+    d = cfg.DATASET
+    calibration = CalibrationSet(
+        list_file=cfg.MODEL.calibration_list or d.list_train, root_dataset=d.root_dataset,
+        images=cfg.MODEL.calibration_images, scales=tuple(d.imgSizes), max_size=d.imgMaxSize,
+        padding_constant=d.padding_constant)
+    try:
+        calibration.image_paths()
+    except (OSError, ValueError) as error:
+        source = ("MODEL.calibration_list" if cfg.MODEL.calibration_list
+                  else "MODEL.calibration_list '' (= DATASET.list_train)")
+        raise preflight.SetupError(f"{source}: {error}; point MODEL.calibration_list at a "
+                                   "list of images like those you will segment") from None
+    return calibration
+
+
 def inference_model(cfg: Any, release: zoo.PretrainedModel | None, checkpoint_key: str,
                     output_key: str, list_key: str | None, progress: bool = True
                     ) -> TrainedModel:
@@ -146,17 +197,19 @@ def inference_model(cfg: Any, release: zoo.PretrainedModel | None, checkpoint_ke
         checkpoint_key: ``VAL.checkpoint`` or ``TEST.checkpoint``.
         output_key: ``DIR`` or ``TEST.result``, the folder the script writes to.
         list_key: ``list_val`` for the evaluation scripts, None for ``test.py``.
-        progress: show download progress bars.
+        progress: show download and int8 calibration progress bars.
 
     Raises:
         mit_semseg.download.DownloadError: offline or a bad mirror; one line naming the URLs
             and the folder to put the files in (its ``summary``: the file names and the
             folder).
         SetupError: see :func:`mit_semseg.cli.preflight.check_evaluation`, and a failed ONNX
-            export check.
+            export check and an unusable int8 calibration list.
     """
     section = checkpoint_key.split(".")[0]
     model = common.trained_model(cfg, cfg[section].checkpoint)
+    # checked before any download, like the sample list
+    calibration = calibration_set(cfg) if cfg.MODEL.precision == "int8" else None
     if release is not None:
         if list_key is not None:  # cheap, and it decides whether the download is of any use
             preflight.check_sample_list(cfg, list_key)
@@ -168,4 +221,6 @@ def inference_model(cfg: Any, release: zoo.PretrainedModel | None, checkpoint_ke
     preflight.check_evaluation(cfg, model.weight_files(), checkpoint_key, output_key, list_key)
     if cfg.MODEL.backend == "onnxruntime":
         model = OnnxRuntimeModel(**dataclasses.asdict(model), onnx_file=cached_onnx_export(model))
+    if calibration is not None:
+        model = int8_model(model, calibration, progress=progress)
     return model

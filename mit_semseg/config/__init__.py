@@ -38,6 +38,7 @@ _AMP_CHOICES = ("", "bf16", "fp16")
 _BACKEND_CHOICES = ("auto", "nccl", "gloo")
 _PREFLIGHT_CHOICES = ("headers", "full", "off")
 _MODEL_BACKEND_CHOICES = ("torch", "onnxruntime")
+_MODEL_PRECISION_CHOICES = ("fp32", "int8")
 _DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
 
@@ -138,6 +139,10 @@ def validate_config(node: CfgNode, source: str = "config") -> None:
            f"must be > 0, got {d.max_image_pixels}", source)
     _check(node.MODEL.backend in _MODEL_BACKEND_CHOICES, "MODEL.backend",
            f"must be one of {_MODEL_BACKEND_CHOICES}, got {node.MODEL.backend!r}", source)
+    _check(node.MODEL.precision in _MODEL_PRECISION_CHOICES, "MODEL.precision",
+           f"must be one of {_MODEL_PRECISION_CHOICES}, got {node.MODEL.precision!r}", source)
+    _check(node.MODEL.calibration_images > 0, "MODEL.calibration_images",
+           f"must be > 0, got {node.MODEL.calibration_images}", source)
     _check(
         bool(_DEVICE_PATTERN.match(node.DEVICE)), "DEVICE",
         f"must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {node.DEVICE!r}", source,

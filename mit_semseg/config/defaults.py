@@ -105,6 +105,24 @@ _C.MODEL.fast_inference = True
 # $MIT_SEMSEG_HOME or ~/.cache/torch/mit_semseg (docs/evaluation.md). Upsampling, softmax and
 # argmax at full resolution stay in PyTorch; VAL.amp / TEST.amp apply to "torch" only.
 _C.MODEL.backend = "torch"
+# Number format of the network in eval.py, eval_multipro.py and test.py. Options: "fp32", "int8"
+# (CPU only, on CPUs with an int8 dot-product unit: AMX-INT8, AVX-512 VNNI or AVX-VNNI; needs
+# pip install 'mit_semseg[int8]'): weights and activations in int8 (torchao's PT2E static
+# quantization, compiled by torch.compile), calibrated once on MODEL.calibration_images images
+# of MODEL.calibration_list at every DATASET.imgSizes scale and cached as
+# <cache>/int8/<architecture>-<hash>.pt (hash of the weight files, the calibration images, the
+# torch/torchao versions and the CPU architecture); every process compiles on its first image.
+# Scores change slightly (docs/evaluation.md#int8-inference); needs MODEL.backend torch,
+# MODEL.fast_inference True and VAL.amp / TEST.amp "".
+_C.MODEL.precision = "fp32"
+# int8 calibration images: an .odgt list (paths relative to DATASET.root_dataset), an image, a
+# folder or a .txt list of image paths. "" = DATASET.list_train (images like the training
+# data; calibrating on the validation list would tune int8 to the images it is scored on).
+_C.MODEL.calibration_list = ""
+# How many images of MODEL.calibration_list calibrate int8 (evenly spaced over the list). Each
+# runs once at every DATASET.imgSizes scale with observers, at 2-3x the time of an fp32 forward
+# pass (benchmarks/RESULTS.md section inference_int8 reports it); once per model, then cached.
+_C.MODEL.calibration_images = 8
 
 # -----------------------------------------------------------------------------
 # Training

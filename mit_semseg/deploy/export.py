@@ -42,6 +42,7 @@ __all__ = [
     "export_onnx",
     "export_program",
     "check_program",
+    "example_and_dims",
     "inference_network",
 ]
 
@@ -90,11 +91,14 @@ def inference_network(segmentation_module: nn.Module, for_onnx: bool = False
     return InferenceNetwork(module.encoder, module.decoder).eval()
 
 
-def _example_and_dims(size: tuple[int, int]) -> tuple[torch.Tensor, dict]:
-    height = torch.export.Dim("height", min=MIN_SIZE, max=MAX_SIZE)
-    width = torch.export.Dim("width", min=MIN_SIZE, max=MAX_SIZE)
+def example_and_dims(size: tuple[int, int], input_name: str = "image", min_size: int = MIN_SIZE
+                     ) -> tuple[torch.Tensor, dict]:
+    """A random ``(1, 3, *size)`` image and the ``dynamic_shapes`` of ``torch.export`` that
+    make the height and width of the input ``input_name`` dynamic (``min_size``..``MAX_SIZE``)."""
+    height = torch.export.Dim("height", min=min_size, max=MAX_SIZE)
+    width = torch.export.Dim("width", min=min_size, max=MAX_SIZE)
     example = torch.randn(1, 3, *size, generator=torch.Generator().manual_seed(0))
-    return example, {"image": {2: height, 3: width}}
+    return example, {input_name: {2: height, 3: width}}
 
 
 def export_program(segmentation_module: nn.Module, path: str | os.PathLike,
@@ -104,7 +108,7 @@ def export_program(segmentation_module: nn.Module, path: str | os.PathLike,
     Load it with ``torch.export.load(path).module()``; it returns ``(logits, probs)``.
     """
     network = inference_network(segmentation_module)
-    example, dims = _example_and_dims(example_size)
+    example, dims = example_and_dims(example_size)
     with torch.no_grad():
         program = torch.export.export(network, (example,), dynamic_shapes=dims)
     path = Path(path)
@@ -130,7 +134,7 @@ def export_onnx(segmentation_module: nn.Module, path: str | os.PathLike,
         raise ImportError("ONNX export needs the onnx and onnxscript packages: "
                           "pip install 'mit_semseg[onnx]'") from error
     network = inference_network(segmentation_module, for_onnx=True)
-    example, dims = _example_and_dims(example_size)
+    example, dims = example_and_dims(example_size)
     # the exporter's graph passes log every rewrite at INFO: hundreds of lines per model
     passes_logs = {name: logging.getLogger(name) for name in ("onnx_ir", "onnxscript")}
     levels = {name: log.level for name, log in passes_logs.items()}

@@ -418,8 +418,9 @@ def report_results(
     """Writes the result files into ``job.out_dir`` and builds the printed report.
 
     ``eval_metrics.json`` also records how the numbers were computed: ``fast_inference``
-    (BatchNorm folded; ``false`` is the original's arithmetic), ``precision`` (``fp32`` or the
-    ``VAL.amp`` autocast type), ``backend`` (see :func:`compute_backend`) and ``devices``.
+    (BatchNorm folded; ``false`` is the original's arithmetic), ``precision`` (``fp32``, the
+    ``VAL.amp`` autocast type or ``int8``), ``backend`` (see :func:`compute_backend`) and
+    ``devices``.
 
     Returns:
         ``(scores, text)``: :func:`~mit_semseg.metrics.scores_from_confusion` output and the
@@ -434,7 +435,7 @@ def report_results(
         "scales": list(job.scales),
         "flip": bool(job.options.flip),
         "fast_inference": bool(job.model.fast_inference),
-        "precision": job.options.amp or "fp32",
+        "precision": job.options.amp or job.model.precision,
         "backend": compute_backend(devices[0], job.model.backend),
         "devices": [str(d) for d in devices],
         **(extra or {}),

@@ -3,8 +3,9 @@
 :class:`TrainedModel` names a model by its architecture and its two weight files (a training
 run's ``DIR/{encoder,decoder}_<checkpoint>``, or a released model's cached copies); its
 :meth:`~TrainedModel.load` builds the PyTorch module for inference, prepared for the fast path
-(:mod:`mit_semseg.inference.fast_path`) unless told otherwise. Other backends subclass it
-(:class:`mit_semseg.deploy.onnxruntime.OnnxRuntimeModel`), so the evaluation loop, which only
+(:mod:`mit_semseg.inference.fast_path`) unless told otherwise. Other backends and
+precisions subclass it (:class:`mit_semseg.deploy.onnxruntime.OnnxRuntimeModel`,
+:class:`mit_semseg.deploy.int8.Int8Model`), so the evaluation loop, which only
 calls ``load``, runs whatever the command line chose, also in worker processes (it is a
 picklable value).
 """
@@ -53,8 +54,9 @@ class TrainedModel:
     fc_dim: int | None = None
     fast_inference: bool = True
 
-    # what runs the network (eval_metrics.json records it)
+    # what runs the network, and in which number format (eval_metrics.json records both)
     backend: ClassVar[str] = "torch"
+    precision: ClassVar[str] = "fp32"
 
     def weight_files(self) -> dict[str, Path]:
         """``{"encoder": path, "decoder": path}``."""

@@ -76,8 +76,12 @@ class MatrixAdaptiveAvgPool2d(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, H, W) -> (B, C, s_h, s_w)
         if self.output_size == (1, 1):
             # a plain mean; as a (1, H) matrix product torch.export cannot prove the traced
-            # reshapes valid for every size and falls back to slower tracing strategies
-            return x.mean(dim=(-2, -1), keepdim=True)
+            # reshapes valid for every size and falls back to slower tracing strategies. Rows
+            # then columns: inductor's C++ code guards on a reduction's length (a summation
+            # helper above 4096 terms), so one mean over H*W pixels would recompile a
+            # dynamic-shape graph when a map crosses 4096 pixels; each of these two stays under
+            # it up to 4096-pixel maps (32768-pixel images at stride 8).
+            return x.mean(dim=-1, keepdim=True).mean(dim=-2, keepdim=True)
         rows = adaptive_pool_matrix(x.shape[-2], self.output_size[0], x)
         cols = adaptive_pool_matrix(x.shape[-1], self.output_size[1], x)
         return rows @ x @ cols.transpose(0, 1)

@@ -33,6 +33,7 @@ SMALL_RUNS = {
     "preflight": ["--records", "20", "--full-records", "4", "--repeats", "1"],
     "checkpoint": ["--repeats", "1", "--size", "64", "--steps", "1", "--threads", "1"],
     "divergence": ["--steps", "2"],
+    "int8": ["--part", "sizes", "--models", "mnv2d_c1ds", "--sizes", "96x128", "--threads", "1"],
     "precision": ["--part", "archs", "--archs", "r18d_c1ds", "--images", "1", "--min-size",
                   "64", "--max-size", "96", "--scales", "64", "--max-side", "128",
                   "--threads", "1"],
@@ -46,6 +47,11 @@ def _digest(path: Path) -> str:
 @pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(SMALL_RUNS))
 def test_benchmark_script_runs_on_tiny_settings(name, upstream_path, tmp_path):
+    if name == "int8":
+        from mit_semseg.deploy.int8 import int8_unavailable
+
+        if int8_unavailable():
+            pytest.skip(int8_unavailable())
     before = _digest(RESULTS)
     env = {**os.environ, "MIT_SEMSEG_UPSTREAM": str(upstream_path)}
     result = subprocess.run(

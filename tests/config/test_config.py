@@ -151,6 +151,8 @@ def test_missing_file_and_odd_overrides(tmp_path):
         (["TEST.window_size", "-1"], "TEST.window_size"),
         (["VAL.batch_size", "4"], "VAL.batch_size"),
         (["TEST.batch_size", "2"], "TEST.batch_size"),
+        (["MODEL.precision", "int4"], "MODEL.precision"),
+        (["MODEL.calibration_images", "0"], "MODEL.calibration_images"),
     ],
 )
 def test_invalid_values_are_rejected(opts, key):

@@ -89,7 +89,7 @@ class HRModule(nn.Module):
                     row.append(None)  # the branch itself enters the sum unchanged
             fuse_layers.append(nn.ModuleList(row))
         self.fuse_layers = nn.ModuleList(fuse_layers)
-        self.relu = nn.ReLU(inplace=True)
+        self.relus = nn.ModuleList(nn.ReLU(inplace=True) for _ in widths)
 
     def forward(self, xs: list[torch.Tensor]) -> list[torch.Tensor]:
         """Map one tensor per branch to one tensor per branch (same shapes)."""
@@ -103,7 +103,7 @@ class HRModule(nn.Module):
                     if source > target:
                         x = upsample(x, xs[target].shape[2:])
                 total = x if total is None else total + x
-            fused.append(self.relu(total))
+            fused.append(self.relus[target](total))
         return fused
 
 
@@ -142,7 +142,8 @@ class HRNetV2Encoder(nn.Module):
         self.bn1 = norm_layer(STEM_WIDTH)
         self.conv2 = nn.Conv2d(STEM_WIDTH, STEM_WIDTH, 3, stride=2, padding=1, bias=False)
         self.bn2 = norm_layer(STEM_WIDTH)
-        self.relu = nn.ReLU(inplace=True)
+        self.relu1 = nn.ReLU(inplace=True)
+        self.relu2 = nn.ReLU(inplace=True)
 
         layer1_width = STEM_WIDTH * BOTTLENECK_EXPANSION
         downsample = conv_norm(STEM_WIDTH, layer1_width, 1, 1, norm_layer, relu=False)
@@ -187,8 +188,8 @@ class HRNetV2Encoder(nn.Module):
         ``return_feature_maps`` is accepted for the original's interface; there is only one map
         either way.
         """
-        x = self.relu(self.bn1(self.conv1(x)))
-        x = self.relu(self.bn2(self.conv2(x)))
+        x = self.relu1(self.bn1(self.conv1(x)))
+        x = self.relu2(self.bn2(self.conv2(x)))
         branches = [self.layer1(x)]  # (B, 256, H/4, W/4)
         for stage in range(2, self.num_stages + 2):
             transition = getattr(self, f"transition{stage - 1}")

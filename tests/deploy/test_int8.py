@@ -1,0 +1,264 @@
+"""int8 inference (mit_semseg.deploy.int8): the plumbing by default, real quantized networks
+with ``-m slow`` (an export, a calibration and a compilation take tens of seconds each)."""
+
+import collections
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from mit_semseg.deploy import int8
+from mit_semseg.deploy.int8 import CalibrationSet, Int8Model, int8_unavailable
+from mit_semseg.inference.fast_path import LogitsNetwork
+from mit_semseg.inference.trained_model import TrainedModel
+from mit_semseg.models import build_segmentation_model, zoo
+
+CPU = torch.device("cpu")
+NUM_CLASS = 6
+
+
+def _write_images(folder, count, size=(40, 56)):
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    paths = []
+    for index in range(count):
+        path = folder / f"img_{index:02d}.png"
+        cv2.imwrite(str(path), rng.integers(0, 256, (*size, 3), dtype=np.uint8))
+        paths.append(path)
+    return paths
+
+
+def _odgt(root, paths):
+    lines = [f'{{"fpath_img": "{p.relative_to(root).as_posix()}"}}' for p in paths]
+    (root / "list.odgt").write_text("\n".join(lines) + "\n")
+    return root / "list.odgt"
+
+
+def _varied_model(encoder, decoder, seed=0):
+    """A random model whose BatchNorm statistics and affine parameters differ per channel, so
+    that folding and quantization see realistic, uneven ranges."""
+    torch.manual_seed(seed)
+    module = build_segmentation_model(encoder, decoder, NUM_CLASS).eval()
+    for m in module.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.2, 0.2)
+            m.running_var.uniform_(0.5, 1.5)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.3, 0.3)
+    return module
+
+
+def _saved(module, folder, encoder, decoder):
+    folder.mkdir(parents=True, exist_ok=True)
+    for part in ("encoder", "decoder"):
+        torch.save(getattr(module, part).state_dict(), folder / f"{part}_epoch_1.pth")
+    return TrainedModel(encoder, decoder, NUM_CLASS, folder, "epoch_1.pth")
+
+
+# ------------------------------------------------------------------------- calibration set
+def test_calibration_set_takes_evenly_spaced_images_of_an_odgt_below_its_root(tmp_path):
+    paths = _write_images(tmp_path / "images", 10)
+    listing = _odgt(tmp_path, paths)
+    chosen = CalibrationSet(listing, tmp_path, images=4).image_paths()
+    assert chosen == [str(tmp_path / "images" / f"img_{i:02d}.png") for i in (0, 2, 5, 7)]
+    # a shorter list gives all of its images; a folder is read as test.py reads one
+    assert len(CalibrationSet(listing, tmp_path, images=50).image_paths()) == 10
+    assert CalibrationSet(tmp_path / "images", images=2).image_paths() == [
+        str(paths[0]), str(paths[5])]
+
+
+def test_calibration_inputs_are_every_image_at_every_scale(tmp_path):
+    _write_images(tmp_path / "images", 3, size=(40, 56))
+    calibration = CalibrationSet(tmp_path / "images", images=2, scales=(32, 48), max_size=100,
+                                 padding_constant=8)
+    shapes = [tuple(x.shape) for x in calibration.inputs()]
+    # short side 32 -> 32x48 (44.8 rounded up to 48); 48 -> 48x72 (67.2 -> 72)
+    assert shapes == [(1, 3, 32, 48), (1, 3, 48, 72)] * 2
+
+
+def test_calibration_set_refuses_no_images_and_names_a_missing_list(tmp_path):
+    with pytest.raises(ValueError, match="calibration images must be > 0"):
+        CalibrationSet(tmp_path, images=0)
+    with pytest.raises(FileNotFoundError, match="missing.odgt"):
+        CalibrationSet(tmp_path / "missing.odgt", tmp_path).image_paths()
+
+
+def test_calibration_digest_follows_the_images_and_settings(tmp_path):
+    paths = _write_images(tmp_path / "images", 4)
+    calibration = CalibrationSet(tmp_path / "images", images=4, scales=(32,))
+    digest = calibration.digest()
+    assert CalibrationSet(tmp_path / "images", images=4, scales=(32,)).digest() == digest
+    assert CalibrationSet(tmp_path / "images", images=4, scales=(48,)).digest() != digest
+    assert CalibrationSet(tmp_path / "images", images=3, scales=(32,)).digest() != digest
+    cv2.imwrite(str(paths[1]), np.zeros((40, 56, 3), np.uint8))  # same name, new pixels
+    assert calibration.digest() != digest
+
+
+# ---------------------------------------------------------------------------- cache key
+def test_cache_key_changes_with_the_weights_and_the_calibration(tmp_path):
+    pytest.importorskip("torchao", reason="needs pip install 'mit_semseg[int8]'")
+    _write_images(tmp_path / "images", 3)
+    calibration = CalibrationSet(tmp_path / "images", images=2, scales=(32,))
+    model = TrainedModel("resnet18dilated", "c1", NUM_CLASS, tmp_path / "run", "epoch_1.pth")
+    (tmp_path / "run").mkdir()
+    for part in ("encoder", "decoder"):
+        (tmp_path / "run" / f"{part}_epoch_1.pth").write_bytes(b"weights " + part.encode())
+    path = int8.int8_cache_path(model, calibration, tmp_path / "cache")
+    assert path.parent == tmp_path / "cache" and path.name.startswith("resnet18dilated-c1-")
+    assert int8.int8_cache_path(model, calibration, tmp_path / "cache") == path
+    (tmp_path / "run" / "decoder_epoch_1.pth").write_bytes(b"retrained")
+    retrained = int8.int8_cache_path(model, calibration, tmp_path / "cache")
+    assert retrained != path
+    other_images = CalibrationSet(tmp_path / "images", images=3, scales=(32,))
+    assert int8.int8_cache_path(model, other_images, tmp_path / "cache") != retrained
+    plain = TrainedModel("resnet18", "c1", NUM_CLASS, tmp_path / "run", "epoch_1.pth")
+    assert int8.int8_cache_path(plain, calibration, tmp_path / "cache") != retrained
+
+
+# ------------------------------------------------------------------------ where it runs
+def _capabilities(monkeypatch, **changes):
+    capabilities = {**torch.cpu.get_capabilities(), **changes}
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: capabilities)
+
+
+def test_int8_is_refused_without_int8_units_in_one_sentence(monkeypatch):
+    monkeypatch.setattr(int8.importlib.util, "find_spec", lambda name: object())
+    _capabilities(monkeypatch, architecture="x86_64", cpu_name="Old CPU", amx_int8=False,
+                  avx512_vnni=False, avx_vnni=False)
+    reason = int8_unavailable(CPU)
+    assert reason.startswith("int8 inference needs a CPU with an int8 dot-product unit")
+    assert "AMX-INT8, AVX-512 VNNI, AVX-VNNI" in reason and "Old CPU" in reason
+    assert "\n" not in reason
+    _capabilities(monkeypatch, architecture="x86_64", avx_vnni=True)
+    assert int8.int8_units() == ["AVX-VNNI"] and int8_unavailable(CPU) is None
+    _capabilities(monkeypatch, architecture="aarch64")
+    assert "x86-64" in int8_unavailable(CPU)
+    assert int8_unavailable("cuda:0") == "int8 inference runs on the CPU, not on cuda:0"
+
+
+def test_missing_torchao_names_the_extra(monkeypatch):
+    monkeypatch.setattr(int8.importlib.util, "find_spec", lambda name: None)
+    assert int8_unavailable(CPU) == ("int8 inference needs torchao: pip install "
+                                     "'mit_semseg[int8]'")
+    model = Int8Model("resnet18dilated", "c1", NUM_CLASS, "run", "epoch_1.pth",
+                      calibration_file="calibration.pt")
+    with pytest.raises(RuntimeError, match=r"mit_semseg\[int8\]"):
+        model.load(CPU)
+
+
+# --------------------------------------------------------------------- the graph it needs
+# ResNet-101 is built from ResNet-50's blocks; its networks (slow to build) run with -m slow
+RELEASES = [pytest.param(name, marks=pytest.mark.slow) if "resnet101" in name else name
+            for name in zoo.list_models()]
+
+
+@pytest.mark.parametrize("name", RELEASES)
+def test_no_module_runs_twice_in_a_released_network(name):
+    """prepare_pt2e annotates one call per module: a module called twice (a shared ReLU)
+    makes it fail. ReLUs hold no state, so one per call keeps the checkpoint format."""
+    release = zoo.get_model(name)
+    module = build_segmentation_model(release.arch_encoder, release.arch_decoder, NUM_CLASS)
+    network = LogitsNetwork(module.encoder, module.decoder).eval()
+    calls = collections.Counter()
+    names = {id(m): n for n, m in network.named_modules()}
+    hooks = [m.register_forward_hook(lambda m, i, o: calls.update([names[id(m)]]))
+             for m in network.modules()]
+    with torch.no_grad():
+        network(torch.randn(1, 3, 64, 64))
+    for hook in hooks:
+        hook.remove()
+    assert calls and max(calls.values()) == 1, calls.most_common(3)
+
+
+def test_inputs_below_the_exported_minimum_are_refused_naming_the_fix():
+    compiled = int8._FrozenCompiled(torch.nn.Identity())  # compiles on its first call only
+    with pytest.raises(ValueError, match=r"at least 64 px per side, got \(32, 100\) \(raise "
+                                         r"DATASET.imgSizes"):
+        compiled(torch.zeros(1, 3, 32, 100))
+
+
+# ------------------------------------------------------------------ real int8 networks
+def _needs_int8():
+    pytest.importorskip("torchao", reason="needs pip install 'mit_semseg[int8]'")
+    reason = int8_unavailable(CPU)
+    if reason:
+        pytest.skip(reason)
+
+
+# |int8 - float| / |float| of the logits of random-weight networks: int8 rounding through 20 to
+# 100 layers, measured up to ~0.16 (compiled ResNet-18 + PPM); a wrong scale, a dropped layer
+# or a broken graph gives ~1
+ERROR_BOUND = 0.25
+
+
+def _relative_error(got, expected):
+    return ((got - expected).norm() / expected.norm()).item()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+@pytest.mark.parametrize("name", zoo.list_models())
+def test_every_released_architecture_quantizes_close_to_float(name):
+    """The converted int8 graph (run eagerly, no compilation) computes the float network's
+    logits within int8 rounding, on images like those it was calibrated on."""
+    _needs_int8()
+    release = zoo.get_model(name)
+    module = _varied_model(release.arch_encoder, release.arch_decoder)
+    generator = torch.Generator().manual_seed(0)
+    images = [torch.randn(1, 3, 64, 96, generator=generator) for _ in range(3)]
+    states = int8.calibrate_int8(module, images[:2])
+    quantized = int8._quantized(module, states)
+    with torch.no_grad():
+        error = _relative_error(quantized(images[2]), module.logits(images[2]))
+    assert error < ERROR_BOUND, error
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+def test_compiled_int8_compiles_once_for_every_image_size_and_matches_float():
+    _needs_int8()
+    import torch._dynamo.utils as dynamo_utils
+
+    module = _varied_model("resnet18dilated", "ppm_deepsup")
+    generator = torch.Generator().manual_seed(0)
+    states = int8.calibrate_int8(
+        module, [torch.randn(1, 3, 96, 128, generator=generator) for _ in range(2)])
+    segmenter = int8.int8_segmenter(module, states)
+    torch._dynamo.reset()
+    dynamo_utils.counters.clear()
+    for size in [(96, 128), (104, 136), (200, 96), (336, 448), (520, 672)]:
+        image = torch.randn(1, 3, *size, generator=generator)
+        with torch.inference_mode():
+            logits = segmenter.logits(image)
+            expected = module.logits(image)
+        assert logits.shape == expected.shape
+        assert _relative_error(logits, expected) < ERROR_BOUND
+    # one graph for all sizes: adaptive pooling as matrix products and the 1x1 branch's
+    # mean by rows and columns keep every shape symbolic
+    assert dynamo_utils.counters["stats"]["unique_graphs"] == 1
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+def test_int8_model_calibrates_once_and_loads_from_the_cache(tmp_path, monkeypatch):
+    _needs_int8()
+    module = _varied_model("mobilenetv2dilated", "c1_deepsup")
+    model = _saved(module, tmp_path / "run", "mobilenetv2dilated", "c1_deepsup")
+    _write_images(tmp_path / "images", 3, size=(72, 96))
+    calibration = CalibrationSet(tmp_path / "images", images=2, scales=(96,), max_size=128)
+    first = int8.int8_model(model, calibration, cache_dir=tmp_path / "cache")
+    assert first.precision == "int8" and first.calibration_file.is_file()
+    assert sorted(p.suffix for p in (tmp_path / "cache").iterdir()) == [".lock", ".pt"]
+
+    def no_second_calibration(*args, **kwargs):
+        raise AssertionError("calibrated again")
+
+    monkeypatch.setattr(int8, "calibrate_int8", no_second_calibration)
+    again = int8.int8_model(model, calibration, cache_dir=tmp_path / "cache")
+    assert again == first
+    segmenter = again.load(CPU)
+    image = next(calibration.inputs())
+    with torch.inference_mode():
+        assert _relative_error(segmenter.logits(image), module.logits(image)) < ERROR_BOUND
+
