@@ -13,8 +13,8 @@ argmax, under ``torch.no_grad()``.
 
 Time per image = the forward passes + averaging + argmax (what the original's eval.py times),
 one warm-up image per run excluded (its time is reported apart as "first image": it holds the
-compilation of ``ours_compiled`` / ``ours_int8`` and oneDNN's kernel generation); "start-up" is the time to
-build the model and prepare the variant's path.
+compilation of ``ours_compiled`` / ``ours_int8`` and oneDNN's kernel generation);
+"start-up" is the time to build the model and prepare the variant's path.
 Runs alternate over all variants, each a fresh process, for every thread count.
 
 Variants: ``ours`` (the default: ``MODEL.fast_inference``, i.e. BatchNorm folded, PPM and
