@@ -19,24 +19,12 @@ from mit_semseg.inference.fast_path import (
     optimize_for_inference,
     to_channels_last,
 )
-from mit_semseg.inference.predict import PredictOptions, predict_labels, predict_probs
+from mit_semseg.inference.predict import PredictOptions, predict_probs
 from mit_semseg.models import DECODERS, ENCODERS, build_segmentation_model
 from mit_semseg.models.segmentation_module import softmax_over_classes
-from mit_semseg.nn.resample import MatrixAdaptiveAvgPool2d, bilinear_matrix
 
 CPU = torch.device("cpu")
 NUM_CLASS = 7
-
-
-@pytest.fixture
-def model():
-    module = build_segmentation_model("resnet18dilated", "c1_deepsup", NUM_CLASS).eval()
-    # non-trivial eval statistics, so that BatchNorm really takes part in the comparison
-    for m in module.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.uniform_(-0.2, 0.2)
-            m.running_var.uniform_(0.5, 1.5)
-    return module
 
 
 def test_channels_last_converts_conv_weights_and_keeps_the_state_dict(model):
@@ -193,23 +181,6 @@ def test_compiled_fast_path_compiles_once_for_all_input_sizes(decoder, plan):
                                            rtol=1e-4, atol=1e-4)
 
 
-# ----------------------------------------------------------------- exact resampling matrices
-@pytest.mark.parametrize("size,out", [(13, 6), (7, 3), (5, 6), (1, 1), (9, 9)])
-def test_adaptive_pool_matrix_equals_adaptive_avg_pool(size, out):
-    x = torch.randn(2, 3, size, size + 4, dtype=torch.float64)
-    expected = F.adaptive_avg_pool2d(x, (out, out + 1))
-    torch.testing.assert_close(MatrixAdaptiveAvgPool2d((out, out + 1))(x), expected)
-
-
-@pytest.mark.parametrize("size,out", [(6, 75), (3, 10), (1, 9), (7, 3), (10, 10)])
-def test_bilinear_matrix_equals_interpolate(size, out):
-    x = torch.randn(2, size, dtype=torch.float64)
-    expected = F.interpolate(x[None, :, :, None], size=(out, 1), mode="bilinear",
-                             align_corners=False)[0, :, :, 0]
-    got = x @ bilinear_matrix(size, out, x).T
-    torch.testing.assert_close(got, expected)
-
-
 # ----------------------------------------------------------------- convolution plans
 @pytest.mark.parametrize("plan", CONV_PLANS, ids=str)
 @pytest.mark.parametrize("batch,stride", [(1, 1), (3, 1), (1, 2)])
@@ -281,51 +252,3 @@ def test_torch_kernel_is_the_ordinary_convolution():
 def test_unknown_pointwise_kernel_is_refused():
     with pytest.raises(ValueError, match="pointwise kernel must be one of"):
         ConvPlan(True, "winograd")
-
-
-# ----------------------------------------------------------------- full-resolution tail
-@pytest.mark.parametrize("feature,out", [((9, 13), (71, 99)), ((12, 10), (12, 10)),
-                                         ((30, 20), (17, 11))])
-def test_banded_tail_equals_upsample_then_softmax(monkeypatch, feature, out):
-    monkeypatch.setattr(banded_tail, "BAND_BYTES", 4 * NUM_CLASS * out[1] * 5)  # 5-row bands
-    logits = torch.randn(2, NUM_CLASS, *feature)
-    upsampled = F.interpolate(logits, size=out, mode="bilinear", align_corners=False)
-    expected = F.softmax(upsampled, dim=1)
-    scores = torch.full((2, NUM_CLASS, *out), 0.25)
-    banded_tail.add_probabilities(scores, logits, terms=2)
-    torch.testing.assert_close(scores, 0.25 + expected / 2, rtol=0, atol=1e-6)
-    banded_tail.add_probabilities(scores, logits, overwrite=True)
-    torch.testing.assert_close(scores, expected, rtol=0, atol=1e-6)
-    labels = banded_tail.labels_from_logits(logits, out)
-    assert labels.shape == (2, *out) and torch.equal(labels, upsampled.argmax(1))
-
-
-def test_only_a_module_prepared_for_fast_inference_takes_the_banded_tail(model):
-    # the plain module keeps the original's full-size operations (bit-identical scores,
-    # tests/cli/test_scripts_upstream_equivalence.py)
-    assert banded_tail.fast_logits(model) is None
-    model.fast_tail = True
-    assert banded_tail.fast_logits(model) == model.logits
-    assert banded_tail.fast_logits(banded_tail.LogitsSegmenter(model.logits)) is not None
-
-
-def test_predict_labels_single_scale_is_the_argmax_of_predict_probs(model):
-    model.fast_tail = True  # takes the argmax-of-logits shortcut
-    img = [torch.randn(1, 3, 40, 56)]
-    labels = predict_labels(model, img, (45, 61), CPU)
-    assert labels.shape == (45, 61) and labels.dtype == torch.long
-    assert torch.equal(labels, predict_probs(model, img, (45, 61), CPU).argmax(0))
-
-
-def test_predict_probs_by_bands_equals_the_modules_own_probabilities(model, monkeypatch):
-    monkeypatch.setattr(banded_tail, "BAND_BYTES", 4 * NUM_CLASS * 61 * 7)
-    model.fast_tail = True
-    imgs = [torch.randn(1, 3, 40, 56), torch.randn(1, 3, 48, 64)]
-    with torch.inference_mode():
-        expected = sum(model({"img_data": x}, segSize=(45, 61)) for x in imgs) / 2
-        mirrored = sum(model({"img_data": x.flip(-1)}, segSize=(45, 61)).flip(-1) for x in imgs)
-    torch.testing.assert_close(predict_probs(model, imgs, (45, 61), CPU), expected[0],
-                               rtol=0, atol=1e-6)
-    with_flip = predict_probs(model, imgs, (45, 61), CPU, PredictOptions(flip=True))
-    torch.testing.assert_close(with_flip, (expected[0] * 2 + mirrored[0]) / 4, rtol=0,
-                               atol=1e-6)
