@@ -73,6 +73,7 @@ def _fresh_venv(tmp: Path, wheel: Path) -> Path:
     return venv
 
 
+@pytest.mark.slow
 def test_wheel_installs_commands_and_configs_that_run_from_an_empty_folder(tmp_path):
     from mit_semseg.data.synthetic import generate
 

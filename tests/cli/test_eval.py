@@ -109,6 +109,7 @@ print(json.dumps({"iou": iou.tolist(), "acc": acc_meter.average()}))
 """
 
 
+@pytest.mark.slow
 def test_eval_matches_the_original_pipeline(tiny_run, upstream_path):  # noqa: F811
     """The original package's dataset, models and metric code give the same numbers."""
     from mit_semseg.config import load_config

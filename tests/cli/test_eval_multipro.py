@@ -27,6 +27,7 @@ def _run(tiny_run, workers, *flags, **extra):  # noqa: F811
     )
 
 
+@pytest.mark.slow
 def test_one_and_two_processes_give_identical_metrics(tiny_run):  # noqa: F811
     results = {}
     for workers in (1, 2):  # 2 processes: uneven shards of 2 and 1 images
@@ -41,6 +42,7 @@ def test_one_and_two_processes_give_identical_metrics(tiny_run):  # noqa: F811
     assert results[1][0].sum() > 0
 
 
+@pytest.mark.slow
 def test_more_processes_than_images_and_bad_workers(tiny_run, in_process):  # noqa: F811
     proc = _run(tiny_run, NUM_VAL + 2)  # never an empty shard: one process per image
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -52,6 +54,7 @@ def test_more_processes_than_images_and_bad_workers(tiny_run, in_process):  # no
     assert code == 2 and "--workers must be >= 1" in out
 
 
+@pytest.mark.slow
 def test_worker_failure_stops_the_master_quickly(tiny_run, tmp_path):  # noqa: F811
     # the last record points at a corrupt image: the worker owning it fails
     lines = (tiny_run.data / "validation.odgt").read_text().splitlines()

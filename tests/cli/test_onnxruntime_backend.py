@@ -16,6 +16,9 @@ from mit_semseg.cli import test as test_cli
 from mit_semseg.deploy.onnxruntime import EXPORT_TOLERANCE, OnnxRuntimeSegmenter
 from mit_semseg.inference.predict import predict_probs
 
+# every test here exports a model first (about 20 s per worker); tests/deploy covers the export
+pytestmark = pytest.mark.slow
+
 ONNX = ("MODEL.backend", "onnxruntime")
 
 

@@ -131,6 +131,7 @@ def test_test_py_names_classes_from_the_run_folder(source_run, tmp_path, in_proc
     assert shares and all(any(f"{n}: " in line for n in CLASSES) for line in shares)
 
 
+@pytest.mark.slow
 def test_fine_tuning_a_run_folder_copies_matched_classes(source_run, tmp_path, in_process):
     """Target classes: two of the source's (one by a synonym, the other in capitals) and a new
     one; with no step taken, the checkpoint is the initialisation."""

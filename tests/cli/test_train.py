@@ -130,6 +130,7 @@ def _checkpoint_files_load(out: Path) -> None:
         torch.load(path, weights_only=True)  # raises on a truncated file
 
 
+@pytest.mark.slow
 def test_kill_and_resume_equals_uninterrupted_run(dataset, tmp_path):
     opts = ["--cfg", str(CONFIG), "--gpus", "cpu"]
     keys = {"epoch_iters": 4, "workers": 1, "disp_iter": 2}

@@ -42,6 +42,7 @@ def test_one_process_two_cpu_replicas():
     check_running_statistics(state, batches([(48, 64), (56, 40)]), MOMENTUM)
 
 
+@pytest.mark.slow
 def test_torchrun_two_processes():
     mp.spawn(ddp_rank, args=(2, _free_port(), str(REPO_ROOT), MOMENTUM), nprocs=2, join=True)
 

@@ -117,6 +117,7 @@ def _sizes_per_step(out) -> list[list[tuple[int, int]]]:
             for batch in device_batches(make_loader, cfg.TRAIN.seed, [0, 1], epoch)]
 
 
+@pytest.mark.slow
 def test_torchrun_equals_two_cpu_replicas_bit_for_bit(reference, dataset, initial_weights,
                                                       tmp_path):
     sizes = _sizes_per_step(reference)
@@ -151,6 +152,7 @@ def _assert_stopped_cleanly(proc, out, output: str, signum: int) -> int:
     return iteration
 
 
+@pytest.mark.slow
 def test_sigint_saves_and_resume_gives_the_same_model(reference, dataset, initial_weights,
                                                       tmp_path):
     out = tmp_path / "run"
@@ -175,6 +177,7 @@ def test_sigint_saves_and_resume_gives_the_same_model(reference, dataset, initia
     _assert_same_model(reference, out)
 
 
+@pytest.mark.slow
 def test_sigterm_to_one_torchrun_rank_stops_every_rank(reference, dataset, initial_weights,
                                                        tmp_path):
     out = tmp_path / "run"

@@ -78,6 +78,7 @@ def test_onnx_probabilities_equal_eager_at_odd_sizes(exported, encoder, decoder)
                                    rtol=0, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_onnxruntime_backend_in_multi_scale_prediction(exported):
     from mit_semseg.deploy.onnxruntime import OnnxRuntimeSegmenter
 
