@@ -116,7 +116,21 @@ def _check(condition: bool, key: str, message: str, source: str) -> None:
 
 def validate_config(node: CfgNode, source: str = "config") -> None:
     """Check value ranges and cross-key constraints; raise :class:`ConfigError` naming the key."""
-    d, t = node.DATASET, node.TRAIN
+    _validate_dataset(node.DATASET, source)
+    _validate_model(node.MODEL, source)
+    _validate_training(node.TRAIN, node.DATASET.num_class, source)
+    _validate_evaluation(node, source)
+    _check(
+        bool(_DEVICE_PATTERN.match(node.DEVICE)), "DEVICE",
+        f"must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {node.DEVICE!r}", source,
+    )
+    _check(
+        node.DIST.backend in _BACKEND_CHOICES, "DIST.backend",
+        f"must be one of {_BACKEND_CHOICES}, got {node.DIST.backend!r}", source,
+    )
+
+
+def _validate_dataset(d: CfgNode, source: str) -> None:
     _check(d.num_class > 0, "DATASET.num_class", f"must be > 0, got {d.num_class}", source)
     sizes = d.imgSizes
     _check(
@@ -137,16 +151,23 @@ def validate_config(node: CfgNode, source: str = "config") -> None:
            f"must be one of {_PREFLIGHT_CHOICES}, got {d.preflight!r}", source)
     _check(d.max_image_pixels > 0, "DATASET.max_image_pixels",
            f"must be > 0, got {d.max_image_pixels}", source)
-    _check(node.MODEL.backend in _MODEL_BACKEND_CHOICES, "MODEL.backend",
-           f"must be one of {_MODEL_BACKEND_CHOICES}, got {node.MODEL.backend!r}", source)
-    _check(node.MODEL.precision in _MODEL_PRECISION_CHOICES, "MODEL.precision",
-           f"must be one of {_MODEL_PRECISION_CHOICES}, got {node.MODEL.precision!r}", source)
-    _check(node.MODEL.calibration_images > 0, "MODEL.calibration_images",
-           f"must be > 0, got {node.MODEL.calibration_images}", source)
-    _check(
-        bool(_DEVICE_PATTERN.match(node.DEVICE)), "DEVICE",
-        f"must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {node.DEVICE!r}", source,
-    )
+
+
+def _validate_model(m: CfgNode, source: str) -> None:
+    _check(m.backend in _MODEL_BACKEND_CHOICES, "MODEL.backend",
+           f"must be one of {_MODEL_BACKEND_CHOICES}, got {m.backend!r}", source)
+    _check(m.precision in _MODEL_PRECISION_CHOICES, "MODEL.precision",
+           f"must be one of {_MODEL_PRECISION_CHOICES}, got {m.precision!r}", source)
+    _check(m.calibration_images > 0, "MODEL.calibration_images",
+           f"must be > 0, got {m.calibration_images}", source)
+    both = [key for key in ("weights_encoder", "weights_decoder") if m[key]]
+    _check(not (m.init_from and both), "MODEL.init_from",
+           f"and MODEL.{' and MODEL.'.join(both)} are both set; MODEL.init_from starts the "
+           "whole model from another one (for other classes), MODEL.weights_* load files that "
+           "fit exactly: keep one", source)
+
+
+def _validate_training(t: CfgNode, num_class: int, source: str) -> None:
     for key in ("batch_size_per_gpu", "num_epoch", "epoch_iters", "disp_iter"):
         _check(t[key] > 0, f"TRAIN.{key}", f"must be > 0, got {t[key]}", source)
     _check(
@@ -164,26 +185,19 @@ def validate_config(node: CfgNode, source: str = "config") -> None:
                 "freeze_encoder_iters"):
         _check(t[key] >= 0, f"TRAIN.{key}", f"must be >= 0, got {t[key]}", source)
     weights = t.class_weights
-    _check(not weights or (len(weights) == d.num_class
+    _check(not weights or (len(weights) == num_class
                            and all(isinstance(w, (int, float)) and not isinstance(w, bool)
                                    and 0 <= w < float("inf") for w in weights)
                            and sum(weights) > 0),
-           "TRAIN.class_weights", f"must be () or {d.num_class} (DATASET.num_class) numbers "
+           "TRAIN.class_weights", f"must be () or {num_class} (DATASET.num_class) numbers "
            f">= 0, not all 0, got {weights!r}", source)
-    m = node.MODEL
-    both = [key for key in ("weights_encoder", "weights_decoder") if m[key]]
-    _check(not (m.init_from and both), "MODEL.init_from",
-           f"and MODEL.{' and MODEL.'.join(both)} are both set; MODEL.init_from starts the "
-           "whole model from another one (for other classes), MODEL.weights_* load files that "
-           "fit exactly: keep one", source)
+
+
+def _validate_evaluation(node: CfgNode, source: str) -> None:
     for section in ("TRAIN", "VAL", "TEST"):
         amp = node[section].amp
         _check(amp in _AMP_CHOICES, f"{section}.amp",
                f"must be one of {_AMP_CHOICES}, got {amp!r}", source)
-    _check(
-        node.DIST.backend in _BACKEND_CHOICES, "DIST.backend",
-        f"must be one of {_BACKEND_CHOICES}, got {node.DIST.backend!r}", source,
-    )
     for section in ("VAL", "TEST"):
         n = node[section]
         # read by nothing: kept so that config.yaml files dumped by the original load, which
