@@ -48,7 +48,6 @@ from typing import Any, ClassVar
 
 import torch
 import torch._inductor.config as inductor_config
-from filelock import FileLock
 from torch import nn
 from tqdm import tqdm
 
@@ -56,7 +55,7 @@ from mit_semseg.data.datasets import TestDataset
 from mit_semseg.data.odgt import list_images, read_odgt
 from mit_semseg.deploy.export import example_and_dims, inference_network
 from mit_semseg.download import cache_root, sha256_file
-from mit_semseg.files import atomic_write
+from mit_semseg.files import atomic_write, exclusive_lock
 from mit_semseg.inference.banded_tail import LogitsSegmenter
 from mit_semseg.inference.fast_path import LogitsNetwork
 from mit_semseg.inference.trained_model import TrainedModel
@@ -358,7 +357,7 @@ def cached_int8_calibration(model: TrainedModel, calibration: CalibrationSet,
     """
     path = int8_cache_path(model, calibration, cache_dir)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(f"{path}.lock"):
+    with exclusive_lock(f"{path}.lock"):
         if path.is_file():
             logger.info("int8 calibration (cached): %s", path)
             return path
