@@ -281,16 +281,22 @@ def test_a_fresh_start_keeps_an_earlier_run(finished_run, tmp_path, in_process):
     assert state["iteration"] == 1 and "encoder_epoch_1.pth" in {p.name for p in out.iterdir()}
 
 
-def test_an_elastic_restart_does_not_adopt_an_earlier_run(finished_run, tmp_path, in_process,
-                                                          monkeypatch):
-    # The first start of a torchrun job was refused (its DIR holds another run) and torchrun
-    # restarted it: the restart must not continue that run, even one with a compatible config.
+def _copy_of_earlier_run(finished_run, tmp_path):
+    """A copy of the finished run in ``tmp_path/run``, its options pointing there, and another
+    training list (so a restart's config differs from the run it finds)."""
     earlier, opts = finished_run
     out = tmp_path / "run"
     shutil.copytree(earlier, out)
     other_list = tmp_path / "other.odgt"
     shutil.copy(opts[opts.index("DATASET.list_train") + 1], other_list)
-    opts = [str(out) if a == str(earlier) else a for a in opts]
+    return out, [str(out) if a == str(earlier) else a for a in opts], other_list
+
+
+def test_an_elastic_restart_does_not_adopt_an_earlier_run(finished_run, tmp_path, in_process,
+                                                          monkeypatch):
+    # The first start of a torchrun job was refused (its DIR holds another run) and torchrun
+    # restarted it: the restart must not continue that run, even one with a compatible config.
+    out, opts, other_list = _copy_of_earlier_run(finished_run, tmp_path)
     before = _files(out)
     monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")
     monkeypatch.setenv("TORCHELASTIC_RUN_ID", "job-b")
@@ -307,12 +313,7 @@ def test_an_elastic_restart_does_not_adopt_an_earlier_run(finished_run, tmp_path
 def test_torchrun_max_restarts_does_not_adopt_an_earlier_run(finished_run, tmp_path):
     # the issue's case under a real torchrun: refused at its first start, restarted by
     # torchrun, the job must not continue the run it found in DIR
-    earlier, opts = finished_run
-    out = tmp_path / "run"
-    shutil.copytree(earlier, out)
-    other_list = tmp_path / "other.odgt"
-    shutil.copy(opts[opts.index("DATASET.list_train") + 1], other_list)
-    opts = [str(out) if a == str(earlier) else a for a in opts]
+    out, opts, other_list = _copy_of_earlier_run(finished_run, tmp_path)
     before = _files(out)
     launcher = torchrun(1, "--rdzv-backend", "c10d", "--rdzv-endpoint",
                         f"127.0.0.1:{free_port()}", "--rdzv-id", "job-b", "--max-restarts", "1")
