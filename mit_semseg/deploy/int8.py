@@ -304,8 +304,7 @@ def int8_segmenter(segmentation_module: nn.Module, states: dict[str, torch.Tenso
 
 def _plain(model: TrainedModel) -> TrainedModel:
     """``model`` as a plain float :class:`TrainedModel` (the module as built, no fast path)."""
-    fields = {f.name: getattr(model, f.name) for f in dataclasses.fields(TrainedModel)}
-    return TrainedModel(**{**fields, "fast_inference": False})
+    return dataclasses.replace(model, fast_inference=False)
 
 
 def int8_cache_path(model: TrainedModel, calibration: CalibrationSet,
