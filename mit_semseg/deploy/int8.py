@@ -304,7 +304,10 @@ def int8_segmenter(segmentation_module: nn.Module, states: dict[str, torch.Tenso
 
 def _plain(model: TrainedModel) -> TrainedModel:
     """``model`` as a plain float :class:`TrainedModel` (the module as built, no fast path)."""
-    return dataclasses.replace(model, fast_inference=False)
+    # a TrainedModel built anew, not dataclasses.replace: that would keep the subclass
+    # (Int8TrainedModel), whose load() calls this again
+    fields = {f.name: getattr(model, f.name) for f in dataclasses.fields(TrainedModel)}
+    return TrainedModel(**{**fields, "fast_inference": False})
 
 
 def int8_cache_path(model: TrainedModel, calibration: CalibrationSet,
