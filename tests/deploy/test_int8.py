@@ -2,6 +2,7 @@
 with ``-m slow`` (an export, a calibration and a compilation take tens of seconds each)."""
 
 import collections
+import dataclasses
 
 import cv2
 import numpy as np
@@ -237,6 +238,28 @@ def test_compiled_int8_compiles_once_for_every_image_size_and_matches_float():
     # one graph for all sizes: adaptive pooling as matrix products and the 1x1 branch's
     # mean by rows and columns keep every shape symbolic
     assert dynamo_utils.counters["stats"]["unique_graphs"] == 1
+
+
+def test_int8_model_quantizes_the_float_model_of_its_weight_files(tmp_path, monkeypatch):
+    # the quantization itself is -m slow; here: what load() hands to it (a refactoring once
+    # made it build an Int8Model again, whose load() recursed)
+    module = _varied_model("mobilenetv2dilated", "c1_deepsup")
+    model = _saved(module, tmp_path / "run", "mobilenetv2dilated", "c1_deepsup")
+    states = {"observer": torch.ones(2)}
+    torch.save(states, tmp_path / "calibration.pt")
+    quantized = Int8Model(**{f.name: getattr(model, f.name) for f in dataclasses.fields(model)},
+                          calibration_file=tmp_path / "calibration.pt")
+    seen = {}
+    monkeypatch.setattr(int8, "int8_unavailable", lambda device: None)
+    monkeypatch.setattr(int8, "int8_segmenter",
+                        lambda float_module, loaded: seen.update(module=float_module,
+                                                                 states=loaded) or "segmenter")
+    assert quantized.load(CPU) == "segmenter"
+    assert torch.equal(seen["states"]["observer"], states["observer"])
+    expected = module.state_dict()
+    loaded = seen["module"].state_dict()
+    assert loaded.keys() == expected.keys()  # the plain module: no folded BatchNorm
+    assert all(torch.equal(loaded[k], expected[k]) for k in expected)
 
 
 @pytest.mark.slow
