@@ -10,8 +10,8 @@ always opt-in.
   1x1 convolutions (oneDNN or one GEMM, never PyTorch's slow single-thread fallback); the
   default, :data:`DEFAULT_CONV_PLAN` (NHWC, oneDNN), is fixed: it measured fastest, or
   within 5% of the fastest, in every case of ``benchmarks/bench_inference.py``'s
-  ``ours_plan_*`` variants, so nothing is timed at start-up (a plan chosen by timing it there cost 1-20 s per
-  process and could pick a slower plan when the machine was busy).
+  ``ours_plan_*`` variants, so nothing is timed at start-up (a plan chosen by timing it
+  there cost 1-20 s per process and could pick a slower plan when the machine was busy).
 * :func:`optimize_for_inference` applies all three; ``MODEL.fast_inference`` turns it on for
   ``eval.py``, ``eval_multipro.py`` and ``test.py``.
 * :func:`compile_module` wraps :func:`torch.compile` (shapes dynamic, optionally with
