@@ -105,7 +105,7 @@ def int8_unavailable(device: torch.device | str = "cpu") -> str | None:
     pairs of 8-bit values into saturating 16-bit sums: with oneDNN held to AVX2 or to AVX-512
     without VNNI (``ONEDNN_MAX_CPU_ISA``), int8 still ran at about half the float32 time
     but cost the demo model 0.8 mIoU point, against none with VNNI (benchmarks/RESULTS.md,
-    sections ``precision`` and ``precision_int8_no_vnni``), so it is refused there.
+    sections ``precision_int8@*`` and ``precision_int8_no_vnni@*``), so it is refused there.
     """
     device = torch.device(device)
     if device.type != "cpu":
