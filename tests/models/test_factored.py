@@ -224,7 +224,7 @@ def test_models_train_factored_by_default():
     assert not hasattr(c1.decoder, "factored_training")
 
 
-def test_state_dict_is_the_same_in_bothmake_forms():
+def test_state_dict_is_the_same_in_both_forms():
     plain, factored = make_forms("resnet18dilated", "ppm_deepsup", torch.float32)
     assert list(plain.state_dict()) == list(factored.state_dict())
     # a model trained either way loads into the other strictly
