@@ -102,10 +102,10 @@ def int8_unavailable(device: torch.device | str = "cpu") -> str | None:
 
     It needs the CPU (oneDNN's int8 kernels), torchao, an x86-64 CPU (the quantizer is
     x86's) and an int8 dot-product unit. Without one, oneDNN's int8 convolutions multiply
-    pairs of 8-bit values into saturating 16-bit sums: with oneDNN held to AVX2 or to AVX-512
-    without VNNI (``ONEDNN_MAX_CPU_ISA``), int8 still ran at about half the float32 time
-    but cost the demo model 0.8 mIoU point, against none with VNNI (benchmarks/RESULTS.md,
-    sections ``precision_int8@*`` and ``precision_int8_no_vnni@*``), so it is refused there.
+    pairs of 8-bit values into saturating 16-bit sums: with oneDNN held to AVX2
+    (``ONEDNN_MAX_CPU_ISA``) int8 cost the demo model 0.53 mIoU point (0.8238 -> 0.8185),
+    against +0.06 with VNNI (benchmarks/RESULTS.md, sections ``precision_int8@*`` and
+    ``precision_int8_no_vnni@*``), so it is refused there.
     """
     device = torch.device(device)
     if device.type != "cpu":
