@@ -42,7 +42,7 @@ def main() -> None:
     import torch
 
     from mit_semseg.config import get_cfg_defaults
-    from mit_semseg.engine.checkpoint import load_training_state
+    from mit_semseg.engine.checkpoint import RunStamp, load_training_state
     from mit_semseg.engine.optim import PolySchedule, build_optimizers
     from mit_semseg.engine.trainer import ResumableCheckpoint, TrainState, train_step
     from mit_semseg.models import build_segmentation_model
@@ -74,7 +74,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(dir=args.dir) as folder:
         path = Path(folder) / "checkpoint_last.pth"
-        last = ResumableCheckpoint(str(path), config_text=defaults.dump())
+        last = ResumableCheckpoint(str(path), stamp=RunStamp(config=defaults.dump()))
         saves, loads = [], []
         for _ in range(args.repeats):
             tic = time.perf_counter()

@@ -327,9 +327,11 @@ def train(cfg: Any, state: TrainState, num_devices: int) -> int:
         The exit status: 0, or 128 + the number of the signal that stopped the run.
     """
     t = cfg.TRAIN
+    config, world_size = cfg.dump(), state.dist_ctx.world_size
+    stamp = ckpt.RunStamp(world_size, num_devices * world_size, config,
+                     job_identity(config, state.dist_ctx.run_id))
     last = ResumableCheckpoint(os.path.join(cfg.DIR, ckpt.LAST_CHECKPOINT), t.checkpoint_every,
-                               cfg.dump(), num_devices * state.dist_ctx.world_size,
-                               job_identity(cfg.dump(), state.dist_ctx.run_id))
+                               stamp)
     # TRAIN.workers is shared by this process' devices
     make_loader = functools.partial(open_stream, cfg, -(-t.workers // num_devices),
                                     state.device.type == "cuda")

@@ -422,17 +422,13 @@ class ResumableCheckpoint:
         every: also write it every this many steps (``TRAIN.checkpoint_every``; 0 = only at
             the end of each epoch); :meth:`due` tells when (the loop's ``on_step`` hook,
             :class:`mit_semseg.engine.run_control.RunControl`, asks it).
-        config_text: the run's config as YAML (a resumed run is compared with it).
-        num_devices: devices of the whole job (all processes).
-        job: the writer's identity, stored with the state (see
-            :class:`mit_semseg.engine.checkpoint.RunStamp`).
+        stamp: the writing run (world size, devices, config, job identity), stored with the
+            state so that a run resuming from it can be compared with it.
     """
 
     path: str
     every: int = 0
-    config_text: str = ""
-    num_devices: int = 1
-    job: Mapping[str, str] = field(default_factory=dict)
+    stamp: RunStamp = RunStamp()
 
     def save(self, state: TrainState) -> None:
         """Write the file (rank 0); a collective: every rank must call it."""
@@ -442,9 +438,7 @@ class ResumableCheckpoint:
             save_training_state(
                 self.path, encoder=net.encoder, decoder=net.decoder,
                 optimizers=state.optimizers, epoch=state.epoch, iteration=state.iteration,
-                history=state.history, rng=rngs, scaler=state.scaler,
-                stamp=RunStamp(state.dist_ctx.world_size, self.num_devices, self.config_text,
-                               self.job))
+                history=state.history, rng=rngs, scaler=state.scaler, stamp=self.stamp)
 
     def due(self, state: TrainState) -> bool:
         """The periodic save is due: ``every`` steps, except at an epoch's end, which the

@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-from mit_semseg.engine.checkpoint import load_training_state
+from mit_semseg.engine.checkpoint import RunStamp, load_training_state
 from mit_semseg.engine.distributed import DistContext
 from mit_semseg.engine.optim import PolySchedule, build_optimizers
 from mit_semseg.engine.trainer import (
@@ -212,7 +212,7 @@ def test_out_of_range_labels_are_caught_on_the_host_before_the_forward():
 
 def test_checkpoint_every_n_steps_but_not_at_epoch_ends(tmp_path):
     path = tmp_path / "checkpoint_last.pth"
-    last = ResumableCheckpoint(str(path), every=2, config_text="DIR: x\n")
+    last = ResumableCheckpoint(str(path), every=2, stamp=RunStamp(config="DIR: x\n"))
     state = _state(TinySegModule(), iteration=0)  # 4 steps per epoch
     due_at = []
     for done in range(1, 9):
@@ -227,7 +227,7 @@ def test_saved_state_restores_the_run(tmp_path):
     torch.manual_seed(0)
     state = _state(TinySegModule(), iteration=0)
     train_one_epoch(state, iter([[_batch(i)] for i in range(4)]))
-    last = ResumableCheckpoint(str(tmp_path / "last.pth"), config_text="DIR: x\n")
+    last = ResumableCheckpoint(str(tmp_path / "last.pth"), stamp=RunStamp(config="DIR: x\n"))
     last.save(state)
     after_save = torch.rand(3)  # the random stream a resumed run must continue
     saved = load_training_state(last.path)
