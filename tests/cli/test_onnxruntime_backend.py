@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from eval_fixtures import CFG, make_tiny_run
+from model_helpers import randomise_batchnorm
 
 from mit_semseg.cli import common
 from mit_semseg.cli import test as test_cli
@@ -34,14 +35,8 @@ def varied_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("varied_run")
     run = make_tiny_run(root)
     torch.manual_seed(1)
-    module = build_segmentation_model("mobilenetv2dilated", "c1_deepsup", run.num_class,
-                                      fc_dim=320)
-    for m in module.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.uniform_(-0.2, 0.2)
-            m.running_var.uniform_(0.5, 1.5)
-            m.weight.data.uniform_(0.5, 1.5)
-            m.bias.data.uniform_(-0.5, 0.5)
+    module = randomise_batchnorm(build_segmentation_model(
+        "mobilenetv2dilated", "c1_deepsup", run.num_class, fc_dim=320), bias=0.5)
     for part in ("encoder", "decoder"):
         torch.save(getattr(module, part).state_dict(), run.ckpt / f"{part}_epoch_1.pth")
     home = root / "home"

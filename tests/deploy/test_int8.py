@@ -8,6 +8,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from model_helpers import randomise_batchnorm
 
 from mit_semseg.deploy import int8
 from mit_semseg.deploy.int8 import CalibrationSet, Int8Model, int8_unavailable
@@ -40,14 +41,8 @@ def _varied_model(encoder, decoder, seed=0):
     """A random model whose BatchNorm statistics and affine parameters differ per channel, so
     that folding and quantization see realistic, uneven ranges."""
     torch.manual_seed(seed)
-    module = build_segmentation_model(encoder, decoder, NUM_CLASS).eval()
-    for m in module.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.uniform_(-0.2, 0.2)
-            m.running_var.uniform_(0.5, 1.5)
-            m.weight.data.uniform_(0.5, 1.5)
-            m.bias.data.uniform_(-0.3, 0.3)
-    return module
+    return randomise_batchnorm(build_segmentation_model(encoder, decoder, NUM_CLASS).eval(),
+                               bias=0.3)
 
 
 def _saved(module, folder, encoder, decoder):
