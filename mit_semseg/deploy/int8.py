@@ -9,7 +9,13 @@ compiled by inductor, was chosen by measurement against onnxruntime's ``quantize
 1. :func:`quantizable_network`: BatchNorm folded, deep supervision dropped and adaptive pooling
    written as matrix products (:func:`mit_semseg.deploy.export.inference_network`): inductor's
    own adaptive-pooling kernel is specialised to the input size, which would recompile the
-   network for every image size.
+   network for every image size. The PPM head takes its factored form
+   (:func:`mit_semseg.models.decoders.factored.factor_decoders`), as in fp32 fast inference:
+   the fusion convolution reads only ``conv5`` in int8 (half of the plain fusion's work), and
+   its part on the pooled maps (matrix products with bilinear weights) stays float32,
+   unquantized. UPerNet keeps its plain fusion here: its coarser maps scale with the image,
+   and the factored products reshape across those symbolic sizes, which ``torch.export``
+   cannot prove valid for every size.
 2. :func:`calibrate_int8`: ``torch.export`` with a dynamic height and width, torchao's
    ``prepare_pt2e`` with its ``X86InductorQuantizer`` (int8 per-channel weights, uint8
    per-tensor activations, histogram observers), then forward passes over calibration images
@@ -59,6 +65,8 @@ from mit_semseg.files import atomic_write, exclusive_lock
 from mit_semseg.inference.banded_tail import LogitsSegmenter
 from mit_semseg.inference.fast_path import LogitsNetwork
 from mit_semseg.inference.trained_model import TrainedModel
+from mit_semseg.models.decoders.factored import UpsampledConv3x3, factor_decoders
+from mit_semseg.models.decoders.ppm import PPM
 
 __all__ = [
     "INSTALL_HINT",
@@ -83,7 +91,8 @@ INSTALL_HINT = "pip install 'mit_semseg[int8]'"
 INT8_UNITS = {"amx_int8": "AMX-INT8", "avx512_vnni": "AVX-512 VNNI", "avx_vnni": "AVX-VNNI"}
 # Part of the cache key: raise it when the graph, the quantizer settings or the saved state
 # change.
-_FORMAT = "export(matrix pooling) -> X86InductorQuantizer static -> observer states v1"
+_FORMAT = ("export(matrix pooling, factored heads) -> X86InductorQuantizer static, factored "
+           "parts float -> observer states v2")
 _OBSERVER_PREFIX = "activation_post_process_"
 # the export's example input; its size is dynamic in the graph, from MIN_SIZE px per side (the
 # stride-32 encoders give torch.export a guard at 33 px; the scripts' scales are far above)
@@ -209,16 +218,27 @@ class CalibrationSet:
 
 def quantizable_network(segmentation_module: nn.Module) -> LogitsNetwork:
     """``images -> logits`` of an eval-mode copy of ``segmentation_module`` in the form that
-    is quantized: BatchNorm folded, no deep supervision, adaptive pooling as matrix products
-    (see the module docstring). ``segmentation_module`` is left unchanged."""
+    is quantized: BatchNorm folded, no deep supervision, adaptive pooling as matrix products,
+    the PPM head factored (see the module docstring). ``segmentation_module`` is left
+    unchanged."""
     exported = inference_network(segmentation_module, for_onnx=True)
+    factor_decoders(exported, types=(PPM,))
     return LogitsNetwork(exported.encoder, exported.decoder).eval()
+
+
+def _float_parts(network: nn.Module) -> list[str]:
+    """Names of the submodules the quantizer must leave in float32: the factored head's
+    resampling products, whose bilinear weights and comparisons are no activations."""
+    return [name for name, module in network.named_modules()
+            if isinstance(module, UpsampledConv3x3)]
 
 
 def _prepared(segmentation_module: nn.Module) -> torch.fx.GraphModule:
     """The network exported with a dynamic size and prepared with observers."""
     prepare_pt2e, _, quantizer = _torchao()
     network = quantizable_network(segmentation_module)
+    for name in _float_parts(network):
+        quantizer.set_module_name_qconfig(name, None)
     example, dims = example_and_dims(_EXAMPLE_SIZE, input_name="images", min_size=MIN_SIZE)
     with torch.no_grad():
         program = torch.export.export(network, (example,), dynamic_shapes=dims, strict=False)

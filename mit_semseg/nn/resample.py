@@ -84,4 +84,16 @@ class MatrixAdaptiveAvgPool2d(nn.Module):
             return x.mean(dim=-1, keepdim=True).mean(dim=-2, keepdim=True)
         rows = adaptive_pool_matrix(x.shape[-2], self.output_size[0], x)
         cols = adaptive_pool_matrix(x.shape[-1], self.output_size[1], x)
-        return rows @ x @ cols.transpose(0, 1)
+        # Per image, channels as the matrices' columns: ``(W, s_h, H) @ (W, H, C)`` then
+        # ``(s_h, s_w, W) @ (s_h, W, C)``, explicit batched products. ``rows @ x @ cols.T``
+        # multiplies each channel's (H, W) slice on its own, which on the channels-last maps of
+        # a compiled graph copies every slice first (0.25 s of a 2-s int8 forward); matmul's
+        # own folding would reshape across the symbolic sizes, which torch.export refuses.
+        s_h, s_w = self.output_size
+        pooled = []
+        for image in x.unbind(0):
+            pixels = image.permute(2, 1, 0)  # (W, H, C)
+            over_rows = torch.bmm(rows.expand(pixels.shape[0], s_h, -1), pixels)  # (W, s_h, C)
+            over_both = torch.bmm(cols.expand(s_h, s_w, -1), over_rows.transpose(0, 1))
+            pooled.append(over_both.permute(2, 0, 1))  # (C, s_h, s_w)
+        return torch.stack(pooled)

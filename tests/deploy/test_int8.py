@@ -167,6 +167,30 @@ def test_no_module_runs_twice_in_a_released_network(name):
     assert calls and max(calls.values()) == 1, calls.most_common(3)
 
 
+def _observed_modules(prepared):
+    """{innermost module name: observers} over the values a prepared graph observes (a
+    weight counts for the module that holds it)."""
+    observed_in = collections.Counter()
+    for node in prepared.graph.nodes:
+        if node.op == "call_module" and node.target.startswith(int8._OBSERVER_PREFIX):
+            source = node.args[0]
+            stack = source.meta.get("nn_module_stack", {}) if source.op != "get_attr" else {}
+            owner = (list(stack.values())[-1][0] if stack
+                     else str(source.target).rsplit(".", 1)[0])
+            observed_in[owner] += 1
+    return observed_in
+
+
+def test_ppm_head_is_int8_on_conv5_and_float_on_the_pooled_maps():
+    """The int8 network computes PPM's fusion in its factored form (half of the plain
+    fusion's work); the quantizer observes the convolution on conv5 and nothing inside the
+    resampling products, whose bilinear weights are no activations."""
+    pytest.importorskip("torchao", reason="needs pip install 'mit_semseg[int8]'")
+    observed_in = _observed_modules(int8._prepared(_varied_model("resnet18dilated", "ppm")))
+    assert observed_in["decoder.conv_main"] >= 1  # its weight, in int8
+    assert not [name for name in observed_in if name.startswith("decoder.branch_conv")]
+
+
 def test_inputs_below_the_exported_minimum_are_refused_naming_the_fix():
     compiled = int8._FrozenCompiled(torch.nn.Identity())  # compiles on its first call only
     with pytest.raises(ValueError, match=r"at least 64 px per side, got \(32, 100\) \(raise "

@@ -78,7 +78,7 @@ def _upsampled_conv_from_taps(taps: Sequence[torch.Tensor], maps: Sequence[torch
     in ``taps`` and ``maps``. ``(B, out, H, W)`` for ``size = (H, W)``, NCHW."""
     if len(maps) != len(taps):
         raise ValueError(f"expected {len(taps)} maps, got {len(maps)}")
-    height, width = int(size[0]), int(size[1])
+    height, width = size[0], size[1]  # symbolic under torch.export: no int()
     out = taps[0].shape[0] // 9
     rows, columns = [], []
     for tap, x in zip(taps, maps):
@@ -87,9 +87,11 @@ def _upsampled_conv_from_taps(taps: Sequence[torch.Tensor], maps: Sequence[torch
         partial = tap @ x.flatten(2)  # (B, 9 * out, h * w)
         partial = partial.reshape(batch, 3, 3, out, h, w).permute(0, 1, 3, 4, 2, 5)
         partial = partial.reshape(batch, 3, out, h, 3 * w)  # (B, k, out, p, (l, q))
-        col = _shifted_bilinear(w, width, like).permute(0, 2, 1).reshape(3 * w, width)
+        # concatenations, not reshapes of transposed views, here and below: those make
+        # torch.export guard on the symbolic width
+        col = torch.cat([shifted.t() for shifted in _shifted_bilinear(w, width, like)])
         partial = partial @ col.to(partial.dtype)  # (B, k, out, p, W)
-        columns.append(partial.permute(0, 2, 1, 3, 4).reshape(batch, out, 3 * h, width))
+        columns.append(torch.cat(partial.unbind(1), 2))  # (B, out, (k, p), W)
         row = _shifted_bilinear(h, height, like)  # (k, H, p)
         rows.append(row.permute(1, 0, 2).reshape(height, 3 * h))  # (H, (k, p))
     row_matrix = torch.cat(rows, 1)
@@ -263,11 +265,15 @@ class FactoredUPerNetDecoder(nn.Module):
         return self.post(_fuse(self.conv_main, self.upsampled_conv, finest, coarser))
 
 
-def factor_decoders(module: nn.Module) -> int:
+def factor_decoders(module: nn.Module, types: tuple[type, ...] | None = None) -> int:
     """Replaces every decoder inside ``module`` that has a factored inference form (PPM,
     UPerNet: their ``factored_inference_form()``) by that form, in place.
 
     For inference only: the result has no deep-supervision head and no training forward.
+
+    Args:
+        module: holds the decoders (e.g. a segmentation module).
+        types: replace only decoders of these classes (default: all that have the form).
 
     Returns:
         the number of decoders replaced.
@@ -276,7 +282,7 @@ def factor_decoders(module: nn.Module) -> int:
     for parent in list(module.modules()):
         for name, child in list(parent.named_children()):
             make = getattr(child, "factored_inference_form", None)
-            if make is None:
+            if make is None or (types is not None and not isinstance(child, types)):
                 continue
             setattr(parent, name, make())
             count += 1
