@@ -17,7 +17,9 @@ Variants: ``ours`` (the default, ``TRAIN.factored_heads True``: the PPM and UPer
 convolutions over upsampled maps computed at the small maps' sizes), ``ours_plain_heads``
 (``TRAIN.factored_heads False``, the original's arithmetic), ``ours_bf16`` (the default with
 ``TRAIN.amp bf16``: autocast, fast on CPUs with AMX or AVX-512 bf16 units, numbers change
-slightly), ``upstream`` (the original).
+slightly), ``ours_channels_last`` (the default with the model and the batch in channels-last
+memory, which is no training option: it measures what the layout alone would give),
+``upstream`` (the original).
 
 FLOPs per step: on the first run of each variant, one more forward + backward is counted by
 :class:`torch.utils.flop_counter.FlopCounterMode` (convolutions and matrix products, 2 FLOPs per
@@ -28,7 +30,7 @@ synchronisation) and memory is the peak of ``torch.cuda.max_memory_allocated`` d
 steps minus the allocation before the first step.
 
     python benchmarks/bench_train.py [--models r18d_c1ds r50d_ppmds r50_upernet]
-        [--variants ours upstream ours_plain_heads ours_bf16]
+        [--variants ours upstream ours_plain_heads ours_bf16 ours_channels_last]
         [--batch 2] [--size 384] [--steps 3] [--warmup 1] [--repeats 3] [--threads 2]
         [--device cpu|cuda]
 """
@@ -53,10 +55,12 @@ MODELS = {
 # variant -> (implementation, options of our training loop)
 VARIANTS = {"ours": ("ours", {}), "upstream": ("upstream", {}),
             "ours_plain_heads": ("ours", {"factored_heads": False}),
-            "ours_bf16": ("ours", {"amp": "bf16"})}
+            "ours_bf16": ("ours", {"amp": "bf16"}),
+            "ours_channels_last": ("ours", {"channels_last": True})}
 VARIANT_LABELS = {"ours": "ours (fp32, default: factored heads)", "upstream": "original 1.0.0",
                   "ours_plain_heads": "ours (fp32, TRAIN.factored_heads False)",
-                  "ours_bf16": "ours (bf16 autocast, factored heads)"}
+                  "ours_bf16": "ours (bf16 autocast, factored heads)",
+                  "ours_channels_last": "ours (fp32, factored heads, channels-last memory)"}
 NUM_CLASS = 150
 LR, MOMENTUM, WEIGHT_DECAY = 0.02, 0.9, 1e-4  # the original's config defaults
 TARGET = 0.8  # ours / original time
@@ -143,6 +147,9 @@ def measure(impl: str, job: dict[str, Any]) -> dict[str, Any]:
                                     if impl == "ours" else {})).to(device)
     batch = torch.load(job["inputs"], weights_only=True)
     batch = {k: v.to(device) for k, v in batch.items()}  # both sides start from device data
+    if opts.get("channels_last"):  # not a training option: how far the layout alone goes
+        module = module.to(memory_format=torch.channels_last)
+        batch["img_data"] = batch["img_data"].contiguous(memory_format=torch.channels_last)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
         mem_before = torch.cuda.memory_allocated(device) / 2**20
