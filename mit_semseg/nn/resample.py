@@ -87,7 +87,7 @@ class MatrixAdaptiveAvgPool2d(nn.Module):
         # Per image, channels as the matrices' columns: ``(W, s_h, H) @ (W, H, C)`` then
         # ``(s_h, s_w, W) @ (s_h, W, C)``, explicit batched products. ``rows @ x @ cols.T``
         # multiplies each channel's (H, W) slice on its own, which on the channels-last maps of
-        # a compiled graph copies every slice first (0.25 s of a 2-s int8 forward); matmul's
+        # a compiled graph copies every slice first (thousands of copies per forward); matmul's
         # own folding would reshape across the symbolic sizes, which torch.export refuses.
         s_h, s_w = self.output_size
         pooled = []
