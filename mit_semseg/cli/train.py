@@ -329,7 +329,7 @@ def train(cfg: Any, state: TrainState, num_devices: int) -> int:
     t = cfg.TRAIN
     config, world_size = cfg.dump(), state.dist_ctx.world_size
     stamp = ckpt.RunStamp(world_size, num_devices * world_size, config,
-                     job_identity(config, state.dist_ctx.run_id))
+                          job_identity(config, state.dist_ctx.run_id))
     last = ResumableCheckpoint(os.path.join(cfg.DIR, ckpt.LAST_CHECKPOINT), t.checkpoint_every,
                                stamp)
     # TRAIN.workers is shared by this process' devices

@@ -40,7 +40,6 @@ without int8 units (AMX-INT8, AVX-512 VNNI or AVX-VNNI) int8 is refused
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import importlib.metadata
 import importlib.util
@@ -325,9 +324,8 @@ def int8_segmenter(segmentation_module: nn.Module, states: dict[str, torch.Tenso
 def _plain(model: TrainedModel) -> TrainedModel:
     """``model`` as a plain float :class:`TrainedModel` (the module as built, no fast path)."""
     # a TrainedModel built anew, not dataclasses.replace: that would keep the subclass
-    # (Int8TrainedModel), whose load() calls this again
-    fields = {f.name: getattr(model, f.name) for f in dataclasses.fields(TrainedModel)}
-    return TrainedModel(**{**fields, "fast_inference": False})
+    # (Int8Model), whose load() calls this again
+    return TrainedModel(**{**model.plain_fields(), "fast_inference": False})
 
 
 def int8_cache_path(model: TrainedModel, calibration: CalibrationSet,
@@ -440,5 +438,4 @@ def int8_model(model: TrainedModel, calibration: CalibrationSet,
         probs = predict_probs(segmenter, img_list, seg_size, torch.device("cpu"))
     """
     path = cached_int8_calibration(model, calibration, cache_dir, progress)
-    fields = {f.name: getattr(model, f.name) for f in dataclasses.fields(TrainedModel)}
-    return Int8Model(**fields, calibration_file=path)
+    return Int8Model(**model.plain_fields(), calibration_file=path)

@@ -19,7 +19,6 @@ onnxruntime is an optional dependency: ``pip install 'mit_semseg[onnx]'``.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import logging
 import os
@@ -174,9 +173,8 @@ def cached_onnx_export(model: TrainedModel, cache_dir: str | os.PathLike | None 
         logger.info("exporting %s and %s to ONNX for onnxruntime (once; cached as %s)",
                     weights["encoder"], weights["decoder"], path)
         start = time.perf_counter()
-        plain = TrainedModel(**{f.name: getattr(model, f.name)
-                                 for f in dataclasses.fields(TrainedModel)})
-        module = dataclasses.replace(plain, fast_inference=False).load(torch.device("cpu"))
+        plain = TrainedModel(**{**model.plain_fields(), "fast_inference": False})
+        module = plain.load(torch.device("cpu"))
         metadata = {"arch_encoder": model.arch_encoder, "arch_decoder": model.arch_decoder,
                     "weights": f"{weights['encoder']}, {weights['decoder']}"}
         unchecked = path.with_name(f".{path.name}.{os.getpid()}.unchecked")

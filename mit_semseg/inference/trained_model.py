@@ -12,10 +12,11 @@ picklable value).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -57,6 +58,12 @@ class TrainedModel:
     # what runs the network, and in which number format (eval_metrics.json records both)
     backend: ClassVar[str] = "torch"
     precision: ClassVar[str] = "fp32"
+
+    def plain_fields(self) -> dict[str, Any]:
+        """The values of :class:`TrainedModel`'s own fields, a subclass's extra ones left out:
+        ``TrainedModel(**model.plain_fields())`` is the float PyTorch model under any backend
+        or precision (what the ONNX export and int8 quantization start from)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(TrainedModel)}
 
     def weight_files(self) -> dict[str, Path]:
         """``{"encoder": path, "decoder": path}``."""
