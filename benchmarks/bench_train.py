@@ -3,7 +3,9 @@
 For each model pair, both implementations train on the same weights and the same batch
 (``--batch`` images of ``--size`` px, 150 classes, random labels at the decoder's output
 stride). Ours runs through :func:`mit_semseg.engine.trainer.train_one_epoch` (the loop
-``train.py`` uses) with :func:`~mit_semseg.engine.optim.build_optimizers`; the original, whose
+``train.py`` uses) with :func:`~mit_semseg.engine.optim.build_optimizers`, in a process set up
+as train.py sets up its own (:func:`mit_semseg.nn.host_allocator.keep_freed_memory`); the
+original, whose
 training loop lives in its unpackaged ``train.py``, runs that loop's steps (``zero_grad``,
 forward, ``loss.mean().backward()``, one SGD step per net) on its own ``SegmentationModule``.
 
@@ -14,7 +16,9 @@ this is measured the same way for both sides. Runs alternate ours/original ``--r
 times; the table shows the medians and every run.
 
 Variants: ``ours`` (the default, ``TRAIN.factored_heads True``: the PPM and UPerNet fusion
-convolutions over upsampled maps computed at the small maps' sizes), ``ours_plain_heads``
+convolutions over upsampled maps computed at the small maps' sizes, the heads' wide 3x3
+convolutions in Winograd form), ``ours_default_malloc`` (the default without
+``keep_freed_memory``: glibc returns large freed blocks to the kernel), ``ours_plain_heads``
 (``TRAIN.factored_heads False``, the original's arithmetic), ``ours_bf16`` (the default with
 ``TRAIN.amp bf16``: autocast, fast on CPUs with AMX or AVX-512 bf16 units, numbers change
 slightly), ``ours_channels_last`` (the default with the model and the batch in channels-last
@@ -30,7 +34,8 @@ synchronisation) and memory is the peak of ``torch.cuda.max_memory_allocated`` d
 steps minus the allocation before the first step.
 
     python benchmarks/bench_train.py [--models r18d_c1ds r50d_ppmds r50_upernet]
-        [--variants ours upstream ours_plain_heads ours_bf16 ours_channels_last]
+        [--variants ours upstream ours_default_malloc ours_plain_heads ours_bf16
+                    ours_channels_last]
         [--batch 2] [--size 384] [--steps 3] [--warmup 1] [--repeats 3] [--threads 2]
         [--device cpu|cuda]
 """
@@ -54,10 +59,12 @@ MODELS = {
 }
 # variant -> (implementation, options of our training loop)
 VARIANTS = {"ours": ("ours", {}), "upstream": ("upstream", {}),
+            "ours_default_malloc": ("ours", {"default_malloc": True}),
             "ours_plain_heads": ("ours", {"factored_heads": False}),
             "ours_bf16": ("ours", {"amp": "bf16"}),
             "ours_channels_last": ("ours", {"channels_last": True})}
 VARIANT_LABELS = {"ours": "ours (fp32, default: factored heads)", "upstream": "original 1.0.0",
+                  "ours_default_malloc": "ours (fp32, factored heads, glibc's default malloc)",
                   "ours_plain_heads": "ours (fp32, TRAIN.factored_heads False)",
                   "ours_bf16": "ours (bf16 autocast, factored heads)",
                   "ours_channels_last": "ours (fp32, factored heads, channels-last memory)"}
@@ -141,6 +148,10 @@ def measure(impl: str, job: dict[str, Any]) -> dict[str, Any]:
     encoder, decoder, fc_dim, _ = MODELS[job["model"]]
     device = common.worker_device(job)
     opts = VARIANTS[job["variant"]][1]
+    if impl == "ours" and not opts.get("default_malloc"):
+        from mit_semseg.nn.host_allocator import keep_freed_memory
+
+        keep_freed_memory()  # as train.py does
     module = common.build_module(impl, encoder, decoder, fc_dim, NUM_CLASS, job["weights"],
                                  train=True,
                                  **({"factored_heads": opts.get("factored_heads", True)}

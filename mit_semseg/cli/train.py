@@ -71,6 +71,7 @@ from mit_semseg.engine.trainer import (
 )
 from mit_semseg.models import build_segmentation_model
 from mit_semseg.models.init_from import InitSource, find_source, initialise_from
+from mit_semseg.nn.host_allocator import keep_freed_memory
 from mit_semseg.nn.precision import check_amp, grad_scaler
 from mit_semseg.viz import plot_training_curves
 
@@ -123,6 +124,7 @@ def main(argv: list[str] | None = None) -> int:
             init_source = None if resume is not None else fetch_init_source(cfg, dist_ctx)
             open_run_dir(cfg, args.cfg, dist_ctx)
             configure_determinism(cfg.TRAIN.deterministic)  # before anything can start cuBLAS
+            keep_freed_memory()  # each step reuses the last one's pages (CPU training)
             state = build_state(cfg, dist_ctx, devices, resume, init_source)
         except common.SETUP_ERRORS as exc:
             cleanup_distributed(wait_for_peers=False)
