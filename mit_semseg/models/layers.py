@@ -1,5 +1,6 @@
-"""Pieces shared by encoders and decoders: the norm-layer type, conv + norm (+ ReLU), bilinear
-resizing, adaptive pooling and the one weight-initialisation helper.
+"""Pieces shared by encoders and decoders: the norm-layer type, conv + norm (+ ReLU) and its
+fewer-FLOP training forward, bilinear resizing, adaptive pooling and the one
+weight-initialisation helper.
 
 Resizing and pooling go through :mod:`mit_semseg.nn.deterministic_ops`, which uses PyTorch's kernels
 except in deterministic CUDA training (``TRAIN.deterministic``), where their backward would
@@ -16,8 +17,10 @@ import torch.nn as nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from mit_semseg.nn.deterministic_ops import AdaptiveAvgPool2d, interpolate_bilinear
+from mit_semseg.nn.winograd import conv3x3
 
-__all__ = ["AdaptiveAvgPool2d", "NormLayer", "conv_norm", "init_weights", "upsample"]
+__all__ = ["AdaptiveAvgPool2d", "NormLayer", "conv_norm", "conv_norm_forward", "init_weights",
+           "upsample"]
 
 # A normalisation layer constructor, called with the channel count (nn.BatchNorm2d, a
 # synchronized BatchNorm, ``lambda c: nn.GroupNorm(32, c)``, ...).
@@ -35,6 +38,19 @@ def conv_norm(in_ch: int, out_ch: int, kernel: int, stride: int = 1,
     if relu:
         layers.append(nn.ReLU(inplace=True))
     return nn.Sequential(*layers)
+
+
+def conv_norm_forward(block: nn.Sequential, x: torch.Tensor, fewer_flops: bool
+                      ) -> torch.Tensor:
+    """``block(x)`` for a :func:`conv_norm` block; with ``fewer_flops`` a 3x3 convolution runs
+    through :func:`mit_semseg.nn.winograd.conv3x3` (the Winograd form where it is faster: wide
+    float32 convolutions on CPU), which equals it up to float rounding."""
+    conv = block[0]
+    if not (fewer_flops and conv.kernel_size == (3, 3) and conv.padding == (1, 1)
+            and conv.stride == (1, 1) and conv.dilation == (1, 1) and conv.groups == 1
+            and conv.padding_mode == "zeros"):
+        return block(x)
+    return block[1:](conv3x3(x, conv.weight, conv.bias))
 
 
 def upsample(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:

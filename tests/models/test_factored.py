@@ -22,12 +22,14 @@ from mit_semseg.models.decoders.factored import (
     UpsampledConv3x3,
     factor_decoders,
 )
-from mit_semseg.nn import SynchronizedBatchNorm2d, UserScatteredDataParallel
+from mit_semseg.nn import SynchronizedBatchNorm2d, UserScatteredDataParallel, winograd
 
 from . import _factored_dist_worker
 from .factored_training import (
     IMAGE,
     NUM_CLASS,
+    TOLERANCE,
+    assert_equal_to_scale,
     compare_training,
     make_batches,
     make_forms,
@@ -207,6 +209,64 @@ def test_factored_training_with_syncbn_over_two_cpu_replicas(decoder):
 def test_factored_training_under_ddp_with_synced_batchnorm():
     """Two gloo processes, as torchrun runs train.py (DDP, DistributedSyncBatchNorm)."""
     mp.spawn(_factored_dist_worker.run_checks, args=(2, _free_port()), nprocs=2, join=True)
+
+
+# Heads as wide as ResNet-50's, on maps large enough for the Winograd form
+# (mit_semseg.nn.winograd.winograd_pays): decoder, encoder widths, map sizes (finest first),
+# the 3x3 convolutions of one training forward that take that form.
+WIDE_HEADS = [
+    # PPM fusion's conv5 part (2048 -> 512) and the deep-supervision head (1024 -> 512)
+    ("ppm_deepsup", [1024, 2048], [(16, 18), (16, 18)], 2),
+    # UPerNet fusion's finest part and the FPN output convolutions at 32x32 and 16x16
+    # (512 -> 512); the 8x8 one and the pyramid pooling's at 4x4 are too small
+    ("upernet", [256, 512, 1024, 2048], [(32, 32), (16, 16), (8, 8), (4, 4)], 3),
+]
+
+
+@pytest.mark.parametrize("decoder,widths,sizes,winograd_convs", WIDE_HEADS)
+def test_wide_heads_train_in_winograd_form_as_the_plain_form(decoder, widths, sizes,
+                                                             winograd_convs, monkeypatch):
+    torch.manual_seed(0)
+    plain = randomise_batchnorm(build_decoder(decoder, NUM_CLASS, in_channels=widths))
+    plain.factored_training = False
+    factored = copy.deepcopy(plain)
+    factored.factored_training = True
+    maps = [torch.randn(2, width, *size) for width, size in zip(widths, sizes)]
+    calls = []
+    real = winograd.winograd_conv3x3
+    monkeypatch.setattr(winograd, "winograd_conv3x3",
+                        lambda *args: calls.append(tuple(args[1].shape)) or real(*args))
+
+    def forward_backward(head, dtype=torch.float32):
+        inputs = [m.to(dtype, copy=True).requires_grad_() for m in maps]
+        torch.manual_seed(1)  # the same dropout masks
+        outputs = {"logits": head(inputs)}
+        if head.deep_sup:
+            outputs["aux logits"] = head.aux_logits(inputs)
+        loss = sum((out * torch.linspace(-1, 1, out.numel(), dtype=dtype).reshape(out.shape)
+                    ).sum() for out in outputs.values())
+        loss.backward()
+        results = {f"gradient of map {i}": m.grad for i, m in enumerate(inputs)}
+        results.update({f"gradient of {name}": p.grad for name, p in head.named_parameters()
+                        if p.grad is not None})
+        results.update(outputs)
+        return {name: value.detach().double() for name, value in results.items()}
+
+    # float32: the policy routes exactly the wide convolutions to the Winograd form
+    forward_backward(plain)
+    assert calls == []
+    forward_backward(factored)
+    assert len(calls) == winograd_convs
+    # float64, with the form forced wherever the factored head offers it: the same function
+    # (float32 comparisons would fail now and then for a reason that is not the form's: after
+    # BatchNorm in training mode, rounding can move a ReLU input across zero, which changes
+    # that gradient by its whole size; the form's float32 rounding is tests/nn/test_winograd.py's)
+    monkeypatch.setattr(winograd, "winograd_pays", lambda x, weight: True)
+    calls.clear()
+    exact = forward_backward(copy.deepcopy(plain).double(), torch.float64)
+    got = forward_backward(copy.deepcopy(factored).double(), torch.float64)
+    assert len(calls) >= winograd_convs
+    assert_equal_to_scale(got, exact, TOLERANCE[torch.float64], "")
 
 
 def test_training_step_skips_the_upsampled_part_of_the_fusion_convolution():

@@ -8,7 +8,8 @@ from collections.abc import Sequence
 import torch
 import torch.nn as nn
 
-from ..layers import NormLayer, conv_norm
+from ..layers import NormLayer, conv_norm, conv_norm_forward
+from .factored import factored_now
 
 __all__ = ["SegmentationDecoder"]
 
@@ -125,7 +126,8 @@ class SegmentationDecoder(nn.Module):
         resolution)."""
         if not self.deep_sup:
             raise RuntimeError(f"{type(self).__name__} was built without deep supervision")
-        x = self.cbr_deepsup(self._check_map(conv_out, self.aux_index))
+        x = conv_norm_forward(self.cbr_deepsup, self._check_map(conv_out, self.aux_index),
+                              fewer_flops=factored_now(self))
         if hasattr(self, "dropout_deepsup"):
             x = self.dropout_deepsup(x)
         return self.conv_last_deepsup(x)

@@ -42,6 +42,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mit_semseg.nn.resample import bilinear_matrix
+from mit_semseg.nn.winograd import conv3x3
 
 __all__ = ["FactoredPPMDecoder", "FactoredUPerNetDecoder", "UpsampledConv3x3",
            "factor_decoders", "factored_now", "fused_conv3x3", "upsampled_conv3x3"]
@@ -130,9 +131,11 @@ def fused_conv3x3(conv: nn.Conv2d, x: torch.Tensor, small_maps: Sequence[torch.T
 
     ``up`` resizes bilinearly to ``x``'s size. The kernel's first ``x.shape[1]`` input
     channels convolve ``x`` as usual, the rest run :func:`upsampled_conv3x3` on the small
-    maps. The kernel and bias are ``conv``'s own parameters (sliced, never copied), so
-    gradients reach them as they would through ``conv``; the result and every gradient equal
-    the plain computation's up to float rounding.
+    maps; on CPU in float32 the first part is in Winograd form where that is faster
+    (:func:`mit_semseg.nn.winograd.conv3x3`). The kernel and bias are ``conv``'s own
+    parameters (sliced, never copied), so gradients reach them as they would through
+    ``conv``; the result and every gradient equal the plain computation's up to float
+    rounding.
 
     Raises:
         ValueError: ``conv`` is not a 3x3, stride-1, zero-padded convolution, or the widths of
@@ -144,7 +147,7 @@ def fused_conv3x3(conv: nn.Conv2d, x: torch.Tensor, small_maps: Sequence[torch.T
         raise ValueError(f"{conv} reads {conv.in_channels} channels, but the maps have "
                          f"{' + '.join(map(str, widths))}")
     direct, *upsampled = torch.split(conv.weight, widths, dim=1)
-    fused = F.conv2d(x, direct, conv.bias, padding=1)
+    fused = conv3x3(x, direct, conv.bias)
     if not small_maps:
         return fused
     return fused + upsampled_conv3x3(upsampled, small_maps, x.shape[-2:]).to(fused.dtype)
@@ -155,9 +158,11 @@ def factored_now(decoder: nn.Module) -> bool:
 
     It does when its ``factored_training`` is set and it trains or autograd records (e.g.
     ``TRAIN.fix_bn``, which trains in eval mode). Inference (eval mode, no autograd) keeps
-    the original's arithmetic; :func:`factor_decoders` is its fast form.
+    the original's arithmetic; :func:`factor_decoders` is its fast form. Decoders without
+    the attribute (C1) never do.
     """
-    return decoder.factored_training and (decoder.training or torch.is_grad_enabled())
+    return (getattr(decoder, "factored_training", False)
+            and (decoder.training or torch.is_grad_enabled()))
 
 
 class UpsampledConv3x3(nn.Module):

@@ -19,7 +19,14 @@ from functools import partial
 import torch
 import torch.nn as nn
 
-from ..layers import AdaptiveAvgPool2d, NormLayer, conv_norm, init_weights, upsample
+from ..layers import (
+    AdaptiveAvgPool2d,
+    NormLayer,
+    conv_norm,
+    conv_norm_forward,
+    init_weights,
+    upsample,
+)
 from ..registry import DECODERS
 from .base import SegmentationDecoder
 from .factored import FactoredUPerNetDecoder, factored_now, fused_conv3x3
@@ -108,12 +115,13 @@ class UPerNet(SegmentationDecoder):
         size = conv5.shape[2:]
         pyramid = [conv5] + [conv(upsample(pool(conv5), size))
                              for pool, conv in zip(self.ppm_pooling, self.ppm_conv)]
-        f = self.ppm_last_conv(torch.cat(pyramid, 1))
+        fewer_flops = factored_now(self)  # Winograd where it pays (conv_norm_forward)
+        f = conv_norm_forward(self.ppm_last_conv, torch.cat(pyramid, 1), fewer_flops)
         fpn_maps = [f]
         for i in reversed(range(len(maps) - 1)):
             lateral = self.fpn_in[i](maps[i])
             f = lateral + upsample(f, lateral.shape[2:])  # top-down path
-            fpn_maps.append(self.fpn_out[i](f))
+            fpn_maps.append(conv_norm_forward(self.fpn_out[i][0], f, fewer_flops))
         fpn_maps.reverse()  # highest resolution first
         return fpn_maps
 
