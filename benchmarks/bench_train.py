@@ -130,14 +130,23 @@ def _train_upstream(module: Any, batch: dict, steps: int, device: Any
     return _intervals(stamps)
 
 
-def _step_flops(module: Any, batch: dict) -> int:
-    """FLOPs of one forward + backward of ``module`` on ``batch`` (either implementation)."""
+def _step_flops(module: Any, batch: dict, amp: str) -> int:
+    """FLOPs of one forward + backward of ``module`` on ``batch`` (either implementation), under
+    autocast when ``amp`` is set, as the timed steps run (which also decides whether the
+    heads take the Winograd form, float32 only)."""
+    import contextlib
+
+    import torch
     from torch.utils.flop_counter import FlopCounterMode
 
+    dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16}
+    device_type = batch["img_data"].device.type
     module.zero_grad(set_to_none=True)
     with FlopCounterMode(display=False) as counter:
-        loss, _ = module(batch)
-        loss.mean().backward()
+        with (torch.autocast(device_type, dtype=dtypes[amp]) if amp
+              else contextlib.nullcontext()):
+            loss, _ = module(batch)
+        loss.mean().backward()  # outside autocast, as the training loop runs it
     return counter.get_total_flops()
 
 
@@ -179,7 +188,7 @@ def measure(impl: str, job: dict[str, Any]) -> dict[str, Any]:
               "cpu_step_s": statistics.median(cpu for _, cpu in timed),
               "mem_mib": peak - mem_before}
     if job.get("count_flops"):
-        result["flops"] = _step_flops(module, batch)
+        result["flops"] = _step_flops(module, batch, opts.get("amp", ""))
     return result
 
 

@@ -189,10 +189,11 @@ _C.TRAIN.pretrained = True
 _C.TRAIN.amp = ""
 # Train the PPM and UPerNet heads in their factored form: the part of the 3x3 fusion convolution
 # that reads bilinearly upsampled maps (PPM's pooled branches, UPerNet's three coarser FPN maps)
-# is computed at those maps' own sizes (mit_semseg/models/decoders/factored.py). The same
-# weights, checkpoints and BatchNorm; loss and gradients equal the plain form's up to float
-# rounding; fewer FLOPs and less time per step (benchmarks/RESULTS.md, sections flops@* and
-# train@*). False = the plain form, the original's arithmetic. Other decoders ignore it.
+# is computed at those maps' own sizes (mit_semseg/models/decoders/factored.py), and on CPU in
+# float32 the heads' wide 3x3 convolutions run in Winograd form (mit_semseg/nn/winograd.py).
+# The same weights, checkpoints and BatchNorm; loss and gradients equal the plain form's up to
+# float rounding; fewer FLOPs and less time per step (benchmarks/RESULTS.md, sections flops@*
+# and train@*). False = the plain form, the original's arithmetic. Other decoders ignore it.
 _C.TRAIN.factored_heads = True
 # fp16 only: consecutive steps with a non-finite loss that the gradient scaler may skip (it drops
 # the update and lowers its scale) before training stops with an error. Without a gradient

@@ -5,7 +5,9 @@ Registered as ``ppm`` and ``ppm_deepsup`` (adds ``cbr_deepsup``, ``dropout_deeps
 such as ``hrnetv2``). Output resolution: the last encoder map's.
 
 In training the fusion convolution's pooled-branch half runs at the branches' own sizes
-(:func:`~mit_semseg.models.decoders.factored.fused_conv3x3`, ``factored_training``).
+(:func:`~mit_semseg.models.decoders.factored.fused_conv3x3`, ``factored_training``), and its
+conv5 half and the deep-supervision head's 3x3 convolution in Winograd form where that is
+faster (:mod:`mit_semseg.nn.winograd`).
 """
 
 from __future__ import annotations
@@ -35,10 +37,11 @@ class PPM(SegmentationDecoder):
         deep_sup: add the auxiliary head.
         norm_layer: normalisation layer constructor.
         factored_training: in training (and whenever autograd records), convolve the pooled
-            branches at their own sizes instead of upsampling them first: the same function
-            of the same weights up to float rounding, for about a fifth fewer FLOPs per
-            ResNet-50 training step. An attribute, which may be switched at any time;
-            ``False`` is the original's arithmetic.
+            branches at their own sizes instead of upsampling them first, and run the wide
+            3x3 convolutions in Winograd form on CPU in float32: the same function of the
+            same weights up to float rounding, for about a fifth fewer FLOPs per ResNet-50
+            training step. An attribute, which may be switched at any time; ``False`` is the
+            original's arithmetic.
     """
 
     output_index = -1

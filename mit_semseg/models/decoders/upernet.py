@@ -8,7 +8,9 @@ which is still the layout built from ``fc_dim`` alone.
 Output resolution: the first (highest-resolution) encoder map's.
 
 In training the fusion convolution's part over the three coarser FPN maps runs at their own
-sizes (:func:`~mit_semseg.models.decoders.factored.fused_conv3x3`, ``factored_training``).
+sizes (:func:`~mit_semseg.models.decoders.factored.fused_conv3x3`, ``factored_training``),
+and the wide 3x3 convolutions in Winograd form where that is faster
+(:mod:`mit_semseg.nn.winograd`).
 """
 
 from __future__ import annotations
@@ -46,10 +48,12 @@ class UPerNet(SegmentationDecoder):
         deep_sup: add the auxiliary head (on ``conv_out[-2]``, width ``in_channels[-1] // 4``).
         norm_layer: normalisation layer constructor.
         factored_training: in training (and whenever autograd records), convolve the coarser
-            FPN maps at their own sizes instead of upsampling them first: the same function of
-            the same weights up to float rounding, for about two fifths fewer FLOPs per
-            ResNet-50 training step. An attribute, which may be switched at any time;
-            ``False`` is the original's arithmetic.
+            FPN maps at their own sizes instead of upsampling them first, and run the wide 3x3
+            convolutions (fusion, FPN outputs, pyramid pooling) in Winograd form on CPU in
+            float32 where that is faster: the same function of the same weights up to float
+            rounding, for about two fifths fewer FLOPs per ResNet-50 training step. An
+            attribute, which may be switched at any time; ``False`` is the original's
+            arithmetic.
     """
 
     output_index = 0
