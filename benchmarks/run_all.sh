@@ -21,8 +21,9 @@ run benchmarks/bench_memory.py --models r50d_ppmds --variants ours upstream ours
     --sizes 256 512 1024 2048 --repeats 1 --threads 2
 run benchmarks/bench_flops.py --models r50d_ppmds r50_upernet --repeats 1 --threads 1 2
 run benchmarks/bench_train.py --models r50d_ppmds r50_upernet r18d_c1ds \
-    --variants ours upstream ours_plain_heads ours_bf16 --batch 2 --size 384 --steps 3 \
-    --warmup 1 --repeats 3 --threads 1 2
+    --variants ours upstream ours_default_malloc ours_plain_heads ours_bf16 --batch 2 \
+    --size 384 --steps 3 --warmup 1 --repeats 3 --threads 1 2
+run benchmarks/bench_winograd.py --threads 1 2 --repeats 3
 run benchmarks/bench_data.py --repeats 5 --steps 30 --images 64 --threads 1
 run benchmarks/bench_syncbn.py --replicas 2 --iters 10 --repeats 5 --size 32 --batch 8 \
     --channels 32 --threads 1

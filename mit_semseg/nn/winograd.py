@@ -10,13 +10,14 @@ transform (``A^T m A``). Summing over channels makes those products 16 matrix pr
 
 Where it pays (:func:`winograd_pays`): on CPU, in float32, for wide convolutions such as the
 segmentation heads' 3x3 layers on ResNet-50's maps (2048 -> 512, 1024 -> 512 channels),
-where a training step's forward and backward take about 0.7x the direct convolution's time
-on a 2-vCPU AMD EPYC (``benchmarks/bench_train.py`` measures whole steps). Narrow
-convolutions lose to oneDNN's direct kernels (the transforms are memory-bound) and are left
-to ``F.conv2d``. The saving needs freed memory to be reused rather than handed back to the
-kernel after every step (:func:`mit_semseg.nn.host_allocator.keep_freed_memory`, which
-``train.py`` applies): otherwise every transform's output is fresh pages to fault in. GPUs
-are never routed here: cuDNN chooses Winograd kernels by itself.
+where forward and backward take 0.58-0.61x the direct convolution's time on a 2-vCPU AMD
+EPYC (``benchmarks/bench_winograd.py``; ``bench_train.py`` measures whole steps). Narrow
+convolutions (64 channels) lose to oneDNN's direct kernels, the transforms being
+memory-bound, and are left to ``F.conv2d``. The saving needs freed memory to be reused
+rather than handed back to the kernel after every step
+(:func:`mit_semseg.nn.host_allocator.keep_freed_memory`, which ``train.py`` applies):
+otherwise every transform's output is fresh pages to fault in. GPUs are never routed here:
+cuDNN chooses Winograd kernels by itself.
 
 Rounding: measured against float64, the result and both gradients are as close as the direct
 convolution's (tests/nn/test_winograd.py); in float64 the two agree to 1e-12.
@@ -32,12 +33,12 @@ from torch.autograd.function import once_differentiable
 
 __all__ = ["MIN_CHANNEL_PRODUCT", "conv3x3", "winograd_conv3x3", "winograd_pays"]
 
-# in_channels * out_channels from which the Winograd form beat oneDNN's direct convolution in
-# forward + backward at 1 and 2 threads on 48x48 maps (512 x 512: 0.70x / 0.75x; 1024 x 256:
-# 0.88x / 0.92x; narrower ones are memory-bound).
+# The rule's thresholds: in_channels * out_channels, and 2x2 output tiles per image (16x16
+# maps). Above them the form took 0.58-0.76x the direct convolution's time at 1 and 2 threads
+# (section winograd@epyc-avx512bf16 of benchmarks/RESULTS.md). They are conservative: it also
+# gained on 256 x 256 channels and on 12x12 maps (0.71-0.93x); lowering them waits for a
+# re-run of the training benchmarks, whose published figures use these values.
 MIN_CHANNEL_PRODUCT = 512 * 512
-# 2x2 output tiles per image below which the products are too thin to gain (16x16 maps:
-# 0.86x / 0.92x for 2048 x 512; 12x12 maps: 0.98x / 1.06x).
 MIN_TILES = 64
 
 # Kernel transform G and output transform A^T of F(2x2, 3x3); the input transform B^T is

@@ -34,6 +34,7 @@ SMALL_RUNS = {
     "checkpoint": ["--repeats", "1", "--size", "64", "--steps", "1", "--threads", "1"],
     "divergence": ["--steps", "2"],
     "int8": ["--part", "sizes", "--models", "mnv2d_c1ds", "--sizes", "96x128", "--threads", "1"],
+    "winograd": ["--threads", "1", "--repeats", "1", "--shapes", "16x8x6", "32x16x5"],
     "precision": ["--part", "archs", "--archs", "r18d_c1ds", "--images", "1", "--min-size",
                   "64", "--max-size", "96", "--scales", "64", "--max-side", "128",
                   "--threads", "1"],
