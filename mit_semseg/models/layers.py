@@ -20,7 +20,7 @@ from mit_semseg.nn.deterministic_ops import AdaptiveAvgPool2d, interpolate_bilin
 from mit_semseg.nn.winograd import conv3x3
 
 __all__ = ["AdaptiveAvgPool2d", "NormLayer", "conv_norm", "conv_norm_forward", "init_weights",
-           "upsample"]
+           "is_same_size_conv3x3", "upsample"]
 
 # A normalisation layer constructor, called with the channel count (nn.BatchNorm2d, a
 # synchronized BatchNorm, ``lambda c: nn.GroupNorm(32, c)``, ...).
@@ -46,11 +46,18 @@ def conv_norm_forward(block: nn.Sequential, x: torch.Tensor, fewer_flops: bool
     through :func:`mit_semseg.nn.winograd.conv3x3` (the Winograd form where it is faster: wide
     float32 convolutions on CPU), which equals it up to float rounding."""
     conv = block[0]
-    if not (fewer_flops and conv.kernel_size == (3, 3) and conv.padding == (1, 1)
-            and conv.stride == (1, 1) and conv.dilation == (1, 1) and conv.groups == 1
-            and conv.padding_mode == "zeros"):
+    if not (fewer_flops and is_same_size_conv3x3(conv)):
         return block(x)
     return block[1:](conv3x3(x, conv.weight, conv.bias))
+
+
+def is_same_size_conv3x3(conv: nn.Module) -> bool:
+    """Whether ``conv`` is a plain 3x3 convolution that keeps the map's size (stride 1, zero
+    padding 1, no dilation, no groups): the one the factored heads and the Winograd form
+    compute differently."""
+    return (isinstance(conv, nn.Conv2d) and conv.kernel_size == (3, 3)
+            and conv.padding == (1, 1) and conv.stride == (1, 1) and conv.dilation == (1, 1)
+            and conv.groups == 1 and conv.padding_mode == "zeros")
 
 
 def upsample(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:

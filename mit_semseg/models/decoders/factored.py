@@ -44,6 +44,8 @@ from torch import nn
 from mit_semseg.nn.resample import bilinear_matrix
 from mit_semseg.nn.winograd import conv3x3
 
+from ..layers import is_same_size_conv3x3
+
 __all__ = ["FactoredPPMDecoder", "FactoredUPerNetDecoder", "UpsampledConv3x3",
            "factor_decoders", "factored_now", "fused_conv3x3", "upsampled_conv3x3"]
 
@@ -119,9 +121,7 @@ def upsampled_conv3x3(weights: Sequence[torch.Tensor], maps: Sequence[torch.Tens
 
 
 def _check_fusion(conv: nn.Module) -> None:
-    if (not isinstance(conv, nn.Conv2d) or conv.kernel_size != (3, 3)
-            or conv.padding != (1, 1) or conv.stride != (1, 1) or conv.dilation != (1, 1)
-            or conv.groups != 1 or conv.padding_mode != "zeros"):
+    if not is_same_size_conv3x3(conv):
         raise ValueError(f"cannot factor a head whose fusion convolution is {conv}")
 
 
