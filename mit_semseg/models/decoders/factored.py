@@ -5,10 +5,11 @@ PPM's fusion convolution reads ``conv5`` next to its pooled branches (1 to 6 pix
 UPerNet's reads the finest FPN map next to the three coarser ones upsampled 2x, 4x and 8x.
 Convolution is linear, so the part that reads an upsampled map ``up(m)`` can be computed at
 ``m``'s own size (:func:`upsampled_conv3x3`): apply each of the kernel's 9 taps ``W_kl`` to
-``m`` (a matrix product on ``m``'s pixels, ``f^2`` times fewer than the output's for an
-``f``-times upsampling), then resample with bilinear matrices shifted by the tap offsets
-(``sum_k R_k (sum_l W_kl m C_l^T)``, zero rows where a tap reads the padding). The result equals
-the convolution of the concatenation up to float rounding; what it saves:
+``m`` (one 1x1 convolution with ``9 * out`` channels on ``m``'s pixels, ``f^2`` times fewer
+than the output's for an ``f``-times upsampling), then resample with bilinear matrices shifted
+by the tap offsets (``sum_k R_k (sum_l W_kl m C_l^T)``, zero rows where a tap reads the
+padding). The result equals the convolution of the concatenation up to float rounding; what
+it saves:
 
 * PPM: the fusion convolution's pooled-branch half (4 x 512 of ResNet-50's 2048 + 2048 input
   channels).
@@ -28,9 +29,12 @@ Two forms use it:
 * Inference (:class:`FactoredPPMDecoder`, :class:`FactoredUPerNetDecoder`, installed by
   :func:`factor_decoders`, which
   :func:`mit_semseg.inference.fast_path.optimize_for_inference` calls with
-  ``MODEL.fast_inference``): the taps are rearranged once into buffers
-  (:class:`UpsampledConv3x3`), after BatchNorm folding; no training forward, no
-  deep-supervision head.
+  ``MODEL.fast_inference``, and which int8 inference quantizes): the taps are rearranged
+  once into 1x1 convolutions (:class:`UpsampledConv3x3`), after BatchNorm folding; no
+  training forward, no deep-supervision head.
+
+Every product keeps the image's height and width in dimensions of their own (no reshape
+merges them with another), so ``torch.export`` traces both forms for every input size.
 """
 
 from __future__ import annotations
@@ -46,7 +50,7 @@ from mit_semseg.nn.winograd import conv3x3
 
 from ..layers import is_same_size_conv3x3
 
-__all__ = ["FactoredPPMDecoder", "FactoredUPerNetDecoder", "UpsampledConv3x3",
+__all__ = ["FactoredPPMDecoder", "FactoredUPerNetDecoder", "TapResampling", "UpsampledConv3x3",
            "factor_decoders", "factored_now", "fused_conv3x3", "upsampled_conv3x3"]
 
 
@@ -75,30 +79,51 @@ def _check_kernels(weights: Sequence[torch.Tensor]) -> int:
     return out
 
 
+def _tap_products(tap: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``(B, 9 * out, h, w)``: every tap of the kernel (:func:`_kernel_taps` ``tap``) applied
+    to ``x`` at ``x``'s own size, as a 1x1 convolution, NCHW."""
+    # NCHW in and out: the resampling needs NCHW products, and transposing the 9x wider
+    # output of a channels-last convolution costs more than transposing its input
+    return F.conv2d(x.contiguous(), tap[:, :, None, None])
+
+
+def _resample_tap_products(products: Sequence[torch.Tensor], size: Sequence[int]
+                           ) -> torch.Tensor:
+    """``sum_i sum_kl R_k P_ikl C_l^T``: the :func:`_tap_products` of each map upsampled to
+    ``size = (H, W)`` with the bilinear matrices shifted by the tap offsets, summed.
+    ``(B, out, H, W)``, NCHW.
+
+    Every product has a batch of static dimensions (B, out) and two symbolic ones, never
+    merged: a reshape that merges symbolic sizes makes ``torch.export`` guard on them, and
+    the export fails for a dynamic image size.
+    """
+    height, width = size[0], size[1]  # symbolic under torch.export: no int()
+    columns, rows = [], []
+    for product in products:
+        # NCHW: on a channels-last product the batched matrix products below fall back to
+        # one small product per channel
+        product = product.contiguous()
+        h, w = product.shape[-2:]
+        like = product if product.dtype in (torch.float32, torch.float64) else product.float()
+        # (W, 3w): [C_0 | C_1 | C_2]
+        column = torch.cat(list(_shifted_bilinear(w, width, like)), 1).to(product.dtype)
+        # one chunk per tap (k, l); chunks, not slices, so the backward is one concatenation
+        taps = product.chunk(9, 1)
+        for k in range(3):
+            taps_k = torch.cat(taps[3 * k:3 * k + 3], 3)  # (B, out, h, 3w): l = 0, 1, 2
+            columns.append(column @ taps_k.transpose(2, 3))  # (B, out, W, h): sum_l C_l P^T
+        rows.append(torch.cat(list(_shifted_bilinear(h, height, like)), 1))  # (H, 3h)
+    row_matrix = torch.cat(rows, 1).to(columns[0].dtype)
+    return row_matrix @ torch.cat(columns, 3).transpose(2, 3)
+
+
 def _upsampled_conv_from_taps(taps: Sequence[torch.Tensor], maps: Sequence[torch.Tensor],
                               size: Sequence[int]) -> torch.Tensor:
     """``sum_i conv3x3(up(maps[i]))`` from each kernel's :func:`_kernel_taps`; differentiable
     in ``taps`` and ``maps``. ``(B, out, H, W)`` for ``size = (H, W)``, NCHW."""
     if len(maps) != len(taps):
         raise ValueError(f"expected {len(taps)} maps, got {len(maps)}")
-    height, width = size[0], size[1]  # symbolic under torch.export: no int()
-    out = taps[0].shape[0] // 9
-    rows, columns = [], []
-    for tap, x in zip(taps, maps):
-        batch, _, h, w = x.shape
-        like = x if x.dtype in (torch.float32, torch.float64) else x.float()
-        partial = tap @ x.flatten(2)  # (B, 9 * out, h * w)
-        partial = partial.reshape(batch, 3, 3, out, h, w).permute(0, 1, 3, 4, 2, 5)
-        partial = partial.reshape(batch, 3, out, h, 3 * w)  # (B, k, out, p, (l, q))
-        # concatenations, not reshapes of transposed views, here and below: those make
-        # torch.export guard on the symbolic width
-        col = torch.cat([shifted.t() for shifted in _shifted_bilinear(w, width, like)])
-        partial = partial @ col.to(partial.dtype)  # (B, k, out, p, W)
-        columns.append(torch.cat(partial.unbind(1), 2))  # (B, out, (k, p), W)
-        row = _shifted_bilinear(h, height, like)  # (k, H, p)
-        rows.append(row.permute(1, 0, 2).reshape(height, 3 * h))  # (H, (k, p))
-    row_matrix = torch.cat(rows, 1)
-    return row_matrix.to(columns[0].dtype) @ torch.cat(columns, 2)
+    return _resample_tap_products([_tap_products(t, x) for t, x in zip(taps, maps)], size)
 
 
 def upsampled_conv3x3(weights: Sequence[torch.Tensor], maps: Sequence[torch.Tensor],
@@ -165,8 +190,23 @@ def factored_now(decoder: nn.Module) -> bool:
             and (decoder.training or torch.is_grad_enabled()))
 
 
+class TapResampling(nn.Module):
+    """:func:`_resample_tap_products` as a module without parameters, so that int8 inference
+    can leave it in float32 by name: its operands are bilinear weights, not activations."""
+
+    # Eager under torch.compile: the resampling matrices are built from the sizes, which would
+    # make every new input size a recompilation.
+    @torch.compiler.disable
+    def forward(self, products: Sequence[torch.Tensor], size: Sequence[int]) -> torch.Tensor:
+        """``(B, out, H, W)`` for ``size = (H, W)``, in NCHW layout."""
+        return _resample_tap_products(products, size)
+
+
 class UpsampledConv3x3(nn.Module):
     """:func:`upsampled_conv3x3` for fixed kernels, rearranged once (inference).
+
+    The taps are 1x1 convolutions (:attr:`taps`, ``9 * out`` channels per input map),
+    followed by :attr:`resample`.
 
     Args:
         weights: one ``(out, in_i, 3, 3)`` kernel per input map.
@@ -175,17 +215,22 @@ class UpsampledConv3x3(nn.Module):
     def __init__(self, weights: Sequence[torch.Tensor]) -> None:
         super().__init__()
         self.out_channels = _check_kernels(weights)
-        for index, weight in enumerate(weights):
-            self.register_buffer(f"taps_{index}", _kernel_taps(weight.detach()).contiguous())
-        self.num_inputs = len(weights)
+        # plain nn.Conv2d modules: the int8 quantizer recognises convolutions by module type
+        self.taps = nn.ModuleList()
+        for weight in weights:
+            taps = nn.Conv2d(weight.shape[1], 9 * self.out_channels, 1, bias=False,
+                             device=weight.device, dtype=weight.dtype)
+            with torch.no_grad():
+                taps.weight.copy_(_kernel_taps(weight)[:, :, None, None])
+            self.taps.append(taps)
+        self.resample = TapResampling()
 
-    # Eager under torch.compile: the resampling matrices are built from the sizes, which would
-    # make every new input size a recompilation.
-    @torch.compiler.disable
     def forward(self, maps: Sequence[torch.Tensor], size: Sequence[int]) -> torch.Tensor:
         """``(B, out, H, W)`` for ``size = (H, W)``, in NCHW layout."""
-        taps = [getattr(self, f"taps_{index}") for index in range(self.num_inputs)]
-        return _upsampled_conv_from_taps(taps, maps, size)
+        if len(maps) != len(self.taps):
+            raise ValueError(f"expected {len(self.taps)} maps, got {len(maps)}")
+        # NCHW in, hence NCHW out (see _tap_products)
+        return self.resample([taps(x) for taps, x in zip(self.taps, maps)], size)
 
 
 def _split_fusion(fusion: nn.Module, direct_channels: int, upsampled_channels: Sequence[int]
