@@ -9,13 +9,12 @@ compiled by inductor, was chosen by measurement against onnxruntime's ``quantize
 1. :func:`quantizable_network`: BatchNorm folded, deep supervision dropped and adaptive pooling
    written as matrix products (:func:`mit_semseg.deploy.export.inference_network`): inductor's
    own adaptive-pooling kernel is specialised to the input size, which would recompile the
-   network for every image size. The PPM head takes its factored form
+   network for every image size. The PPM and UPerNet heads take their factored forms
    (:func:`mit_semseg.models.decoders.factored.factor_decoders`), as in fp32 fast inference:
-   the fusion convolution reads only ``conv5`` in int8 (half of the plain fusion's work), and
-   its part on the pooled maps (matrix products with bilinear weights) stays float32,
-   unquantized. UPerNet keeps its plain fusion here: its coarser maps scale with the image,
-   and the factored products reshape across those symbolic sizes, which ``torch.export``
-   cannot prove valid for every size.
+   the fusion convolution reads only the finest map in int8 (a half of PPM's plain fusion,
+   a quarter of UPerNet's), the kernel taps apply to the smaller maps as int8 1x1
+   convolutions, and their resampling (matrix products with bilinear weights,
+   :class:`~mit_semseg.models.decoders.factored.TapResampling`) stays float32, unquantized.
 2. :func:`calibrate_int8`: ``torch.export`` with a dynamic height and width, torchao's
    ``prepare_pt2e`` with its ``X86InductorQuantizer`` (int8 per-channel weights, uint8
    per-tensor activations, histogram observers), then forward passes over calibration images
@@ -28,7 +27,9 @@ compiled by inductor, was chosen by measurement against onnxruntime's ``quantize
    image large enough (short side >= 256 px, as at ADE20K's test scales): below that, a few
    more graphs may be compiled, one each time some convolution's input passes 20480 values
    (PyTorch's rule for sending a float convolution to oneDNN, which the compiled graph
-   guards on).
+   guards on). The weights are laid out for the first compiled input's shape
+   (:func:`_hint_int8_weight_layouts`): without a shape, oneDNN would reorder every 1x1
+   kernel on every call.
 
 :func:`cached_int8_calibration` keeps the observers' state per model, weights, calibration
 images and machine, like the ONNX cache (:func:`mit_semseg.deploy.onnxruntime.cached_onnx_export`),
@@ -40,6 +41,7 @@ without int8 units (AMX-INT8, AVX-512 VNNI or AVX-VNNI) int8 is refused
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.metadata
 import importlib.util
@@ -64,8 +66,7 @@ from mit_semseg.files import atomic_write, exclusive_lock
 from mit_semseg.inference.banded_tail import LogitsSegmenter
 from mit_semseg.inference.fast_path import LogitsNetwork
 from mit_semseg.inference.trained_model import TrainedModel
-from mit_semseg.models.decoders.factored import UpsampledConv3x3, factor_decoders
-from mit_semseg.models.decoders.ppm import PPM
+from mit_semseg.models.decoders.factored import TapResampling, factor_decoders
 
 __all__ = [
     "INSTALL_HINT",
@@ -90,9 +91,11 @@ INSTALL_HINT = "pip install 'mit_semseg[int8]'"
 INT8_UNITS = {"amx_int8": "AMX-INT8", "avx512_vnni": "AVX-512 VNNI", "avx_vnni": "AVX-VNNI"}
 # Part of the cache key: raise it when the graph, the quantizer settings or the saved state
 # change.
-_FORMAT = ("export(matrix pooling, factored heads) -> X86InductorQuantizer static, factored "
-           "parts float -> observer states v2")
+_FORMAT = ("export(matrix pooling, factored PPM and UPerNet heads) -> X86InductorQuantizer "
+           "static, int8 taps, float resampling -> observer states v3")
 _OBSERVER_PREFIX = "activation_post_process_"
+# torch._dynamo.utils.counters group of what this module's compiler pass did (tests read it)
+COUNTER_GROUP = "mit_semseg"
 # the export's example input; its size is dynamic in the graph, from MIN_SIZE px per side (the
 # stride-32 encoders give torch.export a guard at 33 px; the scripts' scales are far above)
 _EXAMPLE_SIZE = (97, 131)
@@ -218,18 +221,18 @@ class CalibrationSet:
 def quantizable_network(segmentation_module: nn.Module) -> LogitsNetwork:
     """``images -> logits`` of an eval-mode copy of ``segmentation_module`` in the form that
     is quantized: BatchNorm folded, no deep supervision, adaptive pooling as matrix products,
-    the PPM head factored (see the module docstring). ``segmentation_module`` is left
-    unchanged."""
+    the PPM and UPerNet heads factored (see the module docstring). ``segmentation_module``
+    is left unchanged."""
     exported = inference_network(segmentation_module, for_onnx=True)
-    factor_decoders(exported, types=(PPM,))
+    factor_decoders(exported)
     return LogitsNetwork(exported.encoder, exported.decoder).eval()
 
 
 def _float_parts(network: nn.Module) -> list[str]:
-    """Names of the submodules the quantizer must leave in float32: the factored head's
+    """Names of the submodules the quantizer must leave in float32: the factored heads'
     resampling products, whose bilinear weights and comparisons are no activations."""
     return [name for name, module in network.named_modules()
-            if isinstance(module, UpsampledConv3x3)]
+            if isinstance(module, TapResampling)]
 
 
 def _prepared(segmentation_module: nn.Module) -> torch.fx.GraphModule:
@@ -285,6 +288,53 @@ def _quantized(segmentation_module: nn.Module, states: dict[str, torch.Tensor]
     return convert_pt2e(prepared)
 
 
+def _size_hint(size: int | torch.SymInt) -> int | None:
+    """The example value of a (possibly symbolic) size, None if it has none."""
+    if isinstance(size, torch.SymInt):
+        hint = size.node.hint
+        return None if hint is None else int(hint)
+    return int(size)
+
+
+@functools.cache
+def _hint_int8_weight_layouts() -> None:
+    """Registers, once per process, an inductor freezing pass that tells oneDNN's int8
+    weight prepacking the input shape of the call being compiled.
+
+    Under a dynamic input size, torchao's prepacking pass passes no input shape
+    (``x_shape=None``); oneDNN then lays out 1x1 kernels for a default shape (``AcdB48a4b``
+    with AVX-512 VNNI) while the real shapes want another (``AcdB64a4b``), and every call
+    reorders every 1x1 kernel with a generic reorder, about 48 ns per weight: 1.0 of 2.4 s
+    for ResNet-50 + UPerNet at 512x672 px (seen with ``ONEDNN_VERBOSE=1``). The first
+    compiled call's shape is representative (sizes from 16x21 to 256x336 px all wanted the
+    same layout), and the weights stay exact: only their layout changes.
+    """
+    from torch._dynamo.utils import counters
+    from torch._inductor.fx_passes.freezing_patterns import register_freezing_graph_pattern
+    from torch._inductor.pattern_matcher import Arg, CallFunction, Match
+
+    prepack = torch.ops.onednn.qconv_prepack
+    # weight, weight scales, input scale and zero point, stride, padding, dilation (pairs:
+    # the matcher compares flattened arguments), groups, and no input shape
+    pattern = CallFunction([prepack, prepack.default], Arg(), Arg(), Arg(), Arg(),
+                           [Arg(), Arg()], [Arg(), Arg()], [Arg(), Arg()], Arg(), None)
+
+    # after torchao's passes (0 to 3), before freezing folds the prepacking into a constant
+    @register_freezing_graph_pattern(pattern, pass_number=8)
+    def give_input_shape(match: Match, *args: Any) -> None:
+        packing = match.output_node()
+        for conv in packing.users:  # onednn.qconv*_pointwise(qx, x_scale, x_zp, packed, ...)
+            activation = conv.args[0] if conv.args else None
+            value = getattr(activation, "meta", {}).get("val")
+            if value is None or value.dim() != 4:
+                continue
+            shape = [_size_hint(size) for size in value.shape]
+            if None not in shape:
+                packing.args = (*packing.args[:8], shape)
+                counters[COUNTER_GROUP]["int8_weight_layout_hints"] += 1
+                return
+
+
 class _FrozenCompiled:
     """``torch.compile(network, dynamic=True)`` called with inductor's freezing on.
 
@@ -294,6 +344,7 @@ class _FrozenCompiled:
     """
 
     def __init__(self, network: nn.Module) -> None:
+        _hint_int8_weight_layouts()
         self.network = network
         self._compiled = torch.compile(network, dynamic=True)
 

@@ -181,14 +181,23 @@ def _observed_modules(prepared):
     return observed_in
 
 
-def test_ppm_head_is_int8_on_conv5_and_float_on_the_pooled_maps():
-    """The int8 network computes PPM's fusion in its factored form (half of the plain
-    fusion's work); the quantizer observes the convolution on conv5 and nothing inside the
-    resampling products, whose bilinear weights are no activations."""
+@pytest.mark.parametrize("encoder,decoder,upsampled", [
+    ("resnet18dilated", "ppm", "branch_conv"),
+    ("resnet18", "upernet", "upsampled_conv"),
+])
+def test_factored_heads_are_int8_in_their_convolutions_and_float_in_the_resampling(
+        encoder, decoder, upsampled):
+    """The int8 network computes the PPM and UPerNet fusions in their factored forms: the
+    quantizer observes the convolution on the finest map and the kernel taps on the smaller
+    maps, and nothing inside the resampling products, whose bilinear weights are no
+    activations."""
     pytest.importorskip("torchao", reason="needs pip install 'mit_semseg[int8]'")
-    observed_in = _observed_modules(int8._prepared(_varied_model("resnet18dilated", "ppm")))
+    observed_in = _observed_modules(int8._prepared(_varied_model(encoder, decoder)))
     assert observed_in["decoder.conv_main"] >= 1  # its weight, in int8
-    assert not [name for name in observed_in if name.startswith("decoder.branch_conv")]
+    taps = [name for name in observed_in if name.startswith(f"decoder.{upsampled}.taps.")]
+    assert len(taps) == {"ppm": 4, "upernet": 3}[decoder]  # one per small map
+    assert not [name for name in observed_in
+                if name.startswith(f"decoder.{upsampled}.resample")]
 
 
 def test_inputs_below_the_exported_minimum_are_refused_naming_the_fix():
@@ -204,6 +213,35 @@ def _needs_int8():
     reason = int8_unavailable(CPU)
     if reason:
         pytest.skip(reason)
+
+
+def test_int8_weights_are_laid_out_for_the_compiled_input_shape():
+    """Under a dynamic input size every int8 convolution's weights are packed for the first
+    compiled input's shape (without one, oneDNN reorders 1x1 kernels on every call); the
+    compiled network still computes what the converted graph computes, at other sizes too."""
+    _needs_int8()
+    from torch._dynamo.utils import counters
+
+    torch.manual_seed(0)
+    network = torch.nn.Sequential(torch.nn.Conv2d(8, 32, 1), torch.nn.ReLU(),
+                                  torch.nn.Conv2d(32, 8, 3, padding=1)).eval()
+    prepare_pt2e, convert_pt2e, quantizer = int8._torchao()
+    example = torch.randn(1, 8, 20, 24)
+    height, width = (torch.export.Dim(name, min=8, max=256) for name in ("height", "width"))
+    program = torch.export.export(network, (example,), strict=False,
+                                  dynamic_shapes={"input": {2: height, 3: width}})
+    prepared = prepare_pt2e(program.module(), quantizer)
+    with torch.no_grad():
+        prepared(example)
+    converted = convert_pt2e(prepared)
+    counters[int8.COUNTER_GROUP].clear()
+    compiled = int8._FrozenCompiled(converted)
+    for size in ((64, 72), (80, 64)):
+        image = torch.randn(1, 8, *size)
+        with torch.no_grad():
+            got, expected = compiled(image), converted(image)
+        assert _relative_error(got, expected) < 0.05
+    assert counters[int8.COUNTER_GROUP]["int8_weight_layout_hints"] == 2  # both convolutions
 
 
 # |int8 - float| / |float| of the logits of random-weight networks: int8 rounding through 20 to
