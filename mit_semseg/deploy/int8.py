@@ -362,9 +362,9 @@ def int8_segmenter(segmentation_module: nn.Module, states: dict[str, torch.Tenso
     """The int8 form of ``segmentation_module`` with the calibration ``states`` of
     :func:`calibrate_int8`, compiled, behind the eager model's inference interface.
 
-    The first call compiles (tens of seconds on a CPU; inductor caches the code on disk,
-    ``TORCHINDUCTOR_CACHE_DIR``, so later processes start faster); later image sizes reuse
-    it (see the module docstring).
+    The first call compiles (tens of seconds on a CPU, in every process: inductor's disk
+    cache skips graphs with frozen weights); later image sizes reuse it (see the module
+    docstring).
     """
     network = _quantized(segmentation_module, states)
     logger.info("int8 network ready (%d observers); it compiles on the first image",
