@@ -229,7 +229,6 @@ class UpsampledConv3x3(nn.Module):
         """``(B, out, H, W)`` for ``size = (H, W)``, in NCHW layout."""
         if len(maps) != len(self.taps):
             raise ValueError(f"expected {len(self.taps)} maps, got {len(maps)}")
-        # NCHW in, hence NCHW out (see _tap_products)
         return self.resample([taps(x) for taps, x in zip(self.taps, maps)], size)
 
 
