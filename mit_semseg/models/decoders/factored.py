@@ -117,15 +117,6 @@ def _resample_tap_products(products: Sequence[torch.Tensor], size: Sequence[int]
     return row_matrix @ torch.cat(columns, 3).transpose(2, 3)
 
 
-def _upsampled_conv_from_taps(taps: Sequence[torch.Tensor], maps: Sequence[torch.Tensor],
-                              size: Sequence[int]) -> torch.Tensor:
-    """``sum_i conv3x3(up(maps[i]))`` from each kernel's :func:`_kernel_taps`; differentiable
-    in ``taps`` and ``maps``. ``(B, out, H, W)`` for ``size = (H, W)``, NCHW."""
-    if len(maps) != len(taps):
-        raise ValueError(f"expected {len(taps)} maps, got {len(maps)}")
-    return _resample_tap_products([_tap_products(t, x) for t, x in zip(taps, maps)], size)
-
-
 def upsampled_conv3x3(weights: Sequence[torch.Tensor], maps: Sequence[torch.Tensor],
                       size: Sequence[int]) -> torch.Tensor:
     """``sum_i conv3x3(up(maps[i]), weights[i])``, computed at the maps' own sizes.
@@ -142,7 +133,10 @@ def upsampled_conv3x3(weights: Sequence[torch.Tensor], maps: Sequence[torch.Tens
         ``(B, out, H, W)``, NCHW.
     """
     _check_kernels(weights)
-    return _upsampled_conv_from_taps([_kernel_taps(w) for w in weights], maps, size)
+    if len(maps) != len(weights):
+        raise ValueError(f"expected {len(weights)} maps, got {len(maps)}")
+    products = [_tap_products(_kernel_taps(w), x) for w, x in zip(weights, maps)]
+    return _resample_tap_products(products, size)
 
 
 def _check_fusion(conv: nn.Module) -> None:
